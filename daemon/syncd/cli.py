@@ -1,0 +1,157 @@
+"""The ``syncd`` command line. ``run`` starts the daemon; the rest talk to it.
+
+Exit codes: 0 success; 1 failure or ``wait`` timeout; 2 ``wait``: idle but some changes
+failed permanently; 3 no daemon running; 4 rejected request (e.g. unknown folder);
+13 permission denied on the socket; 64 usage error; 78 invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__
+from .config import DEFAULT_CONFIG, ConfigError, load_config, socket_path
+from .control import ControlError, request
+from .units import format_duration, format_size
+
+EXIT_USAGE = 64
+EXIT_CONFIG = 78
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", default=None,
+                        help=f"global config file (default: $SYNCD_CONFIG or {DEFAULT_CONFIG})")
+    common.add_argument("--socket", default=None, help="control socket path (default: from the config)")
+    parser = _Parser(prog="syncd", description="Keep S3 prefixes an exact, live mirror of local folders.")
+    parser.add_argument("--version", action="version", version=f"syncd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    p = sub.add_parser("status", parents=[common], help="show each folder's state")
+    p.add_argument("folder", nargs="?")
+    p.add_argument("--json", action="store_true", help="machine-readable output (stable, versioned)")
+    p = sub.add_parser("wait", parents=[common], help="block until every folder is idle")
+    p.add_argument("folder", nargs="?")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    for name, text in (("pause", "stop transfers (changes are still journaled)"), ("resume", "restart transfers"),
+                       ("retry", "requeue permanently failed changes")):
+        sub.add_parser(name, parents=[common], help=text).add_argument("folder", nargs="?")
+    p = sub.add_parser("reconcile", parents=[common], help="compare the folder with the journal now")
+    p.add_argument("folder", nargs="?")
+    p.add_argument("--wait", action="store_true", help="wait until the folder is idle afterwards")
+    p.add_argument("--timeout", type=float, default=None)
+    sub.add_parser("reload", parents=[common], help="re-read the configuration (same as SIGHUP)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "run":
+        return _run(args.config)
+    sock = Path(args.socket) if args.socket else socket_path(args.config)
+    try:
+        return _client(args, sock)
+    except ControlError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _check_config(path: str | None) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print("syncd: invalid configuration:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{config.source}: OK, {len(config.folders)} folder(s)")
+    for f in config.folders:
+        print(f"  {f.name}: {f.path} -> s3://{f.bucket}/{f.prefix}")
+    return 0
+
+
+def _run(path: str | None) -> int:
+    from . import logs, service
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print("syncd: invalid configuration:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    logs.setup(config.log.level, config.log.format)
+    try:
+        return service.Daemon(config).run()
+    except ControlError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return exc.code
+
+
+def _client(args: argparse.Namespace, sock: Path) -> int:
+    folder = getattr(args, "folder", None)
+    if args.command == "status":
+        reply = request(sock, "status", folder=folder)
+        if args.json:
+            reply.pop("ok", None)
+            print(json.dumps(reply, indent=2))
+        else:
+            print(render_status(reply))
+        return 0
+    if args.command in ("wait", "reconcile"):
+        timeout = args.timeout
+        wait = args.command == "wait" or args.wait
+        io_timeout = (timeout + 10) if timeout else (None if wait else 10.0)
+        reply = request(sock, args.command, io_timeout=io_timeout, folder=folder, wait=wait, timeout=timeout)
+        if not wait:
+            print(f"reconcile started: {', '.join(reply['started']) or 'already running'}")
+            return 0
+        if not reply["idle"]:
+            print(f"syncd: not idle after {timeout}s: {', '.join(reply.get('busy', []))}", file=sys.stderr)
+            return 1
+        if reply["failed"]:
+            print(f"syncd: idle, but {reply['failed']} change(s) failed permanently "
+                  "(see 'syncd status'; 'syncd retry' requeues them)", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "reload":
+        reply = request(sock, "reload", io_timeout=120)
+        print(f"reloaded: added {reply['added'] or 'none'}, removed {reply['removed'] or 'none'}")
+        return 0
+    reply = request(sock, args.command, folder=folder)
+    if args.command == "retry":
+        print(f"requeued {reply['requeued']} change(s)")
+    else:
+        print(f"{args.command}d: {', '.join(reply['folders'])}")
+    return 0
+
+
+def render_status(reply: dict[str, Any]) -> str:
+    d = reply["daemon"]
+    lines = [f"syncd {d['version']} (pid {d['pid']}, up {format_duration(d['uptime_s'])})"]
+    for f in reply["folders"]:
+        eta = format_duration(f["eta_s"]) if f["eta_s"] is not None else "-"
+        scan = f["last_scan"]
+        lines += [
+            f"{f['name']}: {f['state']}   {f['path']} -> s3://{f['bucket']}/{f['prefix']}",
+            f"  pending {f['pending']} (settling {f['settling']})   in flight {f['in_flight']}   "
+            f"failed {f['failed']}   objects {f['objects']}",
+            f"  done {f['files_done']} files, {format_size(f['bytes_done'])}   "
+            f"rate {f['rate_files_per_s']:.1f} files/s, {format_size(f['rate_bytes_per_s'])}/s   ETA {eta}",
+            "  last scan " + (f"{scan['at']} ({scan['seconds']:.1f}s, {scan['files']} files, "
+                              f"{scan['changed'] + scan['missing']} differences)" if scan else "-"),
+        ]
+        if f["last_error"]:
+            lines.append(f"  last error: {f['last_error']}")
+        for failure in f["failures"]:
+            lines.append(f"  failed: {failure['path']}: {failure['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,371 @@
+"""Configuration: one global YAML file plus one YAML file per watched folder.
+
+Everything is parsed and validated here, once, into frozen dataclasses; no other module
+reads YAML. Every problem is reported with the file, the key and what was expected, and all
+problems in a file are reported together so a user fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .units import parse_duration, parse_rate, parse_size
+
+DEFAULT_CONFIG = Path(os.environ.get("SYNCD_CONFIG", "/etc/syncd/syncd.yaml"))
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+# S3 limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html)
+S3_MIN_PART = 5 * MiB
+S3_MAX_PART = 5 * GiB
+
+
+class ConfigError(Exception):
+    """One or more configuration problems, each naming file and key."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    """Settings for one watched folder (one ``folders.d/NAME.yaml``)."""
+
+    name: str
+    source: Path
+    path: Path
+    bucket: str
+    prefix: str = ""
+    delete: str = "mirror"
+    ignore: tuple[str, ...] = ()
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    role_arn: str | None = None
+    addressing_style: str = "auto"
+    storage_class: str | None = None
+    sse: str | None = None
+    sse_kms_key_id: str | None = None
+    checksum: str = "sha256"
+    settle: float = 0.5
+    max_delay: float = 30.0
+    workers: int = 16
+    multipart_threshold: int = 64 * MiB
+    part_size: int = 16 * MiB
+    bandwidth: int | None = None
+    reconcile_interval: float = 3600.0
+    request_timeout: float = 60.0
+
+    def key_for(self, relpath: str) -> str:
+        """The object key for a path relative to the folder root (``/``-separated)."""
+        return self.prefix + relpath
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration."""
+
+    source: Path
+    state_dir: Path
+    socket: Path
+    folders_dir: Path
+    log: LogConfig = LogConfig()
+    max_inflight_bytes: int = 256 * MiB
+    shutdown_timeout: float = 20.0
+    folders: tuple[FolderConfig, ...] = field(default_factory=tuple)
+
+    def folder(self, name: str) -> FolderConfig | None:
+        return next((f for f in self.folders if f.name == name), None)
+
+
+# --------------------------------------------------------------------------- value parsers
+
+Parser = Callable[[Any], Any]
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _opt(parser: Parser) -> Parser:
+    def parse(value: Any) -> Any:
+        return None if value is None else parser(value)
+    return parse
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+    return parse
+
+
+def _int_range(lo: int, hi: int) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ValueError(f"expected a whole number from {lo} to {hi}, got {value!r}")
+        return value
+    return parse
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _bucket(value: Any) -> str:
+    # AWS allows 3-63 of [a-z0-9.-]; S3-compatible stores and legacy buckets are laxer.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}", value):
+        raise ValueError(f"expected a bucket name (3+ characters of letters, digits, '.', '-', '_'), got {value!r}")
+    return value
+
+
+def _prefix(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a key prefix such as 'photos/', got {value!r}")
+    value = value.lstrip("/")
+    # "photos" almost always means "photos/": keys are prefix + relative path.
+    return value if not value or value.endswith("/") else value + "/"
+
+
+def _part_size(value: Any) -> int:
+    size = parse_size(value)
+    if not S3_MIN_PART <= size <= S3_MAX_PART:
+        raise ValueError("expected a part size from 5MiB to 5GiB (S3's multipart limits)")
+    return size
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("expected a duration greater than zero")
+    return seconds
+
+
+def _endpoint(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8333, got {value!r}")
+    return value.rstrip("/")
+
+
+# Every folder setting; all but `path` may be defaulted in the global file's `defaults`.
+_FOLDER_KEYS: dict[str, Parser] = {
+    "path": _str,
+    "bucket": _bucket,
+    "prefix": _prefix,
+    "delete": _choice("mirror", "keep"),
+    "ignore": _str_list,
+    "endpoint_url": _opt(_endpoint),
+    "region": _opt(_str),
+    "profile": _opt(_str),
+    "role_arn": _opt(_str),
+    "addressing_style": _choice("auto", "path", "virtual"),
+    "storage_class": _opt(_str),
+    "sse": _opt(_choice("AES256", "aws:kms")),
+    "sse_kms_key_id": _opt(_str),
+    "checksum": _choice("sha256", "md5", "off"),
+    "settle": parse_duration,
+    "max_delay": _positive_duration,
+    "workers": _int_range(1, 256),
+    "multipart_threshold": _part_size,
+    "part_size": _part_size,
+    "bandwidth": _opt(parse_rate),
+    "reconcile_interval": _positive_duration,
+    "request_timeout": _positive_duration,
+}
+_REQUIRED_FOLDER_KEYS = ("path", "bucket")
+_GLOBAL_KEYS = ("state_dir", "socket", "folders_dir", "log", "defaults", "max_inflight_bytes", "shutdown_timeout")
+_LOG_KEYS: dict[str, Parser] = {
+    "level": _choice("debug", "info", "warning", "error"),
+    "format": _choice("auto", "console", "journald", "json", "logfmt"),
+}
+
+
+def _hint(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(known))})"
+
+
+class _Problems:
+    """Collects problems for one file so all of them are reported at once."""
+
+    def __init__(self, source: Path):
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str | None, message: str) -> None:
+        where = f"{self.source}: key '{key}'" if key else f"{self.source}"
+        self.items.append(f"{where}: {message}")
+
+    def parse(self, raw: Mapping[str, Any], table: Mapping[str, Parser], context: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            dotted = f"{context}{key}"
+            if key not in table:
+                self.add(dotted, "unknown setting" + _hint(str(key), list(table)))
+                continue
+            try:
+                out[key] = table[key](value)
+            except ValueError as exc:
+                self.add(dotted, str(exc))
+        return out
+
+
+def _load_yaml(path: Path, problems: _Problems) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.add(None, f"cannot read file: {exc.strerror}")
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problems.add(None, f"not valid YAML: {exc}")
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.add(None, f"expected a mapping of settings at the top level, got {type(data).__name__}")
+        return {}
+    return data
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p)
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Read and validate the global file and every ``folders_dir/*.yaml``; raises ConfigError."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG
+    source = source.absolute()
+    problems = _Problems(source)
+    raw = _load_yaml(source, problems)
+    base = source.parent
+    for key in raw:
+        if key not in _GLOBAL_KEYS:
+            problems.add(str(key), "unknown setting" + _hint(str(key), list(_GLOBAL_KEYS)))
+
+    def path_setting(key: str, default: str) -> Path:
+        value = raw.get(key, default)
+        if not isinstance(value, str) or not value:
+            problems.add(key, f"expected a path, got {value!r}")
+            value = default
+        return _resolve(base, value)
+
+    state_dir = path_setting("state_dir", "/var/lib/syncd")
+    socket = path_setting("socket", "/run/syncd/syncd.sock")
+    folders_dir = path_setting("folders_dir", "folders.d")
+
+    log_raw = raw.get("log") or {}
+    log = LogConfig()
+    if not isinstance(log_raw, dict):
+        problems.add("log", "expected a mapping such as {level: info, format: auto}")
+    else:
+        log = LogConfig(**problems.parse(log_raw, _LOG_KEYS, "log."))
+
+    extra: dict[str, Any] = {}
+    for key, parser in (("max_inflight_bytes", parse_size), ("shutdown_timeout", _positive_duration)):
+        if key in raw:
+            try:
+                extra[key] = parser(raw[key])
+            except ValueError as exc:
+                problems.add(key, str(exc))
+
+    defaults_raw = raw.get("defaults") or {}
+    defaults: dict[str, Any] = {}
+    if not isinstance(defaults_raw, dict):
+        problems.add("defaults", "expected a mapping of folder settings")
+    else:
+        table = {k: v for k, v in _FOLDER_KEYS.items() if k != "path"}
+        defaults = problems.parse(defaults_raw, table, "defaults.")
+
+    all_problems = list(problems.items)
+    folders: list[FolderConfig] = []
+    if not folders_dir.is_dir():
+        all_problems.append(f"{source}: key 'folders_dir': directory {folders_dir} does not exist")
+    else:
+        for file in sorted(folders_dir.iterdir()):
+            if file.suffix not in (".yaml", ".yml") or file.name.startswith("."):
+                continue
+            folder, folder_problems = load_folder(file, defaults)
+            all_problems.extend(folder_problems)
+            if folder is not None:
+                folders.append(folder)
+    all_problems.extend(_overlaps(folders))
+    if all_problems:
+        raise ConfigError(all_problems)
+    return Config(source=source, state_dir=state_dir, socket=socket, folders_dir=folders_dir, log=log,
+                  folders=tuple(folders), **extra)
+
+
+def socket_path(path: Path | str | None = None) -> Path:
+    """Only the control socket's path, for client commands: they must work even while the
+    folder files are being edited and do not validate."""
+    source = (Path(path) if path is not None else DEFAULT_CONFIG).absolute()
+    try:
+        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        raw = {}
+    value = raw.get("socket") if isinstance(raw, dict) else None
+    return _resolve(source.parent, value if isinstance(value, str) and value else "/run/syncd/syncd.sock")
+
+
+def load_folder(file: Path, defaults: Mapping[str, Any]) -> tuple[FolderConfig | None, list[str]]:
+    """Parse one folder file on top of the global defaults."""
+    problems = _Problems(file)
+    name = file.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        problems.add(None, "the file name is the folder's name: use letters, digits, '.', '-', '_'")
+    raw = _load_yaml(file, problems)
+    values = dict(defaults)
+    values.update(problems.parse(raw, _FOLDER_KEYS))
+    for key in _REQUIRED_FOLDER_KEYS:
+        if key not in values and not any(key in p for p in problems.items):
+            problems.add(key, "required setting is missing" + (" (the local folder to mirror)" if key == "path"
+                                                              else " (the S3 bucket to mirror into)"))
+    if "path" in values:
+        root = _resolve(file.parent, values["path"])
+        if not root.is_dir():
+            problems.add("path", f"expected an existing directory, {root} "
+                         + ("is not a directory" if root.exists() else "does not exist"))
+        values["path"] = root.resolve() if root.is_dir() else root
+    if problems.items:
+        return None, problems.items
+    known = {f.name for f in fields(FolderConfig)}
+    return FolderConfig(name=name, source=file, **{k: v for k, v in values.items() if k in known}), []
+
+
+def _overlaps(folders: list[FolderConfig]) -> list[str]:
+    """Two folders writing under the same bucket prefix would delete each other's objects."""
+    out = []
+    for i, a in enumerate(folders):
+        for b in folders[i + 1:]:
+            if (a.endpoint_url, a.bucket) == (b.endpoint_url, b.bucket) and (
+                    a.prefix.startswith(b.prefix) or b.prefix.startswith(a.prefix)):
+                out.append(f"{b.source}: key 'prefix': bucket {b.bucket!r} prefix {b.prefix!r} overlaps folder "
+                           f"{a.name!r} ({a.source}) prefix {a.prefix!r}; each folder needs its own prefix")
+    return out

@@ -1,0 +1,179 @@
+"""The control socket: a local Unix socket speaking one JSON object per line.
+
+Server side: runs in its own threads and only reads counters and the journal through
+read-only connections, so a slow or dead S3 endpoint never delays an answer. Client side:
+what every ``syncd`` subcommand but ``run`` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import stat as statmod
+import struct
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+log = structlog.get_logger("syncd.control")
+
+MAX_REQUEST = 64 * 1024
+
+
+class ControlError(Exception):
+    """A request the daemon refused; ``code`` becomes the CLI's exit code."""
+
+    def __init__(self, message: str, code: int = 4):
+        super().__init__(message)
+        self.code = code
+
+
+class Handler(Protocol):
+    def handle_command(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The connecting process's uid, from the kernel (SO_PEERCRED), not from the request."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class _RequestHandler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        uid = peer_uid(self.request)
+        if uid not in self.server.allowed_uids:
+            log.warning("control.refused", uid=uid)
+            self._reply({"ok": False, "error": f"uid {uid} may not control this daemon", "code": 13})
+            return
+        line = self.rfile.readline(MAX_REQUEST)
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise ValueError("expected an object with a 'cmd' string")
+        except ValueError as exc:
+            self._reply({"ok": False, "error": f"bad request: {exc}", "code": 4})
+            return
+        try:
+            reply = {"ok": True, **self.server.handler.handle_command(request)}
+        except ControlError as exc:
+            reply = {"ok": False, "error": str(exc), "code": exc.code}
+        except Exception as exc:
+            log.exception("control.failed", cmd=request.get("cmd"), error=str(exc))
+            reply = {"ok": False, "error": f"internal error: {exc}", "code": 1}
+        self._reply(reply)
+
+    def _reply(self, reply: dict[str, Any]) -> None:
+        try:
+            self.wfile.write(json.dumps(reply, default=str).encode() + b"\n")
+        except OSError:
+            pass  # the client went away (e.g. ctrl-C during `syncd wait`)
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, path: str, handler: Handler, allowed_uids: set[int]):
+        self.handler = handler
+        self.allowed_uids = allowed_uids
+        super().__init__(path, _RequestHandler, bind_and_activate=False)
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Make ``path`` free for our socket without ever removing something that is not ours."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not statmod.S_ISSOCK(st.st_mode):
+        raise ControlError(f"{path} exists and is not a socket; refusing to remove it. "
+                           "Remove it yourself or set 'socket' to another path", code=1)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        if st.st_uid != os.getuid():
+            raise ControlError(f"{path} is a stale socket owned by uid {st.st_uid}; refusing to remove it",
+                               code=1) from None
+        os.unlink(path)  # stale socket of ours: the previous daemon died
+        return
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    raise ControlError(f"another syncd is already listening on {path}", code=1)
+
+
+class ControlServer:
+    """Serves requests on a Unix socket created 0600 in a directory we control."""
+
+    def __init__(self, path: Path, handler: Handler):
+        self.path = path
+        self.handler = handler
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _claim_socket_path(self.path)
+        server = _Server(str(self.path), self.handler, {os.getuid(), 0})
+        old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
+        try:
+            server.server_bind()
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        server.server_activate()
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        try:
+            if statmod.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self._server = None
+
+
+def request(path: Path, cmd: str, io_timeout: float | None = 10.0, **args: Any) -> dict[str, Any]:
+    """Send one command to the daemon; raises ControlError (code 3 when no daemon runs)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(io_timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise ControlError(f"syncd is not running (no daemon listening on {path}); start it with "
+                           "'syncd run' or 'systemctl start syncd'", code=3) from None
+    except PermissionError:
+        sock.close()
+        raise ControlError(f"permission denied on {path}: run as the daemon's user or root", code=13) from None
+    try:
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        with sock.makefile("rb") as f:
+            line = f.readline()
+    except TimeoutError:
+        raise ControlError(f"syncd did not answer within {io_timeout:.0f}s", code=1) from None
+    finally:
+        sock.close()
+    if not line:
+        raise ControlError("syncd closed the connection without an answer", code=1)
+    reply: dict[str, Any] = json.loads(line)
+    if not reply.get("ok"):
+        raise ControlError(str(reply.get("error")), code=int(reply.get("code", 1)))
+    return reply

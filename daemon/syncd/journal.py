@@ -1,0 +1,327 @@
+"""The journal: a folder's durable state in SQLite (WAL).
+
+Two tables carry the durability model:
+
+* ``pending`` — one row per path that *may* have changed, upserted, so a hundred writes to
+  one file are one row. A row is written before anything acts on the change and removed only
+  in the same transaction that records the finished S3 operation in the manifest. ``gen`` is
+  bumped by every upsert: a transfer that finishes removes the row only if no newer event
+  arrived while it ran, so a file that changed during its upload is processed again.
+* ``manifest`` — what the bucket holds for each path (size, mtime_ns, inode, sha256, ETag).
+
+Replaying after kill -9 is safe because every operation derived from a row is idempotent:
+re-uploading the same bytes, re-copying, or deleting an absent key leaves the same bucket.
+
+One writer per journal: the folder's scheduler thread. Other threads read through their own
+connections (WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("syncd.journal")
+
+SCHEMA_VERSION = 1
+
+# Row states in `pending`.
+READY, CLAIMED, FAILED = 0, 1, 2
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending(
+    path       TEXT PRIMARY KEY,
+    move_from  TEXT,
+    first_seen REAL NOT NULL,
+    due        REAL NOT NULL,
+    gen        INTEGER NOT NULL DEFAULT 1,
+    state      INTEGER NOT NULL DEFAULT 0,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    error      TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS pending_due ON pending(state, due);
+CREATE INDEX IF NOT EXISTS pending_move ON pending(move_from) WHERE move_from IS NOT NULL;
+CREATE TABLE IF NOT EXISTS manifest(
+    path     TEXT PRIMARY KEY,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode    INTEGER,
+    sha256   TEXT,
+    etag     TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifest_inode ON manifest(inode);
+"""
+
+# Debounce in SQL: each event pushes `due` out to now+settle, but never past
+# first_seen+max_delay, so a file appended to forever is still uploaded periodically.
+_ON_CONFLICT = """
+ON CONFLICT(path) DO UPDATE SET
+    move_from = COALESCE(excluded.move_from, pending.move_from),
+    due = MIN(excluded.due, pending.first_seen + ?),
+    gen = pending.gen + 1,
+    state = CASE pending.state WHEN 1 THEN 1 ELSE 0 END,
+    attempts = CASE pending.state WHEN 2 THEN 0 ELSE pending.attempts END,
+    error = CASE pending.state WHEN 2 THEN NULL ELSE pending.error END
+"""
+_UPSERT = "INSERT INTO pending(path, move_from, first_seen, due) VALUES (?, ?, ?, ?)" + _ON_CONFLICT
+# Everything the manifest holds below a directory (a directory deleted or moved away).
+_UPSERT_DIR = ("INSERT INTO pending(path, move_from, first_seen, due) "
+               "SELECT path, NULL, ?, ? FROM manifest WHERE path >= ? AND path < ? " + _ON_CONFLICT)
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A claimed change: "this path may differ from the bucket"."""
+
+    path: str
+    move_from: str | None
+    gen: int
+    attempts: int
+    first_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What the bucket holds for one path, as last written by syncd."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int | None
+    sha256: str | None
+    etag: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one claimed change ended; applied in a batch by :meth:`Journal.apply`.
+
+    kind: ``done`` (row finished; ``entry`` upserted or ``forget`` removes the manifest row),
+    ``retry`` (transient error: back off ``delay``), ``defer`` (not ready: look again after
+    ``delay`` without counting an attempt), ``park`` (permanent error, needs the user).
+    """
+
+    kind: str
+    path: str
+    gen: int
+    entry: Entry | None = None
+    forget: bool = False
+    error: str | None = None
+    delay: float = 0.0
+
+
+class JournalCorrupt(Exception):
+    pass
+
+
+class Journal:
+    """SQLite-backed pending changes and manifest for one folder."""
+
+    def __init__(self, db_path: Path, identity: str):
+        self.path = db_path
+        self.identity = identity
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._open(db_path)
+            self._prepare()
+        except sqlite3.DatabaseError as exc:
+            # A truncated or garbage file: keep it for inspection, start empty; the startup
+            # scan and reconciler rebuild state without re-uploading unchanged files.
+            aside = db_path.with_name(f"{db_path.name}.corrupt-{int(time.time())}")
+            log.error("journal.corrupt", db=str(db_path), moved_to=str(aside), error=str(exc))
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(db_path) + suffix)
+                if src.exists():
+                    src.rename(Path(str(aside) + suffix))
+            self._db = self._open(db_path)
+            self._prepare()
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
+
+    @staticmethod
+    def _open(db_path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit survives kill -9 (the WAL is in the OS page cache); after a power
+        # loss the newest commits may be lost, which the startup scan repairs.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-8000")
+        db.execute("PRAGMA temp_store=MEMORY")
+        return db
+
+    def _prepare(self) -> None:
+        db = self._db
+        db.executescript(_SCHEMA)
+        row = db.execute("PRAGMA quick_check(1)").fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {row}")
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        with self.transaction():
+            if meta.get("identity") not in (None, self.identity):
+                # Bucket, prefix or endpoint changed: the manifest describes another place.
+                log.warning("journal.target_changed", old=meta.get("identity"), new=self.identity)
+                db.execute("DELETE FROM manifest")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            # Claims do not survive a restart: whatever was in flight is simply redone.
+            db.execute("UPDATE pending SET state=0 WHERE state=1")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        self._db.close()
+
+    # ------------------------------------------------------------------ writer side
+
+    def record(self, changes: Iterable[tuple[str, str | None, float]], max_delay: float) -> int:
+        """Durably note paths that may have changed: ``(path, move_from, due)`` tuples."""
+        now = time.time()
+        rows = [(path, move_from, now, due, max_delay) for path, move_from, due in changes]
+        if rows:
+            with self.transaction() as db:
+                db.executemany(_UPSERT, rows)
+        return len(rows)
+
+    def record_dir(self, prefix: str, due: float, max_delay: float) -> None:
+        """Note that every manifest path below directory ``prefix`` may have changed."""
+        # '0' is the character after '/', so [prefix/, prefix0) is exactly the subtree.
+        with self.transaction() as db:
+            db.execute(_UPSERT_DIR, (time.time(), due, prefix + "/", prefix + "0", max_delay))
+
+    def claim_due(self, now: float, limit: int) -> list[Pending]:
+        """Mark up to ``limit`` due rows claimed and return them, oldest due first."""
+        with self.transaction() as db:
+            rows = db.execute(
+                "SELECT path, move_from, gen, attempts, first_seen FROM pending "
+                "WHERE state=0 AND due<=? ORDER BY due LIMIT ?", (now, limit)).fetchall()
+            db.executemany("UPDATE pending SET state=1 WHERE path=?", [(r[0],) for r in rows])
+        return [Pending(*r) for r in rows]
+
+    def apply(self, outcomes: Iterable[Outcome]) -> None:
+        """Record finished work in one transaction: manifest first, then the pending row."""
+        now = time.time()
+        with self.transaction() as db:
+            for o in outcomes:
+                if o.kind == "done":
+                    if o.entry is not None:
+                        e = o.entry
+                        db.execute("INSERT OR REPLACE INTO manifest VALUES (?,?,?,?,?,?)",
+                                   (e.path, e.size, e.mtime_ns, e.inode, e.sha256, e.etag))
+                    if o.forget:
+                        db.execute("DELETE FROM manifest WHERE path=?", (o.path,))
+                    cur = db.execute("DELETE FROM pending WHERE path=? AND gen=?", (o.path, o.gen))
+                    if cur.rowcount == 0:
+                        # Changed again while we worked on it: look again after it settles.
+                        db.execute("UPDATE pending SET state=0, first_seen=?, move_from=NULL WHERE path=?",
+                                   (now, o.path))
+                elif o.kind == "retry":
+                    db.execute("UPDATE pending SET state=0, attempts=attempts+1, error=?, "
+                               "due=MAX(due, ?) WHERE path=?", (o.error, now + o.delay, o.path))
+                elif o.kind == "defer":
+                    db.execute("UPDATE pending SET state=0, due=MAX(due, ?) WHERE path=?",
+                               (now + o.delay, o.path))
+                elif o.kind == "park":
+                    cur = db.execute("UPDATE pending SET state=2, error=? WHERE path=? AND gen=?",
+                                     (o.error, o.path, o.gen))
+                    if cur.rowcount == 0:
+                        db.execute("UPDATE pending SET state=0 WHERE path=?", (o.path,))
+                else:
+                    raise ValueError(f"unknown outcome kind {o.kind!r}")
+
+    def release_claims(self) -> None:
+        """Put claimed rows back (pause, or shutdown with work still queued)."""
+        with self.transaction() as db:
+            db.execute("UPDATE pending SET state=0 WHERE state=1")
+
+    def retry_failed(self) -> int:
+        """Requeue parked changes (``syncd retry``)."""
+        with self.transaction() as db:
+            return db.execute("UPDATE pending SET state=0, attempts=0, error=NULL, due=? WHERE state=2",
+                              (time.time(),)).rowcount
+
+    def next_due(self) -> float | None:
+        row = self._db.execute("SELECT MIN(due) FROM pending WHERE state=0").fetchone()
+        return None if row is None else row[0]
+
+    def has_mover(self, path: str) -> bool:
+        """True if another pending row was renamed from ``path`` (its key is a copy source)."""
+        return self._db.execute("SELECT 1 FROM pending WHERE move_from=? AND state!=2 LIMIT 1",
+                                (path,)).fetchone() is not None
+
+    def entry(self, path: str) -> Entry | None:
+        row = self._db.execute("SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest WHERE path=?",
+                               (path,)).fetchone()
+        return Entry(*row) if row else None
+
+    def entry_by_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> Entry | None:
+        """A manifest entry that is the same file under another name (a rename or hard link)."""
+        row = self._db.execute(
+            "SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest "
+            "WHERE inode=? AND size=? AND mtime_ns=? AND path!=? LIMIT 1",
+            (inode, size, mtime_ns, exclude)).fetchone()
+        return Entry(*row) if row else None
+
+    # ------------------------------------------------------------------ reader side
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        """A shared read-only connection for status queries from other threads."""
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                               check_same_thread=False, timeout=30)
+            yield self._reader
+
+    def counts(self) -> dict[str, int]:
+        """Pending rows by state (``settling``: not yet due), plus the manifest size."""
+        with self.reader() as db:
+            by_state = dict(db.execute("SELECT state, COUNT(*) FROM pending GROUP BY state").fetchall())
+            settling = db.execute("SELECT COUNT(*) FROM pending WHERE state=0 AND due>?",
+                                  (time.time(),)).fetchone()[0]
+            manifest = db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0]
+        return {"pending": by_state.get(READY, 0) + by_state.get(CLAIMED, 0), "settling": settling,
+                "failed": by_state.get(FAILED, 0), "manifest": manifest}
+
+    def lookup_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> str | None:
+        """Reader-side :meth:`entry_by_inode` for the scan thread: the other path's name."""
+        with self.reader() as db:
+            row = db.execute("SELECT path FROM manifest WHERE inode=? AND size=? AND mtime_ns=? AND path!=? "
+                             "LIMIT 1", (inode, size, mtime_ns, exclude)).fetchone()
+        return row[0] if row else None
+
+    def failures(self, limit: int = 5) -> list[tuple[str, str]]:
+        with self.reader() as db:
+            return db.execute("SELECT path, error FROM pending WHERE state=2 ORDER BY path LIMIT ?",
+                              (limit,)).fetchall()
+
+    def iter_manifest(self) -> Iterator[tuple[str, int, int, int | None]]:
+        """All manifest rows sorted by path (byte order), streamed from a private snapshot.
+
+        Byte order matches the order of a walk that sorts each directory's entries with
+        directories suffixed by '/', and S3's listing order, so passes are merge joins.
+        """
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+        try:
+            yield from db.execute("SELECT path, size, mtime_ns, inode FROM manifest ORDER BY path")
+        finally:
+            db.close()

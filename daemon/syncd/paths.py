@@ -1,0 +1,62 @@
+"""What a local path means for the mirror: ignored or not, and which object key it becomes."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pathspec
+
+# Editors' and OSes' scratch files. Never worth mirroring, and some (vim's .swp, emacs'
+# .#lock symlinks, MS Office's ~$ owner files) exist only while a file is being edited.
+BUILTIN_IGNORES: tuple[str, ...] = (
+    "*.swp", "*.swo", "*.swx", "*~", ".#*", "#*#", "~$*", ".~lock.*#",
+    ".DS_Store", "Thumbs.db", "desktop.ini", "._*",
+    ".*.sw?", "*.crdownload", ".goutputstream-*", ".syncd-*",
+)
+
+# S3 keys are at most 1024 bytes of UTF-8. XML 1.0 (the listing format) cannot carry most
+# C0 control characters, so such keys can be written but never listed back correctly.
+MAX_KEY_BYTES = 1024
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+class IgnoreRules:
+    """gitignore-style rules (config patterns plus built-in junk patterns)."""
+
+    def __init__(self, patterns: tuple[str, ...] | list[str], builtin: bool = True):
+        lines = list(BUILTIN_IGNORES if builtin else ()) + list(patterns)
+        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+
+    def ignored(self, relpath: str, is_dir: bool = False) -> bool:
+        """True if ``relpath`` (``/``-separated, relative to the root) is excluded."""
+        return self._spec.match_file(relpath + "/" if is_dir else relpath)
+
+    def ignored_with_parents(self, relpath: str) -> bool:
+        """For event paths: a file is also excluded when any parent directory is."""
+        parts = relpath.split("/")
+        for i in range(1, len(parts)):
+            if self._spec.match_file("/".join(parts[:i]) + "/"):
+                return True
+        return self._spec.match_file(relpath)
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be an S3 object key, or None if it can."""
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8; rename the file so its name is UTF-8"
+    if len(encoded) > MAX_KEY_BYTES:
+        return f"the key is {len(encoded)} bytes; S3 allows at most {MAX_KEY_BYTES}: shorten the path"
+    if _XML_UNSAFE.search(key):
+        return "the name contains control characters S3 listings cannot represent; rename the file"
+    return None
+
+
+def relpath_of(root: str, abspath: str) -> str | None:
+    """``abspath`` relative to ``root`` with ``/`` separators, or None if outside or the root itself."""
+    if not abspath.startswith(root) or len(abspath) <= len(root) or abspath[len(root)] != os.sep:
+        return None
+    rel = abspath[len(root) + 1:]
+    return rel.replace(os.sep, "/") if os.sep != "/" else rel

@@ -1,0 +1,465 @@
+"""The scheduler: the one thread per folder that writes its journal and feeds its pool.
+
+Each loop turn it (1) makes newly observed changes durable, (2) records finished transfers,
+(3) claims due changes, decides what each one needs (upload, server-side copy, delete, or
+nothing) and hands them to a bounded pool. Work in flight is bounded by the folder's
+``workers`` and by a global byte budget; deletes are batched up to 1000 per request.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from .config import FolderConfig
+from .journal import Journal, Outcome, Pending
+from .paths import IgnoreRules, key_problem
+from .store import StoreError
+from .transfer import Result, Task, Transfers
+
+DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
+INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
+INGEST_BATCH = 20_000
+PROBE_MIN, PROBE_MAX = 2.0, 60.0
+LOG_EVERY = 30.0             # a repeating failure is logged at most this often
+
+
+class ByteBudget:
+    """Global cap on bytes held by transfers in flight, shared by every folder."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self, n: int) -> bool:
+        with self._lock:
+            # Always admit one transfer when nothing is held, so a file larger than the
+            # budget cannot starve.
+            if self.used and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+@dataclass
+class Counters:
+    files: int = 0
+    bytes: int = 0
+
+
+class Scheduler:
+    """Owns one folder's journal writes, planning and pool."""
+
+    def __init__(self, folder: FolderConfig, journal: Journal, budget: ByteBudget,
+                 make_transfers: Callable[[FolderConfig], Transfers]):
+        self.folder = folder
+        self.journal = journal
+        self.budget = budget
+        self.root = str(folder.path)
+        self.ignore = IgnoreRules(folder.ignore)
+        self._make_transfers = make_transfers
+        self._transfers: Transfers | None = None
+        self._log = structlog.get_logger("syncd.scheduler").bind(folder=folder.name)
+        self._pool = ThreadPoolExecutor(max_workers=folder.workers + 1, thread_name_prefix=f"syncd-{folder.name}")
+
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        self._inbox: deque[tuple[str, str | None, float, bool]] = deque()
+        self._inbox_space = threading.Semaphore(INBOX_LIMIT)
+        self._unsaved: list[tuple[str, str | None, float, bool]] = []
+        self._results: deque[Result] = deque()
+        self._outcomes: list[Outcome] = []
+        self._ready: deque[Task] = deque()
+        self._deletes: list[Pending] = []
+        self._inflight: dict[int, Task] = {}
+        self._copy_sources: set[str] = set()
+
+        self.paused = False
+        self.halt: str | None = None        # folder-level error: nothing is dispatched
+        self._probe_at = 0.0
+        self._probe_delay = PROBE_MIN
+        self._probing = False
+        self._probes: deque[Future[Transfers]] = deque()
+        self._first_probe = True
+        self.last_error: str | None = None
+        self._last_logged: dict[str, float] = {}
+        self.done = Counters()
+        self._rate: deque[tuple[float, int, int]] = deque()
+        self.last_event = 0.0
+        self.last_tick = time.monotonic()
+        self._skipped_logged: set[str] = set()
+        try:
+            self._root_dev: int | None = os.stat(self.root).st_dev
+        except OSError:
+            self._root_dev = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"scheduler-{self.folder.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, deadline: float) -> None:
+        """Stop claiming; let in-flight transfers finish until ``deadline`` (monotonic)."""
+        self._drain_deadline = deadline
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()) + 5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self) -> None:
+        failing_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                self._turn()
+                if failing_since is not None:
+                    self._log.info("scheduler.recovered", after_s=round(time.monotonic() - failing_since, 1))
+                    failing_since = None
+                    self.last_error = None
+                timeout = self._next_timeout()
+            except Exception as exc:  # e.g. disk full: keep everything in memory and retry
+                failing_since = failing_since or time.monotonic()
+                self.last_error = f"journal: {exc}"
+                self._log_limited("scheduler.failed", error=str(exc))
+                timeout = min(5.0, 0.2 + time.monotonic() - failing_since)
+            self.last_tick = time.monotonic()
+            self._wake.wait(timeout)
+            self._wake.clear()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Shutdown: wait for in-flight transfers (until the deadline) and record them."""
+        deadline = getattr(self, "_drain_deadline", time.monotonic())
+        while self._inflight and time.monotonic() < deadline:
+            self._wake.wait(0.1)
+            self._wake.clear()
+            self._safe(self._collect)
+        self._safe(self._ingest)
+        self._safe(self._collect)
+        if self._inflight:
+            self._log.warning("shutdown.abandoned", in_flight=len(self._inflight))
+        self._safe(self.journal.release_claims)
+
+    def _safe(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self._log.error("shutdown.journal_failed", error=str(exc))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------------ intake (any thread)
+
+    def submit(self, path: str, move_from: str | None = None, settle: bool = True, is_dir: bool = False) -> None:
+        """Note that ``path`` may have changed. Called by the watcher and the scan.
+
+        Blocks when INBOX_LIMIT changes are waiting, which bounds memory; the kernel then
+        queues events (and reports an overflow that triggers a rescan).
+        """
+        self._inbox_space.acquire()
+        due = time.time() + (self.folder.settle if settle else 0.0)
+        self._inbox.append((path, move_from, due, is_dir))
+        self.last_event = time.monotonic()
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the loop turn
+
+    def _turn(self) -> None:
+        self._ingest()
+        self._collect()
+        self._probe_results()
+        now = time.time()
+        if self.halt is not None or self._transfers is None:
+            self._maybe_probe(now)
+            return
+        if not self.paused:
+            self._dispatch(now)
+
+    def _ingest(self) -> None:
+        while self._inbox and len(self._unsaved) < INGEST_BATCH:
+            self._unsaved.append(self._inbox.popleft())
+            self._inbox_space.release()
+        if not self._unsaved:
+            return
+        files = [(p, m, d) for p, m, d, is_dir in self._unsaved if not is_dir]
+        dirs = [(p, d) for p, _, d, is_dir in self._unsaved if is_dir]
+        self.journal.record(files, self.folder.max_delay)
+        for prefix, due in dirs:
+            self.journal.record_dir(prefix, due, self.folder.max_delay)
+        self._unsaved.clear()
+        if self._inbox:
+            self._wake.set()
+
+    def _collect(self) -> None:
+        while self._results:
+            r = self._results.popleft()
+            self._inflight.pop(id(r.task), None)
+            self.budget.release(r.task.cost)
+            if r.task.copy_from is not None:
+                self._copy_sources.discard(r.task.copy_from.path)
+            self._outcomes.extend(r.outcomes)
+            if r.files or r.bytes_sent:
+                self.done.files += r.files
+                self.done.bytes += r.bytes_sent
+                self._rate.append((time.monotonic(), r.files, r.bytes_sent))
+            if r.folder_error is not None:
+                self._halt(str(r.folder_error))
+            for o in r.outcomes:
+                if o.kind in ("retry", "park") and o.error:
+                    self.last_error = o.error
+                    self._log_limited("transfer.failed", path=o.path, error=o.error, outcome=o.kind)
+        if self._outcomes:
+            self.journal.apply(self._outcomes)
+            self._outcomes = []
+    
+    def _dispatch(self, now: float) -> None:
+        assert self._transfers is not None
+        free = self.folder.workers - len(self._inflight)
+        exhausted = False  # nothing more is due right now
+        while free > 0:
+            if not self._ready and not exhausted:
+                claimed = self.journal.claim_due(now, max(2 * free, 32))
+                exhausted = len(claimed) < max(2 * free, 32)
+                for p in claimed:
+                    self._plan(p, now)
+                if len(self._deletes) >= DELETE_BATCH:
+                    self._flush_deletes()
+                    free -= 1
+                    continue
+            if not self._ready:
+                break
+            task = self._ready[0]
+            if not self.budget.try_acquire(task.cost):
+                break
+            self._ready.popleft()
+            self._submit(task)
+            free -= 1
+        if self._deletes and free > 0 and (exhausted or len(self._deletes) >= DELETE_BATCH):
+            self._flush_deletes()
+
+    def _submit(self, task: Task) -> None:
+        assert self._transfers is not None
+        self._inflight[id(task)] = task
+        future = self._pool.submit(self._transfers.run, task)
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, future: Future[Result]) -> None:
+        if not future.cancelled():
+            self._results.append(future.result())
+        self._wake.set()
+
+    def _flush_deletes(self) -> None:
+        batch, self._deletes = self._deletes[:DELETE_BATCH], self._deletes[DELETE_BATCH:]
+        problem = self._root_problem()
+        if problem is not None:
+            # An unmounted or vanished root looks like "everything was deleted": never act on it.
+            self._halt(problem)
+            self._outcomes.extend(Outcome("defer", p.path, p.gen, delay=1.0) for p in batch + self._deletes)
+            self._deletes = []
+            return
+        self._submit(Task("delete", batch))
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(self, p: Pending, now: float) -> None:
+        """Decide what a claimed change needs, from the file as it is now."""
+        rel = p.path
+        problem = key_problem(self.folder.key_for(rel))
+        if problem is not None:
+            self._outcomes.append(Outcome("park", rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}"))
+            return
+        try:
+            st: os.stat_result | None = os.lstat(os.path.join(self.root, rel))
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        except OSError as exc:
+            self._outcomes.append(Outcome("park", rel, p.gen, error=f"cannot stat {rel}: {exc.strerror}"))
+            return
+        if st is not None and statmod.S_ISREG(st.st_mode) and not self.ignore.ignored_with_parents(rel):
+            self._plan_file(p, st, now)
+            return
+        if st is not None and not statmod.S_ISDIR(st.st_mode) and not statmod.S_ISREG(st.st_mode):
+            self._note_skipped(rel, st)
+        # Absent from the mirror's point of view: remove the key if we put one there.
+        if self.journal.entry(rel) is None:
+            self._outcomes.append(Outcome("done", rel, p.gen))
+        elif self.folder.delete == "keep":
+            self._outcomes.append(Outcome("done", rel, p.gen))
+        elif rel in self._copy_sources or self.journal.has_mover(rel):
+            # A renamed file still needs this key as its copy source: delete it afterwards.
+            self._outcomes.append(Outcome("defer", rel, p.gen, delay=max(self.folder.settle, 0.2)))
+        else:
+            self._deletes.append(p)
+
+    def _plan_file(self, p: Pending, st: os.stat_result, now: float) -> None:
+        rel = p.path
+        age = now - st.st_mtime_ns / 1e9
+        if 0 <= age < self.folder.settle and now < p.first_seen + self.folder.max_delay:
+            # Written moments ago (its events may still be on the way): let it settle.
+            self._outcomes.append(Outcome("defer", rel, p.gen, delay=self.folder.settle - age))
+            return
+        entry = self.journal.entry(rel)
+        if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            self._outcomes.append(Outcome("done", rel, p.gen))
+            return
+        source = None
+        if p.move_from:
+            candidate = self.journal.entry(p.move_from)
+            if candidate is not None and (candidate.size, candidate.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                source = candidate
+        if source is None:
+            source = self.journal.entry_by_inode(st.st_ino, st.st_size, st.st_mtime_ns, rel)
+        if source is not None:
+            self._copy_sources.add(source.path)
+            self._ready.append(Task("copy", [p], copy_from=source))
+        else:
+            self._ready.append(Task("upload", [p], cost=min(st.st_size, self.folder.multipart_threshold)))
+
+    def _note_skipped(self, rel: str, st: os.stat_result) -> None:
+        if rel in self._skipped_logged or len(self._skipped_logged) > 10_000:
+            return
+        self._skipped_logged.add(rel)
+        kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
+        self._log.info("path.skipped", path=rel, reason=f"{kind}: not followed or mirrored")
+
+    def _root_problem(self) -> str | None:
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            return f"folder root {self.root} is unavailable ({exc.strerror}): no remote deletions until it is back"
+        if not statmod.S_ISDIR(st.st_mode):
+            return f"folder root {self.root} is not a directory: no remote deletions until it is fixed"
+        if self._root_dev is not None and st.st_dev != self._root_dev:
+            return (f"folder root {self.root} is now on another device (unmounted?): "
+                    "no remote deletions until it is back")
+        return None
+
+    # ------------------------------------------------------------------ folder errors
+
+    def _halt(self, reason: str) -> None:
+        if self.halt is None:
+            self._log.error("folder.error", error=reason)
+            self._probe_delay = PROBE_MIN
+        self.halt = reason
+        self.last_error = reason
+        self._probe_at = time.time() + self._probe_delay
+
+    def _maybe_probe(self, now: float) -> None:
+        if self._probing or now < self._probe_at:
+            return
+        self._probing = True
+        self._pool.submit(self._probe).add_done_callback(self._on_probe)
+
+    def _probe(self) -> Transfers:
+        """Pool thread: can the folder work again (root present, store reachable)?"""
+        problem = self._root_problem()
+        if problem is not None:
+            raise StoreError(problem, scope="folder")
+        transfers = self._transfers or self._make_transfers(self.folder)
+        transfers.store.check()
+        return transfers
+
+    def _on_probe(self, future: Future[Transfers]) -> None:
+        self._probes.append(future)
+        self._wake.set()
+
+    def _probe_results(self) -> None:
+        """Scheduler thread: apply what the probe found."""
+        while self._probes:
+            future = self._probes.popleft()
+            self._probing = False
+            exc = future.exception()
+            if exc is None:
+                self._transfers = future.result()
+                if self.halt is not None:
+                    self._log.info("folder.ready" if self._first_probe else "folder.recovered")
+                self._first_probe = False
+                self.halt = None
+                self.last_error = None
+                continue
+            message = str(exc) if isinstance(exc, StoreError) else f"internal error: {exc!r}"
+            if self._first_probe or self.halt != message:
+                self._log.error("folder.error", error=message)
+            else:
+                self._log_limited("folder.still_failing", error=message)
+            self._first_probe = False
+            self.halt = message
+            self.last_error = message
+            self._probe_delay = min(PROBE_MAX, self._probe_delay * 2)
+            self._probe_at = time.time() + self._probe_delay
+
+    def start_probe(self) -> None:
+        """First contact with the store happens in the pool, never in the loop."""
+        self.halt = "connecting to the object store"
+        self._probe_at = 0.0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _next_timeout(self) -> float:
+        if self._inbox or self._results or self._probes:
+            return 0.0
+        if self.halt is not None or self.paused:
+            return 1.0
+        nxt = self.journal.next_due()
+        if nxt is None:
+            return 1.0
+        if self._ready and len(self._inflight) < self.folder.workers:
+            return 0.05  # budget-blocked: look again shortly
+        return max(0.0, min(1.0, nxt - time.time()))
+
+    def _log_limited(self, event: str, **kw: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_logged.get(event, -1e9) >= LOG_EVERY:
+            self._last_logged[event] = now
+            self._log.warning(event, **kw)
+
+    # ------------------------------------------------------------------ control
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self._wake.set()
+
+    def retry_failed(self) -> int:
+        n = self.journal.retry_failed()
+        self._wake.set()
+        return n
+
+    def oldest_inflight_age(self, now: float) -> float:
+        """Seconds the oldest in-flight transfer has run (0 when none), for the watchdog."""
+        tasks = list(self._inflight.values())
+        return max((now - t.started for t in tasks), default=0.0)
+
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def inbox_size(self) -> int:
+        return len(self._inbox) + len(self._unsaved)
+
+    def rate(self, window: float = 10.0) -> tuple[float, float]:
+        """(files/s, bytes/s) over the last ``window`` seconds."""
+        cutoff = time.monotonic() - window
+        while self._rate and self._rate[0][0] < cutoff:
+            self._rate.popleft()
+        samples = list(self._rate)
+        return (sum(s[1] for s in samples) / window, sum(s[2] for s in samples) / window)
+
+    def ops(self) -> dict[str, int]:
+        return dict(self._transfers.ops) if self._transfers is not None else {}

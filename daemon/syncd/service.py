@@ -1,0 +1,221 @@
+"""The service: wiring, signals, sd_notify and the ordered shutdown.
+
+Signal handlers only set flags; the main thread acts on them. Shutdown runs in a fixed
+order: watches -> scans -> schedulers (drain the pools until a deadline) -> journals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import sdnotify
+import structlog
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+from .control import ControlError, ControlServer
+from .folder import FolderRuntime
+from .scheduler import ByteBudget
+from .units import format_size
+from .watcher import Watcher
+
+log = structlog.get_logger("syncd.service")
+
+# `syncd wait` looks at the folders only after this long, so that events of writes made
+# just before the request have crossed inotify and watchdog (which holds an unpaired
+# IN_MOVED_FROM for 0.5 s while it looks for its IN_MOVED_TO).
+EVENT_GRACE = 0.6
+STATUS_EVERY = 2.0
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.folders: dict[str, FolderRuntime] = {}
+        self.budget = ByteBudget(config.max_inflight_bytes)
+        self.watcher = Watcher()
+        self.control = ControlServer(config.socket, self)
+        self.notifier = sdnotify.SystemdNotifier()
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._signals = 0
+        self._lock = threading.Lock()  # folder set changes (reload) vs. control reads
+        usec = os.environ.get("WATCHDOG_USEC")
+        self._watchdog_every = int(usec) / 2e6 if usec and usec.isdigit() else None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self._install_signals()
+        self.control.start()  # fails early if another daemon owns the socket
+        self.watcher.start()
+        for folder in self.config.folders:
+            self._add_folder(folder)
+        self._notify("READY=1", self._status_line())
+        log.info("daemon.ready", folders=len(self.folders), socket=str(self.config.socket), version=__version__)
+        next_status = next_ping = 0.0
+        while not self._stop.is_set():
+            self._stop.wait(0.5)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            now = time.monotonic()
+            if now >= next_status:
+                self._notify(self._status_line())
+                next_status = now + STATUS_EVERY
+            if self._watchdog_every and now >= next_ping and self._healthy(now):
+                self._notify("WATCHDOG=1")
+                next_ping = now + self._watchdog_every
+        self.shutdown()
+        return 0
+
+    def _add_folder(self, folder: Any) -> None:
+        runtime = FolderRuntime(folder, self.config.state_dir, self.budget)
+        with self._lock:
+            self.folders[folder.name] = runtime
+        runtime.start(self.watcher)
+
+    def _remove_folder(self, name: str, deadline: float) -> None:
+        with self._lock:
+            runtime = self.folders.pop(name)
+        runtime.stop_intake(self.watcher)
+        runtime.stop(deadline)
+
+    def shutdown(self) -> None:
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        self._notify("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int((self.config.shutdown_timeout + 10) * 1e6)}")
+        log.info("daemon.stopping")
+        for runtime in self.folders.values():
+            runtime.stop_intake(self.watcher)
+        self.watcher.stop()
+        for runtime in self.folders.values():
+            runtime.stop(deadline)
+        self.control.stop()
+        log.info("daemon.stopped")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _install_signals(self) -> None:
+        def on_term(signum: int, _frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals > 1:
+                os._exit(1)  # second signal: leave now; the journal replays what was in flight
+            self._stop.set()
+
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config; add, remove and restart changed folders, leave the rest alone."""
+        self._notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload.invalid", error=str(exc))
+            self._notify("READY=1")
+            raise ControlError(f"new configuration rejected, still running the old one:\n{exc}", code=78) from None
+        old = {f.name: f for f in self.config.folders}
+        fresh = {f.name: f for f in new.folders}
+        removed = [n for n in old if n not in fresh or fresh[n] != old[n]]
+        added = [n for n in fresh if n not in old or fresh[n] != old[n]]
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        for name in removed:
+            self._remove_folder(name, deadline)
+        self.config = Config(**{**self.config.__dict__, "folders": new.folders, "log": new.log})
+        for name in added:
+            self._add_folder(fresh[name])
+        log.info("reload.done", added=[n for n in added if n not in old], removed=[n for n in removed
+                                                                              if n not in fresh],
+                 changed=[n for n in added if n in old])
+        self._notify("READY=1", self._status_line())
+        return {"added": added, "removed": removed}
+
+    # ------------------------------------------------------------------ health and status
+
+    def _healthy(self, now: float) -> bool:
+        return all(r.healthy(now) for r in list(self.folders.values()))
+
+    def _notify(self, *lines: str) -> None:
+        self.notifier.notify("\n".join(lines))
+
+    def _status_line(self) -> str:
+        parts = []
+        pending = failed = 0
+        for r in list(self.folders.values()):
+            counts = r.journal.counts()
+            pending += counts["pending"]
+            failed += counts["failed"]
+            if r.state() != "watching":
+                parts.append(f"{r.folder.name}:{r.state()}")
+        rate = sum(r.scheduler.rate()[1] for r in list(self.folders.values()))
+        text = f"{len(self.folders)} folders, {pending} pending, {failed} failed, {format_size(rate)}/s"
+        return "STATUS=" + text + (f" ({', '.join(parts)})" if parts else "")
+
+    def _select(self, name: str | None) -> list[FolderRuntime]:
+        with self._lock:
+            if name is None:
+                return list(self.folders.values())
+            if name not in self.folders:
+                raise ControlError(f"no folder named {name!r}; folders: {', '.join(sorted(self.folders)) or 'none'}")
+            return [self.folders[name]]
+
+    # ------------------------------------------------------------------ control commands
+
+    def handle_command(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request["cmd"]
+        folder = request.get("folder")
+        if cmd == "status":
+            return {"version": 1, "daemon": {"pid": os.getpid(), "version": __version__,
+                                             "uptime_s": round(time.monotonic() - self.started, 1)},
+                    "folders": [r.snapshot() for r in self._select(folder)]}
+        if cmd == "wait":
+            return self._wait(folder, float(request.get("timeout") or 0) or None)
+        if cmd in ("pause", "resume"):
+            targets = self._select(folder)
+            for r in targets:
+                r.scheduler.set_paused(cmd == "pause")
+            log.info(f"folder.{cmd}d", folders=[r.folder.name for r in targets])
+            return {"folders": [r.folder.name for r in targets]}
+        if cmd == "retry":
+            return {"requeued": sum(r.scheduler.retry_failed() for r in self._select(folder))}
+        if cmd == "reconcile":
+            targets = self._select(folder)
+            started = [r.folder.name for r in targets if r.scan()]
+            if request.get("wait"):
+                return {**self._wait(folder, float(request.get("timeout") or 0) or None), "started": started}
+            return {"started": started}
+        if cmd == "reload":
+            return self.reload()
+        raise ControlError(f"unknown command {cmd!r}")
+
+    def _wait(self, name: str | None, timeout: float | None) -> dict[str, Any]:
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        while True:
+            now = time.monotonic()
+            targets = self._select(name)
+            if now - start >= EVENT_GRACE:
+                states = [r.is_idle() for r in targets]
+                if all(idle for idle, _ in states):
+                    return {"idle": True, "failed": sum(f for _, f in states)}
+            if deadline is not None and now >= deadline:
+                busy = [r.folder.name for r in targets if not r.is_idle()[0]]
+                return {"idle": False, "busy": busy}
+            time.sleep(0.05)
+
+
+def run(config_path: str | None) -> int:
+    config = load_config(config_path)
+    return Daemon(config).run()
