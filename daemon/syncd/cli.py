@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", default=None,
                         help=f"global config file (default: $SYNCD_CONFIG or {DEFAULT_CONFIG})")
     common.add_argument("--socket", default=None, help="control socket path (default: from the config)")

@@ -138,7 +138,7 @@ def _bucket(value: Any) -> str:
     # AWS allows 3-63 of [a-z0-9.-]; S3-compatible stores and legacy buckets are laxer.
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}", value):
         raise ValueError(f"expected a bucket name (3+ characters of letters, digits, '.', '-', '_'), got {value!r}")
-    return value
+    return str(value)
 
 
 def _prefix(value: Any) -> str:
@@ -146,9 +146,9 @@ def _prefix(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         raise ValueError(f"expected a key prefix such as 'photos/', got {value!r}")
-    value = value.lstrip("/")
+    prefix = value.lstrip("/")
     # "photos" almost always means "photos/": keys are prefix + relative path.
-    return value if not value or value.endswith("/") else value + "/"
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
 def _part_size(value: Any) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,7 +314,7 @@ class Journal:
             return db.execute("SELECT path, error FROM pending WHERE state=2 ORDER BY path LIMIT ?",
                               (limit,)).fetchall()
 
-    def iter_manifest(self) -> Iterator[tuple[str, int, int, int | None]]:
+    def iter_manifest(self) -> Generator[tuple[str, int, int, int | None], None, None]:
         """All manifest rows sorted by path (byte order), streamed from a private snapshot.
 
         Byte order matches the order of a walk that sorts each directory's entries with

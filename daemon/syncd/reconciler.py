@@ -110,7 +110,7 @@ class LocalScan:
                 report.changed += 1
                 self.sink.submit(rel, move_from=self._renamed_from(rel, st), settle=False)
         if stop.is_set():
-            manifest.close()
+            manifest.close()  # releases its read snapshot now, not at garbage collection
             return report
         while m is not None:
             self._missing(m[0], report)

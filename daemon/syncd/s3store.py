@@ -82,7 +82,7 @@ class S3Store:
             # minutes, never dropping a change) handles outages, so botocore's retry quota
             # draining during a long outage does not matter.
             retries={"mode": "standard", "max_attempts": 3},
-            s3={"addressing_style": addressing},
+            s3={"addressing_style": addressing},  # type: ignore[arg-type]
             # We send our own integrity checks (config 'checksum'); some S3-compatible
             # stores reject the CRC headers newer boto3 sends by default (boto3 issue 4392).
             request_checksum_calculation="when_required",

@@ -27,6 +27,8 @@ from .store import StoreError
 from .transfer import Result, Task, Transfers
 
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
+DELETE_LULL = 0.25           # a partial delete batch waits this long for more keys to join it...
+DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
 INGEST_BATCH = 20_000
 PROBE_MIN, PROBE_MAX = 2.0, 60.0
@@ -89,6 +91,7 @@ class Scheduler:
         self._deletes: list[Pending] = []
         self._inflight: dict[int, Task] = {}
         self._copy_sources: set[str] = set()
+        self._delete_since = self._delete_grew = 0.0
 
         self.paused = False
         self.halt: str | None = None        # folder-level error: nothing is dispatched
@@ -229,7 +232,7 @@ class Scheduler:
         if self._outcomes:
             self.journal.apply(self._outcomes)
             self._outcomes = []
-    
+
     def _dispatch(self, now: float) -> None:
         assert self._transfers is not None
         free = self.folder.workers - len(self._inflight)
@@ -252,8 +255,14 @@ class Scheduler:
             self._ready.popleft()
             self._submit(task)
             free -= 1
-        if self._deletes and free > 0 and (exhausted or len(self._deletes) >= DELETE_BATCH):
+        if self._deletes and free > 0 and (len(self._deletes) >= DELETE_BATCH or (exhausted and self._deletes_ripe())):
             self._flush_deletes()
+
+    def _deletes_ripe(self) -> bool:
+        """Deletes arrive in waves (a directory move frees its keys as the copies finish):
+        flush a partial batch only after a lull, so one request carries many keys."""
+        now = time.monotonic()
+        return now - self._delete_grew >= DELETE_LULL or now - self._delete_since >= DELETE_MAX_WAIT
 
     def _submit(self, task: Task) -> None:
         assert self._transfers is not None
@@ -307,6 +316,9 @@ class Scheduler:
             # A renamed file still needs this key as its copy source: delete it afterwards.
             self._outcomes.append(Outcome("defer", rel, p.gen, delay=max(self.folder.settle, 0.2)))
         else:
+            if not self._deletes:
+                self._delete_since = time.monotonic()
+            self._delete_grew = time.monotonic()
             self._deletes.append(p)
 
     def _plan_file(self, p: Pending, st: os.stat_result, now: float) -> None:
@@ -418,11 +430,11 @@ class Scheduler:
             return 0.0
         if self.halt is not None or self.paused:
             return 1.0
+        if (self._ready or self._deletes) and len(self._inflight) < self.folder.workers:
+            return 0.05  # budget-blocked, or a delete batch filling up: look again shortly
         nxt = self.journal.next_due()
         if nxt is None:
             return 1.0
-        if self._ready and len(self._inflight) < self.folder.workers:
-            return 0.05  # budget-blocked: look again shortly
         return max(0.0, min(1.0, nxt - time.time()))
 
     def _log_limited(self, event: str, **kw: Any) -> None:

@@ -33,7 +33,7 @@ class FileChanged(Exception):
 
 def backoff(attempts: int) -> float:
     """Exponential backoff with jitter (half to full of the capped exponential)."""
-    return min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempts, 16))) * random.uniform(0.5, 1.0)
+    return float(min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempts, 16))) * random.uniform(0.5, 1.0))
 
 
 @dataclass

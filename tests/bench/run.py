@@ -1,0 +1,131 @@
+"""Benchmark entry point: ``python -m tests.bench.run [--scenarios a,b] [--reps N] [--quick]``.
+
+Starts one SeaweedFS on loopback, runs the selected scenarios for syncd and every working
+peer, writes docs/benchmarks/results.md and charts, and prints the results table. Every
+process it starts (weed, syncd, peers, proxies) is stopped on exit, Ctrl-C or SIGTERM.
+Exit status: 0 if every run verified, 1 if any failed, 130 on interrupt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+from tests.support.seaweed import start_seaweed
+
+from . import scenarios as _scenarios  # noqa: F401  (registers the scenarios)
+from .core import REGISTRY, REPO, SYNCD, Bench, Options, Sample, on_exit
+from .peers import PEERS, Peer, discover, ensure_harness_packages
+from .report import console, machine_facts, main_table, write_report
+
+DEFAULT_SCENARIOS = ("initial", "ingest", "nochange")
+WEED_STOP_GRACE = 2.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tests.bench.run",
+                                description="Benchmark syncd against aws s3 sync, rclone and s5cmd on a local "
+                                            "SeaweedFS; write docs/benchmarks/results.md and charts.")
+    p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                   help=f"comma-separated, from: {', '.join(REGISTRY)} (default: %(default)s)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per tool (default 3; --quick: 1)")
+    p.add_argument("--quick", action="store_true", help="1 repetition and small datasets: a smoke test")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every dataset size by this (e.g. --quick --scale 0.3 while developing)")
+    p.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers to compare (default: %(default)s)")
+    p.add_argument("--concurrency", type=int, default=32,
+                   help="parallel requests for every tool: syncd workers, aws max_concurrent_requests, "
+                        "rclone --transfers/--checkers, s5cmd --numworkers (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="report directory")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where to create the scratch directory (default: $TMPDIR); it needs room for the datasets")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory afterwards")
+    p.add_argument("--no-install", action="store_true", help="do not pip-install missing peers")
+    args = p.parse_args(argv)
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in args.scenarios if s not in REGISTRY]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; known: {', '.join(REGISTRY)}")
+    args.peers = [s for s in args.peers.split(",") if s]
+    if bad := [s for s in args.peers if s not in PEERS]:
+        p.error(f"unknown peer(s) {bad}; known: {', '.join(PEERS)}")
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
+    if args.reps < 1 or args.concurrency < 1 or args.scale <= 0:
+        p.error("--reps and --concurrency must be >= 1, --scale > 0")
+    return args
+
+
+def _sigterm(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds through every cleanup callback, like Ctrl-C
+
+
+def tool_settings(peers: dict[str, Peer], concurrency: int) -> dict[str, str]:
+    syncd = (f"`syncd run` with `workers: {concurrency}`, other settings default (settle 0.5 s), log level "
+             "warning; timed from launching `syncd run` until `syncd wait` exits 0. That includes both "
+             "processes' start-up and the 0.6 s `syncd wait` always waits for in-flight events.")
+    out = {SYNCD: syncd}
+    out.update({name: peer.settings.format(c=concurrency) for name, peer in peers.items()})
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    ensure_harness_packages(install=not args.no_install)
+    peers, problems = discover(args.peers, install=not args.no_install)
+    for name, problem in problems.items():
+        print(f"bench: peer {name} unavailable: {problem}", file=sys.stderr)
+    facts = machine_facts(peers, problems)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    # Always a new directory of our own, so removing it afterwards never touches anything else.
+    workdir = Path(tempfile.mkdtemp(prefix="syncd-bench-", dir=args.workdir))
+    options = Options(args.reps, args.quick, args.scale, args.concurrency)
+    samples: list[Sample] = []
+    started = time.monotonic()
+    try:
+        with ExitStack() as stack:
+            server = start_seaweed(workdir / "weed")
+            # Its data is thrown away, so there is no point waiting out weed's slow SIGTERM handling.
+            on_exit(stack, "seaweedfs", lambda: server.stop(grace=WEED_STOP_GRACE))
+            bench = Bench(options, workdir, server, peers, stack)
+            samples = bench.samples
+            for name in args.scenarios:
+                print(f"bench: scenario {name}: {REGISTRY[name].summary}", flush=True)
+                try:
+                    REGISTRY[name].run(bench)
+                except Exception as exc:  # one broken scenario must not cost the others' results
+                    traceback.print_exc()
+                    bench.add(Sample(name, "scenario", "-", SYNCD, 0, None, False, f"crashed: {exc!r}"[:300]))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    facts["load average (1/5/15 min) at end"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    facts["harness wall time"] = f"{time.monotonic() - started:.0f} s"
+    path, rows = write_report(samples, facts, tool_settings(peers, args.concurrency), args.out, args.quick)
+    print()
+    print(console(main_table(rows)))
+    print(f"\nbench: report written to {path}")
+    return 0 if samples and all(s.ok for s in samples) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("bench: interrupted; every started process was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The scenarios. Each one registers itself with ``@scenario`` and records samples via ``bench.add``.
+
+To add one (planned: 1 GiB file MB/s and RSS, change-to-visible latency, idle CPU, a 20k-file
+burst, a 20 ms latency link via ``S3Proxy.set_delay``), write a function here taking the
+:class:`~tests.bench.core.Bench`, build a dataset with ``make_dataset``, get runners with
+``bench.runner`` and record each timed run with ``bench.measure`` (which verifies the bucket).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+from .core import REPO, SYNCD, Bench, Sample, make_dataset, scenario
+from .proc import kill_group, run_timed
+
+KiB = 1024
+MiB = 1024 * 1024
+POLL_S = 0.1
+RECORD_TARGET = 50_000.0  # events/s Journal.record must sustain (the design's ingest goal)
+
+
+@scenario("initial", "initial sync of 5,000 files of 1–64 KiB in 100 directories into an empty bucket")
+def initial(bench: Bench) -> None:
+    files = bench.size(5_000, 1_000)
+    ds = make_dataset(bench.scratch("initial-data"), files=files, dirs=max(1, files // 50), min_size=1 * KiB,
+                      max_size=64 * KiB, seed=1)
+    metric = f"time to synced ({files:,} files, {ds.total_bytes / MiB:.0f} MiB)"
+    for rep in range(bench.reps):
+        for tool in bench.order(rep):
+            bucket = bench.new_bucket(f"initial-{tool}-{rep}")
+            bench.measure("initial", metric, rep, bench.runner(tool, ds.root, bucket), ds, bucket)
+
+
+@scenario("nochange", "re-run over a synced tree of 100,000 files of 100 bytes: time and S3 requests")
+def nochange(bench: Bench) -> None:
+    files = bench.size(100_000, 10_000)
+    ds = make_dataset(bench.scratch("nochange-data"), files=files, dirs=max(1, files // 100), min_size=100,
+                      max_size=100, seed=3)
+    proxy = bench.start_proxy()  # every tool talks through it, so its requests are counted
+    ready = {}
+    for tool in bench.tools:
+        bucket = bench.new_bucket(f"nochange-{tool}")
+        runner = bench.runner(tool, ds.root, bucket, proxy.endpoint)
+        first = bench.measure("nochange", f"first sync, setup ({files:,} files)", 0, runner, ds, bucket, proxy)
+        if first.ok:
+            ready[tool] = (runner, bucket)
+    for rep in range(bench.reps):
+        for tool in bench.order(rep, list(ready)):
+            runner, bucket = ready[tool]
+            bench.measure("nochange", f"no-change run ({files:,} files)", rep, runner, ds, bucket, proxy)
+
+
+@scenario("ingest", "journal ingest: Journal.record events/s, and a paused daemon journaling 100k new files")
+def ingest(bench: Bench) -> None:
+    events = bench.size(100_000, 10_000)
+    for rep in range(bench.reps):
+        bench.add(_journal_record(bench, events, rep))
+    for rep in range(bench.reps):
+        bench.add(_end_to_end_ingest(bench, events, rep))
+
+
+def _journal_record(bench: Bench, events: int, rep: int) -> Sample:
+    """Journal.record in a fresh interpreter: events/s, RSS and disk per 100k journaled paths."""
+    try:
+        from syncd.scheduler import INGEST_BATCH as batch
+    except ImportError:
+        batch = 20_000
+    distinct = max(1, events * 6 // 10)
+    metric = f"Journal.record ({events:,} events, {distinct:,} paths, {batch:,}/call)"
+    work = bench.scratch(f"journal-{rep}")
+    cmd = [sys.executable, "-m", "tests.bench.workers", "journal", str(events), str(batch), str(distinct), str(work)]
+    result = run_timed(cmd, timeout=bench.timeout_for(events), cwd=REPO)
+    if not result.ok:
+        return Sample("ingest", metric, "events/s", SYNCD, rep, None, False, result.problem(), higher_is_better=True,
+                      target=RECORD_TARGET)
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = max(1, int(data["rows"]))
+    per_100k = 100_000 / rows
+    extra = {"seconds": data["seconds"], "journaled paths": rows, "RSS MiB to open": data["rss_open"] / MiB,
+             "RSS MiB per 100k paths": data["rss_delta"] / MiB * per_100k,
+             "DB MiB per 100k paths": data["disk_bytes"] / MiB * per_100k}
+    ok = rows == data["distinct"] == distinct
+    detail = "" if ok else f"journal holds {rows} paths, expected {distinct}"
+    return Sample("ingest", metric, "events/s", SYNCD, rep, events / data["seconds"], ok, detail, extra,
+                  higher_is_better=True, target=RECORD_TARGET)
+
+
+def _end_to_end_ingest(bench: Bench, files: int, rep: int) -> Sample:
+    """A paused daemon watches a folder while a script creates ``files`` empty files; how fast are
+    they journaled, and how large does the daemon get?"""
+    import psutil
+    from syncd.control import ControlError
+
+    metric = f"end-to-end, paused daemon ({files:,} new empty files)"
+    dirs = 100
+    root = bench.scratch(f"ingest-tree-{rep}")
+    for d in range(dirs):
+        (root / f"d{d:04d}").mkdir()
+    runner = bench.syncd_runner(root, bench.new_bucket(f"ingest-{rep}"))
+
+    def failed(problem: str) -> Sample:
+        runner.stop()
+        return Sample("ingest", metric, "files/s", SYNCD, rep, None, False, problem, higher_is_better=True)
+
+    started = runner.start(timeout=120)
+    if started.error is not None or runner.pid is None:
+        return failed(started.error or "syncd did not start")
+    runner.control("pause")
+    daemon = psutil.Process(runner.pid)
+    db = runner.daemon.state_dir / "folders" / "bench.sqlite3"
+    creator = subprocess.Popen([sys.executable, "-m", "tests.bench.workers", "create", str(root), str(files),
+                                str(dirs)], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.monotonic()
+    deadline = t0 + bench.timeout_for(files)
+    seen_s = journaled_s = None
+    peak_rss = daemon.memory_info().rss
+    try:
+        while journaled_s is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            peak_rss = max(peak_rss, daemon.memory_info().rss)
+            pending = runner.control("status")["folders"][0]["pending"]
+            now = time.monotonic() - t0
+            if seen_s is None and pending >= files:
+                seen_s = now
+            if _journal_rows(db) >= files:
+                journaled_s = now
+        out, _ = creator.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    except (ControlError, psutil.Error, sqlite3.Error, subprocess.TimeoutExpired) as exc:
+        return failed(f"while journaling: {exc!r}"[:300])
+    finally:
+        kill_group(creator)
+    if journaled_s is None:
+        return failed(f"journal did not reach {files} paths in time (status pending seen: {seen_s})")
+    created = json.loads(out.strip().splitlines()[-1])
+    rows = _journal_rows(db)
+    problem = runner.stop()
+    if rows != files:
+        problem = problem or f"journal holds {rows} paths, expected {files}"
+    # The creator starts a moment after t0 (interpreter start-up), so the lag is an upper bound.
+    extra = {"create s": created["seconds"], "status pending reached s": seen_s if seen_s is not None else -1.0,
+             "journaled s": journaled_s, "lag after last create s": journaled_s - created["seconds"],
+             "peak RSS MiB": peak_rss / MiB}
+    return Sample("ingest", metric, "files/s", SYNCD, rep, files / journaled_s, problem is None, problem or "",
+                  extra, higher_is_better=True)
+
+
+def _journal_rows(db: Path) -> int:
+    """Pending rows in the daemon's journal, read the way any WAL reader may (0 before it exists)."""
+    if not db.exists():
+        return 0
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+

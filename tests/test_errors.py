@@ -1,0 +1,114 @@
+"""Real errors: bad config stops the daemon with a precise message; a broken folder
+(missing bucket, bad credentials) is reported in status while the others keep syncing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .support.daemon import Syncd, assert_mirror, await_condition
+
+
+def _check(syncd: Syncd, *args: str) -> tuple[int, str]:
+    r = syncd.cli("check-config", *args)
+    return r.returncode, r.stderr + r.stdout
+
+
+def test_unknown_key_names_file_and_key_with_a_did_you_mean(syncd, tree, bucket):
+    file = syncd.add_folder("photos", tree, bucket, setle="1s")
+    code, out = _check(syncd)
+    assert code == 78
+    assert str(file) in out and "'setle'" in out and "did you mean 'settle'" in out
+    run = syncd.cli("run", timeout=30)
+    assert run.returncode == 78 and "'setle'" in run.stderr
+
+
+def test_wrong_types_missing_keys_and_missing_path_are_all_reported(syncd, tmp_path, bucket):
+    a = syncd.add_folder("a", tmp_path / "does-not-exist", bucket, workers="many", settle="soon")
+    b = syncd.home / "folders.d" / "b.yaml"
+    b.write_text("prefix: x/\n")
+    code, out = _check(syncd)
+    assert code == 78
+    assert f"{a}: key 'path'" in out and "does not exist" in out
+    assert f"{a}: key 'workers'" in out and "whole number" in out
+    assert f"{a}: key 'settle'" in out and "duration" in out
+    assert f"{b}: key 'path': required" in out and f"{b}: key 'bucket': required" in out
+
+
+def test_global_file_errors_name_the_global_file(syncd, tree, bucket):
+    syncd.add_folder("a", tree, bucket)
+    syncd.write_global(log={"level": "loud"}, defaults={"workrs": 4})
+    code, out = _check(syncd)
+    assert code == 78
+    assert f"{syncd.config}: key 'log.level'" in out and "debug, info, warning, error" in out
+    assert f"{syncd.config}: key 'defaults.workrs'" in out and "did you mean 'workers'" in out
+
+
+def test_valid_config_passes_check_config(syncd, tree, bucket):
+    syncd.add_folder("a", tree, bucket, prefix="photos", settle="500ms", multipart_threshold="64MiB")
+    code, out = _check(syncd)
+    assert code == 0, out
+    assert "s3://" + bucket + "/photos/" in out
+
+
+def test_missing_bucket_is_a_folder_error_while_other_folders_sync(syncd, tmp_path, s3, bucket):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    syncd.add_folder("good", good, bucket)
+    syncd.add_folder("bad", bad, "no-such-bucket-here")
+    (good / "a.txt").write_text("a")
+    (bad / "b.txt").write_text("b")
+    syncd.start()
+    status = await_condition(lambda: (f := syncd.folder_status("bad"))["state"] == "error" and f, 30,
+                             "the folder with a missing bucket to report an error")
+    assert "no-such-bucket-here" in status["last_error"] and "does not exist" in status["last_error"]
+    assert status["pending"] == 1  # its change is kept, not dropped
+    syncd.cli("wait", "good", "--timeout", "30")
+    (good / "later.txt").write_text("still syncing")
+    assert syncd.cli("wait", "good", "--timeout", "30").returncode == 0
+    assert_mirror(s3, bucket, good)
+
+
+def test_bad_credentials_are_a_folder_error_naming_the_fix(syncd, tmp_path, s3, bucket, s3_server):
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[good]\naws_access_key_id = {s3_server.access_key}\n"
+                     f"aws_secret_access_key = {s3_server.secret_key}\n"
+                     "[bad]\naws_access_key_id = AKIAWRONGWRONGWRONG1\n"
+                     "aws_secret_access_key = wrongwrongwrongwrongwrongwrongwrongwrong\n")
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    syncd.add_folder("good", good, bucket, profile="good", prefix="g/")
+    syncd.add_folder("bad", bad, bucket, profile="bad", prefix="b/")
+    (good / "a.txt").write_text("a")
+    (bad / "b.txt").write_text("b")
+    syncd.start(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
+    status = await_condition(lambda: (f := syncd.folder_status("bad"))["state"] == "error" and f, 30,
+                             "the folder with bad credentials to report an error")
+    assert "credentials" in status["last_error"] or "access denied" in status["last_error"].lower()
+    assert syncd.cli("wait", "good", "--timeout", "30").returncode == 0
+    assert_mirror(s3, bucket, good, prefix="g/")
+    assert "wrongwrongwrongwrong" not in syncd.log()
+
+
+def test_client_commands_without_a_daemon_exit_3(syncd, tree, bucket):
+    syncd.add_folder("a", tree, bucket)
+    r = syncd.cli("status")
+    assert r.returncode == 3 and "not running" in r.stderr
+
+
+def test_unknown_folder_is_rejected_with_exit_4(syncd, tree, bucket):
+    syncd.add_folder("a", tree, bucket)
+    syncd.start()
+    r = syncd.cli("pause", "nope")
+    assert r.returncode == 4 and "no folder named 'nope'" in r.stderr
+
+
+def test_refuses_to_replace_a_regular_file_at_the_socket_path(syncd, tree, bucket):
+    syncd.add_folder("a", tree, bucket)
+    Path(syncd.socket).write_text("not a socket")
+    syncd.start(wait_ready=False)
+    assert syncd.proc is not None
+    assert syncd.proc.wait(30) != 0
+    assert Path(syncd.socket).read_text() == "not a socket"
+    assert "not a socket" in syncd.log()

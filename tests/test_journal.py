@@ -1,0 +1,110 @@
+"""The journal's durability rules, on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from syncd.journal import CLAIMED, Entry, Journal, Outcome
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "j.sqlite3", "test|bucket|")
+    yield j
+    j.close()
+
+
+def _entry(path: str, size: int = 1) -> Entry:
+    return Entry(path, size, 123, 7, "ab", "etag")
+
+
+def test_many_events_for_one_path_are_one_pending_change(journal):
+    now = time.time()
+    journal.record([("a.txt", None, now)] * 100, max_delay=30)
+    assert journal.counts()["pending"] == 1
+
+
+def test_events_push_due_out_but_never_past_max_delay(journal):
+    now = time.time()
+    journal.record([("a", None, now + 0.5)], max_delay=2)
+    journal.record([("a", None, now + 100)], max_delay=2)
+    assert journal.next_due() == pytest.approx(now + 2, abs=0.5)
+
+
+def test_a_change_during_its_transfer_keeps_the_row_for_another_pass(journal):
+    journal.record([("a", None, 0)], max_delay=30)
+    [claimed] = journal.claim_due(time.time(), 10)
+    journal.record([("a", None, 0)], max_delay=30)         # written again meanwhile
+    journal.apply([Outcome("done", "a", claimed.gen, entry=_entry("a"))])
+    assert journal.entry("a") == _entry("a")               # the finished upload is recorded
+    assert journal.counts()["pending"] == 1                 # and the newer change is still due
+
+
+def test_finished_change_removes_the_row_and_records_the_manifest_atomically(journal):
+    journal.record([("a", None, 0)], max_delay=30)
+    [claimed] = journal.claim_due(time.time(), 10)
+    journal.apply([Outcome("done", "a", claimed.gen, entry=_entry("a", 5))])
+    assert journal.counts()["pending"] == 0
+    assert journal.entry("a").size == 5
+
+
+def test_claims_are_released_on_reopen_after_a_crash(tmp_path):
+    j = Journal(tmp_path / "j.sqlite3", "id")
+    j.record([("a", None, 0), ("b", None, 0)], max_delay=30)
+    assert len(j.claim_due(time.time(), 10)) == 2
+    j._db.close()  # simulated kill -9: no orderly close
+    j2 = Journal(tmp_path / "j.sqlite3", "id")
+    assert len(j2.claim_due(time.time(), 10)) == 2
+    j2.close()
+
+
+def test_parked_changes_are_failed_until_retried_or_touched_again(journal):
+    journal.record([("a", None, 0), ("b", None, 0)], max_delay=30)
+    claimed = {p.path: p for p in journal.claim_due(time.time(), 10)}
+    journal.apply([Outcome("park", "a", claimed["a"].gen, error="nope"),
+                   Outcome("park", "b", claimed["b"].gen, error="nope")])
+    assert journal.counts()["failed"] == 2 and journal.failures() == [("a", "nope"), ("b", "nope")]
+    journal.record([("a", None, 0)], max_delay=30)        # a new event gives it a fresh chance
+    assert journal.counts()["failed"] == 1
+    assert journal.retry_failed() == 1
+    assert journal.counts() == {"pending": 2, "settling": 0, "failed": 0, "manifest": 0}
+
+
+def test_directory_expansion_covers_exactly_the_subtree(journal):
+    rows = [Outcome("done", p, 0, entry=_entry(p)) for p in ["d/a", "d/sub/b", "d-sibling", "d.txt", "dd/x"]]
+    journal.apply(rows)
+    journal.record_dir("d", 0, 30)
+    claimed = sorted(p.path for p in journal.claim_due(time.time(), 100))
+    assert claimed == ["d/a", "d/sub/b"]
+
+
+def test_changed_target_clears_the_manifest(tmp_path):
+    j = Journal(tmp_path / "j.sqlite3", "endpoint|bucket-a|")
+    j.apply([Outcome("done", "x", 0, entry=_entry("x"))])
+    j.close()
+    j = Journal(tmp_path / "j.sqlite3", "endpoint|bucket-b|")
+    assert j.entry("x") is None
+    j.close()
+
+
+def test_corrupt_database_is_moved_aside_not_deleted(tmp_path):
+    db = tmp_path / "j.sqlite3"
+    db.write_bytes(b"this is not a database" * 100)
+    j = Journal(db, "id")
+    aside = list(tmp_path.glob("j.sqlite3.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    j.record([("a", None, 0)], max_delay=30)
+    assert j.counts()["pending"] == 1
+    j.close()
+
+
+def test_claimed_rows_stay_claimed_when_touched_again(journal):
+    journal.record([("a", None, 0)], max_delay=30)
+    journal.claim_due(time.time(), 10)
+    journal.record([("a", None, 0)], max_delay=30)
+    state = sqlite3.connect(journal.path).execute("SELECT state FROM pending WHERE path='a'").fetchone()[0]
+    assert state == CLAIMED
+    assert journal.claim_due(time.time(), 10) == []  # never handed out twice

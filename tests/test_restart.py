@@ -1,0 +1,108 @@
+"""Durability: changes made while the daemon is down, and kill -9 at random instants."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from .support.daemon import assert_mirror, bucket_tree
+
+
+def _populate(root: Path, n: int, rng: random.Random) -> list[Path]:
+    files = []
+    for i in range(n):
+        path = root / f"dir-{i % 40:02}" / f"file-{i:05}.dat"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(1024, 8192)))
+        files.append(path)
+    return files
+
+
+def test_changes_made_while_stopped_converge_after_restart(syncd, tree, s3, bucket):
+    rng = random.Random(6)
+    files = _populate(tree, 60, rng)
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    syncd.wait_idle()
+    assert syncd.stop() == 0
+
+    for path in files[:10]:
+        path.write_bytes(rng.randbytes(500))            # modified
+    for path in files[10:20]:
+        path.unlink()                                    # deleted
+    (tree / "new-dir" / "sub").mkdir(parents=True)
+    (tree / "new-dir" / "sub" / "added.txt").write_text("added while down")
+    files[20].rename(tree / "renamed-while-down.dat")   # renamed
+    syncd.start()
+    syncd.wait_idle()
+    assert assert_mirror(s3, bucket, tree) == 51
+
+
+def test_deleting_files_while_stopped_with_delete_keep_leaves_objects(syncd, tree, s3, bucket):
+    (tree / "a.txt").write_text("a")
+    (tree / "b.txt").write_text("b")
+    syncd.add_folder("main", tree, bucket, delete="keep")
+    syncd.start()
+    syncd.wait_idle()
+    (tree / "a.txt").unlink()
+    syncd.wait_idle()
+    assert syncd.stop() == 0
+    (tree / "b.txt").unlink()
+    syncd.start()
+    syncd.wait_idle()
+    assert sorted(bucket_tree(s3, bucket)) == ["a.txt", "b.txt"]
+
+
+@pytest.mark.slow
+def test_kill9_at_random_instants_while_uploading_2000_files_loses_nothing(syncd, tree, s3, bucket):
+    rng = random.Random(7)
+    files = _populate(tree, 2000, rng)
+    syncd.add_folder("main", tree, bucket, workers=16)
+    killed_mid_upload = 0
+    for round_ in range(5):
+        syncd.start()
+        # The random instant is the point of this test: kill while work is in flight.
+        time.sleep(rng.uniform(0.3, 2.0))
+        for path in rng.sample(files, 30):               # changes in flight at the kill
+            if path.exists():
+                path.write_bytes(rng.randbytes(rng.randint(10, 4000)))
+        victim = rng.choice(files)
+        if victim.exists():
+            victim.unlink()
+        new = tree / f"round-{round_}" / "added.dat"
+        new.parent.mkdir(exist_ok=True)
+        new.write_bytes(rng.randbytes(3000))
+        time.sleep(rng.uniform(0.0, 0.4))
+        syncd.kill9()
+        if len(bucket_tree_keys(s3, bucket)) < len(list(tree.rglob("*.dat"))):
+            killed_mid_upload += 1
+    assert killed_mid_upload >= 3, "the kills should land while the upload is still running"
+    syncd.start()
+    syncd.wait_idle(300)
+    assert assert_mirror(s3, bucket, tree) >= 2000
+
+
+def bucket_tree_keys(s3, bucket: str) -> list[str]:
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def test_sigterm_during_busy_sync_exits_0_and_restart_converges(syncd, tree, s3, bucket):
+    rng = random.Random(8)
+    _populate(tree, 800, rng)
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    time.sleep(0.5)  # let the initial upload get going before the signal
+    started = time.monotonic()
+    assert syncd.stop(timeout=40) == 0
+    assert time.monotonic() - started < 30
+    syncd.start()
+    syncd.wait_idle(120)
+    assert_mirror(s3, bucket, tree)
+    assert os.path.exists(syncd.state_dir / "folders" / "main.sqlite3")
