@@ -1,0 +1,259 @@
+"""Operating syncd as a service: sd_notify, watchdog, control socket, journald logs, reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .support.daemon import Syncd, assert_mirror, await_condition
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class NotifyListener:
+    """A stand-in for systemd's NOTIFY_SOCKET: records every datagram with its arrival time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def lines(self, prefix: str = "") -> list[str]:
+        return [m for _, m in list(self.messages) if m.startswith(prefix)]
+
+    def times(self, line: str) -> list[float]:
+        return [t for t, m in list(self.messages) if m == line]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path):
+    listener = NotifyListener(tmp_path / "notify.sock")
+    yield listener
+    listener.close()
+
+
+def test_ready_after_watches_status_updates_reload_and_stopping(syncd, tree, bucket, s3, notify):
+    syncd.add_folder("main", tree, bucket)
+    syncd.start(wait_ready=False, NOTIFY_SOCKET=str(notify.path))
+    await_condition(lambda: "READY=1" in notify.lines(), 30, "READY=1")
+    (tree / "right-after-ready.txt").write_text("must be seen")  # watches must already be in place
+    syncd.wait_idle()
+    assert_mirror(s3, bucket, tree)
+    await_condition(lambda: any("1 folders, 0 pending" in s for s in notify.lines("STATUS=")), 10,
+                    "a STATUS= line reporting the idle folder")
+
+    assert syncd.cli("reload").returncode == 0
+    seq = notify.lines()
+    assert "RELOADING=1" in seq and seq.index("RELOADING=1") < len(seq) - 1 - seq[::-1].index("READY=1")
+    assert syncd.stop() == 0
+    assert "STOPPING=1" in notify.lines()
+
+
+def test_watchdog_pings_stop_while_the_scheduler_is_wedged(syncd, tree, bucket, notify):
+    syncd.add_folder("main", tree, bucket)
+    syncd.start(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="1000000")
+    await_condition(lambda: len(notify.times("WATCHDOG=1")) >= 3, 15, "regular WATCHDOG=1 pings")
+    # Wedge the scheduler for real: hold the journal's write lock so its loop blocks in SQLite.
+    db = sqlite3.connect(syncd.state_dir / "folders" / "main.sqlite3", timeout=30)
+    db.execute("BEGIN EXCLUSIVE")
+    (tree / "x.txt").write_text("the scheduler must try to write the journal")
+    wedged_at = time.monotonic()
+    try:
+        await_condition(lambda: time.monotonic() - max(notify.times("WATCHDOG=1")) > 4, 30,
+                        "WATCHDOG=1 pings to stop")
+    finally:
+        db.rollback()
+        db.close()
+    gap_start = max(notify.times("WATCHDOG=1"))
+    assert gap_start >= wedged_at  # pings continued until the loop actually stalled
+    await_condition(lambda: max(notify.times("WATCHDOG=1")) > gap_start, 30, "pings to resume")
+    syncd.wait_idle()
+
+
+def test_every_control_command_works(syncd, tree, bucket, s3):
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    assert syncd.cli("pause", "main").stdout.strip() == "paused: main"
+    assert syncd.folder_status("main")["state"] == "paused"
+    (tree / "a.txt").write_text("a")
+    assert syncd.cli("wait", "--timeout", "1").returncode == 1
+    assert syncd.cli("resume").stdout.strip() == "resumed: main"
+    assert syncd.cli("wait", "--timeout", "30").returncode == 0
+    r = syncd.cli("reconcile", "main", "--wait", "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    assert syncd.folder_status("main")["last_scan"]["files"] == 1
+    assert syncd.cli("retry").stdout.strip() == "requeued 0 change(s)"
+    reply = json.loads(syncd.cli("status", "--json").stdout)
+    assert reply["version"] == 1 and reply["folders"][0]["name"] == "main"
+    assert syncd.cli("reload").returncode == 0
+    assert_mirror(s3, bucket, tree)
+
+
+@pytest.mark.parametrize("command", ["pause", "resume", "retry", "reconcile", "status", "wait"])
+def test_unknown_folder_gives_exit_4_for_every_command(syncd, tree, bucket, command):
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    r = syncd.cli(command, "nope")
+    assert r.returncode == 4 and "no folder named 'nope'" in r.stderr
+
+
+def test_retry_requeues_parked_changes(syncd, tree, bucket):
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    too_long = tree.joinpath(*["d" * 200] * 6, "x.txt")   # > 1024-byte key: parked, never uploadable
+    too_long.parent.mkdir(parents=True)
+    too_long.write_text("x")
+    assert syncd.cli("wait", "--timeout", "30").returncode == 2
+    assert syncd.folder_status("main")["failed"] == 1
+    assert syncd.cli("retry").stdout.strip() == "requeued 1 change(s)"
+    assert syncd.cli("wait", "--timeout", "30").returncode == 2   # tried again, parked again
+    assert syncd.folder_status("main")["failed"] == 1
+
+
+def _as_nobody(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a command as uid/gid 65534 (needs root, which CI has)."""
+    def drop() -> None:
+        os.setgid(65534)
+        os.setuid(65534)
+    return subprocess.run(args, capture_output=True, text=True, timeout=30, preexec_fn=drop)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_another_user_cannot_use_the_socket(syncd, tree, bucket, tmp_path):
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    mode = stat.S_IMODE(os.stat(syncd.socket).st_mode)
+    assert mode == 0o600
+    for p in [tmp_path, syncd.home]:
+        p.chmod(0o755)
+    client = [sys.executable, "-c", "import sys; from syncd.cli import main; sys.exit(main())", "status",
+              "--socket", str(syncd.socket)]
+    r = _as_nobody(client)
+    assert r.returncode == 13, (r.returncode, r.stderr)
+    # Even with the file mode opened up, the daemon checks the peer's uid (SO_PEERCRED).
+    os.chmod(syncd.socket, 0o666)
+    r = _as_nobody(client)
+    assert r.returncode == 13 and "may not control" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_journald_priorities_and_no_secret_in_s3_error_lines(syncd, tree, tmp_path, s3_server):
+    syncd.add_folder("main", tree, "no-such-bucket-for-journald")
+    syncd.write_global(log={"level": "info", "format": "auto"})
+    log_file = tmp_path / "stderr.log"
+    log_file.touch()
+    st = os.stat(log_file)
+    syncd.log_path = log_file
+    env = syncd.env(JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    with log_file.open("ab") as out:
+        syncd.proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "-c", str(syncd.config)],
+                                      stdout=out, stderr=out, env=env, start_new_session=True)
+    await_condition(lambda: "folder.error" in log_file.read_text(), 30, "the folder error to be logged")
+    syncd.stop()
+    lines = log_file.read_text().splitlines()
+    assert any(re.match(r"^<6>event=daemon\.ready ", line) for line in lines)
+    assert any(re.match(r"^<3>event=folder\.error .*no-such-bucket-for-journald", line) for line in lines)
+    assert all(re.match(r"^<[0-7]>event=", line) for line in lines), lines
+    assert s3_server.secret_key not in log_file.read_text()
+
+
+def test_reload_adds_and_removes_folders_and_rejects_a_bad_config(syncd, tmp_path, s3, bucket):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    syncd.add_folder("a", a, bucket, prefix="a/")
+    syncd.start()
+    (a / "one.txt").write_text("1")
+    syncd.wait_idle()
+
+    # add folder b
+    syncd.add_folder("b", b, bucket, prefix="b/")
+    (b / "two.txt").write_text("2")
+    assert syncd.cli("reload").returncode == 0
+    syncd.wait_idle()
+    assert_mirror(s3, bucket, b, prefix="b/")
+
+    # remove folder a: it stops syncing, its journal stays for later
+    (syncd.home / "folders.d" / "a.yaml").unlink()
+    os.kill(syncd.proc.pid, 1)  # SIGHUP does the same as `syncd reload`
+    await_condition(lambda: [f["name"] for f in syncd.status()["folders"]] == ["b"], 30, "folder a to go away")
+    assert (syncd.state_dir / "folders" / "a.sqlite3").exists()
+
+    # an invalid file is rejected and everything keeps running as before
+    (syncd.home / "folders.d" / "c.yaml").write_text("path: /nonexistent\nbukcet: x\n")
+    r = syncd.cli("reload")
+    assert r.returncode == 78 and "bukcet" in r.stderr and "still running the old one" in r.stderr
+    (b / "three.txt").write_text("3")
+    syncd.wait_idle()
+    assert_mirror(s3, bucket, b, prefix="b/")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs Debian's systemd package")
+def test_systemd_unit_verifies_and_is_hardened(tmp_path):
+    unit = tmp_path / "syncd.service"
+    syncd_bin = Path(sys.executable).with_name("syncd")
+    text = (REPO / "systemd" / "syncd.service").read_text().replace("/usr/local/bin/syncd", str(syncd_bin))
+    unit.write_text(text)
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
+                              capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for syncd.service: ([0-9.]+)", security.stdout)
+    assert m, security.stdout[-2000:]
+    assert float(m.group(1)) <= 2.5
+    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=", "StateDirectory=",
+                      "RuntimeDirectory=", "ConfigurationDirectory=", "User=syncd", "ProtectHome=read-only"):
+        assert directive in text
+
+
+def test_second_sigterm_exits_at_once_and_nothing_is_lost(syncd, tree, bucket, s3):
+    for i in range(400):
+        (tree / f"f{i}.bin").write_bytes(os.urandom(20_000))
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    assert syncd.proc is not None
+    syncd.proc.send_signal(15)
+    syncd.proc.send_signal(15)
+    assert syncd.proc.wait(10) in (0, 1)
+    syncd.start()
+    syncd.wait_idle(120)
+    assert_mirror(s3, bucket, tree)
+
+
+def test_daemon_refuses_to_start_while_another_owns_the_socket(syncd, tree, bucket):
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    second = Syncd(syncd.home, syncd.endpoint, syncd.access_key, syncd.secret_key)
+    r = second.cli("run", timeout=30)
+    assert r.returncode == 1 and "already listening" in r.stderr
+    assert syncd.cli("status").returncode == 0
