@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 from .core import REPO, SYNCD, Bench, Sample, make_dataset, scenario
@@ -25,7 +26,7 @@ POLL_S = 0.1
 RECORD_TARGET = 50_000.0  # events/s Journal.record must sustain (the design's ingest goal)
 
 
-@scenario("initial", "initial sync of 5,000 files of 1–64 KiB in 100 directories into an empty bucket")
+@scenario("initial", "initial sync into an empty bucket: files of 1–64 KiB, 50 per directory (full size 5,000)")
 def initial(bench: Bench) -> None:
     files = bench.size(5_000, 1_000)
     ds = make_dataset(bench.scratch("initial-data"), files=files, dirs=max(1, files // 50), min_size=1 * KiB,
@@ -37,7 +38,7 @@ def initial(bench: Bench) -> None:
             bench.measure("initial", metric, rep, bench.runner(tool, ds.root, bucket), ds, bucket)
 
 
-@scenario("nochange", "re-run over a synced tree of 100,000 files of 100 bytes: time and S3 requests")
+@scenario("nochange", "re-run over a synced tree of 100-byte files: time and S3 requests (full size 100,000)")
 def nochange(bench: Bench) -> None:
     files = bench.size(100_000, 10_000)
     ds = make_dataset(bench.scratch("nochange-data"), files=files, dirs=max(1, files // 100), min_size=100,
@@ -56,7 +57,7 @@ def nochange(bench: Bench) -> None:
             bench.measure("nochange", f"no-change run ({files:,} files)", rep, runner, ds, bucket, proxy)
 
 
-@scenario("ingest", "journal ingest: Journal.record events/s, and a paused daemon journaling 100k new files")
+@scenario("ingest", "journal ingest: Journal.record events/s; a paused daemon journaling new files (full: 100k)")
 def ingest(bench: Bench) -> None:
     events = bench.size(100_000, 10_000)
     for rep in range(bench.reps):
@@ -72,13 +73,13 @@ def _journal_record(bench: Bench, events: int, rep: int) -> Sample:
     except ImportError:
         batch = 20_000
     distinct = max(1, events * 6 // 10)
-    metric = f"Journal.record ({events:,} events, {distinct:,} paths, {batch:,}/call)"
+    sample = partial(Sample, "ingest", f"Journal.record ({events:,} events, {distinct:,} paths, {batch:,}/call)",
+                     "events/s", SYNCD, rep, higher_is_better=True, target=RECORD_TARGET)
     work = bench.scratch(f"journal-{rep}")
     cmd = [sys.executable, "-m", "tests.bench.workers", "journal", str(events), str(batch), str(distinct), str(work)]
     result = run_timed(cmd, timeout=bench.timeout_for(events), cwd=REPO)
     if not result.ok:
-        return Sample("ingest", metric, "events/s", SYNCD, rep, None, False, result.problem(), higher_is_better=True,
-                      target=RECORD_TARGET)
+        return sample(None, False, result.problem())
     data = json.loads(result.stdout.strip().splitlines()[-1])
     rows = max(1, int(data["rows"]))
     per_100k = 100_000 / rows
@@ -86,18 +87,22 @@ def _journal_record(bench: Bench, events: int, rep: int) -> Sample:
              "RSS MiB per 100k paths": data["rss_delta"] / MiB * per_100k,
              "DB MiB per 100k paths": data["disk_bytes"] / MiB * per_100k}
     ok = rows == data["distinct"] == distinct
-    detail = "" if ok else f"journal holds {rows} paths, expected {distinct}"
-    return Sample("ingest", metric, "events/s", SYNCD, rep, events / data["seconds"], ok, detail, extra,
-                  higher_is_better=True, target=RECORD_TARGET)
+    return sample(events / data["seconds"], ok, "" if ok else f"journal holds {rows} paths, expected {distinct}",
+                  extra)
 
 
 def _end_to_end_ingest(bench: Bench, files: int, rep: int) -> Sample:
     """A paused daemon watches a folder while a script creates ``files`` empty files; how fast are
-    they journaled, and how large does the daemon get?"""
+    they journaled, and how large does the daemon get?
+
+    Times run from the creator's first file (its own clock reading) to the first poll that finds
+    them all in the journal, so they are late by at most one poll interval.
+    """
     import psutil
     from syncd.control import ControlError
 
-    metric = f"end-to-end, paused daemon ({files:,} new empty files)"
+    sample = partial(Sample, "ingest", f"end-to-end, paused daemon ({files:,} new empty files)", "files/s", SYNCD,
+                     rep, higher_is_better=True)
     dirs = 100
     root = bench.scratch(f"ingest-tree-{rep}")
     for d in range(dirs):
@@ -106,48 +111,49 @@ def _end_to_end_ingest(bench: Bench, files: int, rep: int) -> Sample:
 
     def failed(problem: str) -> Sample:
         runner.stop()
-        return Sample("ingest", metric, "files/s", SYNCD, rep, None, False, problem, higher_is_better=True)
+        return sample(None, False, problem)
 
     started = runner.start(timeout=120)
     if started.error is not None or runner.pid is None:
         return failed(started.error or "syncd did not start")
-    runner.control("pause")
-    daemon = psutil.Process(runner.pid)
     db = runner.daemon.state_dir / "folders" / "bench.sqlite3"
-    creator = subprocess.Popen([sys.executable, "-m", "tests.bench.workers", "create", str(root), str(files),
-                                str(dirs)], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    t0 = time.monotonic()
-    deadline = t0 + bench.timeout_for(files)
-    seen_s = journaled_s = None
-    peak_rss = daemon.memory_info().rss
+    creator: subprocess.Popen[str] | None = None
+    seen_at = journaled_at = None
     try:
-        while journaled_s is None and time.monotonic() < deadline:
+        runner.control("pause")
+        daemon = psutil.Process(runner.pid)
+        peak_rss = daemon.memory_info().rss
+        creator = subprocess.Popen([sys.executable, "-m", "tests.bench.workers", "create", str(root), str(files),
+                                    str(dirs)], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        deadline = time.monotonic() + bench.timeout_for(files)
+        while journaled_at is None and time.monotonic() < deadline:
             time.sleep(POLL_S)
             peak_rss = max(peak_rss, daemon.memory_info().rss)
             pending = runner.control("status")["folders"][0]["pending"]
-            now = time.monotonic() - t0
-            if seen_s is None and pending >= files:
-                seen_s = now
+            if seen_at is None and pending >= files:
+                seen_at = time.time()
             if _journal_rows(db) >= files:
-                journaled_s = now
+                journaled_at = time.time()
         out, _ = creator.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except (ControlError, psutil.Error, sqlite3.Error, subprocess.TimeoutExpired) as exc:
         return failed(f"while journaling: {exc!r}"[:300])
     finally:
-        kill_group(creator)
-    if journaled_s is None:
-        return failed(f"journal did not reach {files} paths in time (status pending seen: {seen_s})")
+        if creator is not None:
+            kill_group(creator)
+    if journaled_at is None:
+        return failed(f"the journal did not reach {files} paths in time")
+    if creator.returncode != 0:
+        return failed(f"the file-creating script exited with {creator.returncode}")
     created = json.loads(out.strip().splitlines()[-1])
+    journaled_s = journaled_at - created["started_at"]
     rows = _journal_rows(db)
     problem = runner.stop()
     if rows != files:
         problem = problem or f"journal holds {rows} paths, expected {files}"
-    # The creator starts a moment after t0 (interpreter start-up), so the lag is an upper bound.
-    extra = {"create s": created["seconds"], "status pending reached s": seen_s if seen_s is not None else -1.0,
-             "journaled s": journaled_s, "lag after last create s": journaled_s - created["seconds"],
-             "peak RSS MiB": peak_rss / MiB}
-    return Sample("ingest", metric, "files/s", SYNCD, rep, files / journaled_s, problem is None, problem or "",
-                  extra, higher_is_better=True)
+    extra = {"create s": created["seconds"], "journaled s": journaled_s,
+             "status pending reached s": seen_at - created["started_at"] if seen_at is not None else -1.0,
+             "lag after last create s": journaled_s - created["seconds"], "peak RSS MiB": peak_rss / MiB}
+    return sample(files / journaled_s, problem is None, problem or "", extra)
 
 
 def _journal_rows(db: Path) -> int:
