@@ -190,6 +190,38 @@ def test_another_user_cannot_use_the_socket(syncd, tree, bucket, tmp_path):
     assert "control.refused" in syncd.log()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_socket_group_members_may_use_the_socket(syncd, tree, bucket):
+    syncd.write_global(socket_group=65534)
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    st = os.stat(syncd.socket)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == 65534
+    for p in [syncd.home, *syncd.home.parents]:
+        if p == Path("/tmp") or p == p.parent:
+            break
+        p.chmod(0o755)
+    code, message = _status_as_nobody(syncd.socket)  # uid 65534, gid 65534: a group member
+    assert code == 0, message
+
+
+def test_a_stalled_endpoint_never_delays_the_control_socket(proxied_syncd, s3_proxy, tree, bucket):
+    proxied_syncd.write_global(shutdown_timeout="3s")  # hung uploads are abandoned at stop
+    proxied_syncd.add_folder("main", tree, bucket, request_timeout="30s")
+    proxied_syncd.start()
+    s3_proxy.stall_seconds = 60
+    s3_proxy.set_faults(1.0, ["stall"], ops=["PutObject"])
+    for i in range(40):
+        (tree / f"f{i}.txt").write_text("x")
+    await_condition(lambda: proxied_syncd.folder_status("main")["in_flight"] > 0, 30, "uploads hanging on S3")
+    started = time.monotonic()
+    for _ in range(5):
+        assert proxied_syncd.cli("status").returncode == 0
+        assert proxied_syncd.cli("wait", "--timeout", "0.1").returncode == 1
+    assert (time.monotonic() - started) / 5 < 2.0  # each answer is immediate, not behind S3 timeouts
+    s3_proxy.clear_faults()
+
+
 def test_journald_priorities_and_no_secret_in_s3_error_lines(syncd, tree, tmp_path, s3_server):
     syncd.add_folder("main", tree, "no-such-bucket-for-journald")
     syncd.write_global(log={"level": "info", "format": "auto"})
@@ -201,11 +233,13 @@ def test_journald_priorities_and_no_secret_in_s3_error_lines(syncd, tree, tmp_pa
     with log_file.open("ab") as out:
         syncd.proc = subprocess.Popen([sys.executable, "-m", "syncd", "run", "-c", str(syncd.config)],
                                       stdout=out, stderr=out, env=env, start_new_session=True)
-    await_condition(lambda: "folder.error" in log_file.read_text(), 30, "the folder error to be logged")
+    # folder.error (error) first; the next failed probe logs folder.still_failing (warning)
+    await_condition(lambda: "folder.still_failing" in log_file.read_text(), 30, "the repeated failure warning")
     syncd.stop()
     lines = log_file.read_text().splitlines()
     assert any(re.match(r"^<6>event=daemon\.ready ", line) for line in lines)
     assert any(re.match(r"^<3>event=folder\.error .*no-such-bucket-for-journald", line) for line in lines)
+    assert any(re.match(r"^<4>event=folder\.still_failing ", line) for line in lines)
     assert all(re.match(r"^<[0-7]>event=", line) for line in lines), lines
     assert s3_server.secret_key not in log_file.read_text()
 
@@ -239,6 +273,16 @@ def test_reload_adds_and_removes_folders_and_rejects_a_bad_config(syncd, tmp_pat
     (b / "three.txt").write_text("3")
     syncd.wait_idle()
     assert_mirror(s3, bucket, b, prefix="b/")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs Debian's systemd package")
+def test_user_unit_verifies(tmp_path):
+    unit = tmp_path / "syncd.service"
+    syncd_bin = Path(sys.executable).with_name("syncd")
+    unit.write_text((REPO / "systemd" / "syncd-user.service").read_text().replace("%h/.local/bin/syncd",
+                                                                                   str(syncd_bin)))
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs Debian's systemd package")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -91,10 +93,17 @@ def _run(path: str | None) -> int:
         return EXIT_CONFIG
     logs.setup(config.log.level, config.log.format)
     try:
-        return service.Daemon(config).run()
+        code = service.Daemon(config).run()
     except ControlError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return exc.code
+    # The journal is closed and everything recorded. A transfer still stuck in a dead
+    # endpoint's timeout must not hold the exit: concurrent.futures joins its worker
+    # threads at interpreter exit, which could take minutes.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _client(args: argparse.Namespace, sock: Path) -> int:

@@ -8,6 +8,7 @@ problems in a file are reported together so a user fixes them in one go.
 from __future__ import annotations
 
 import difflib
+import grp
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -87,6 +88,7 @@ class Config:
     log: LogConfig = LogConfig()
     max_inflight_bytes: int = 256 * MiB
     shutdown_timeout: float = 20.0
+    socket_group: int | None = None  # gid allowed to use the socket (mode 0660) besides our uid
     folders: tuple[FolderConfig, ...] = field(default_factory=tuple)
 
     def folder(self, name: str) -> FolderConfig | None:
@@ -165,6 +167,19 @@ def _positive_duration(value: Any) -> float:
     return seconds
 
 
+def _group(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        try:
+            return grp.getgrnam(value).gr_gid
+        except KeyError:
+            raise ValueError(f"no such group {value!r} on this system") from None
+    raise ValueError(f"expected a group name or number, got {value!r}")
+
+
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8333, got {value!r}")
@@ -197,7 +212,8 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "request_timeout": _positive_duration,
 }
 _REQUIRED_FOLDER_KEYS = ("path", "bucket")
-_GLOBAL_KEYS = ("state_dir", "socket", "folders_dir", "log", "defaults", "max_inflight_bytes", "shutdown_timeout")
+_GLOBAL_KEYS = ("state_dir", "socket", "socket_group", "folders_dir", "log", "defaults", "max_inflight_bytes",
+                "shutdown_timeout")
 _LOG_KEYS: dict[str, Parser] = {
     "level": _choice("debug", "info", "warning", "error"),
     "format": _choice("auto", "console", "journald", "json", "logfmt"),
@@ -288,7 +304,8 @@ def load_config(path: Path | str | None = None) -> Config:
         log = LogConfig(**problems.parse(log_raw, _LOG_KEYS, "log."))
 
     extra: dict[str, Any] = {}
-    for key, parser in (("max_inflight_bytes", parse_size), ("shutdown_timeout", _positive_duration)):
+    for key, parser in (("max_inflight_bytes", parse_size), ("shutdown_timeout", _positive_duration),
+                        ("socket_group", _group)):
         if key in raw:
             try:
                 extra[key] = parser(raw[key])

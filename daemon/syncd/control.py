@@ -36,20 +36,30 @@ class Handler(Protocol):
     def handle_command(self, request: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def peer_uid(sock: socket.socket) -> int:
-    """The connecting process's uid, from the kernel (SO_PEERCRED), not from the request."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int, set[int]]:
+    """(pid, uid, groups) of the connecting process, from the kernel (SO_PEERCRED), never
+    from the request. Groups are the primary gid plus supplementary groups from /proc."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, gid = struct.unpack("3i", creds)
+    groups = {gid}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+    except OSError:
+        pass  # the peer already exited: its primary gid is all we know
+    return pid, uid, groups
 
 
 class _RequestHandler(socketserver.StreamRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        uid = peer_uid(self.request)
-        if uid not in self.server.allowed_uids:
-            log.warning("control.refused", uid=uid)
+        pid, uid, groups = peer_credentials(self.request)
+        group = self.server.allowed_group
+        if uid not in self.server.allowed_uids and (group is None or group not in groups):
+            log.warning("control.refused", uid=uid, pid=pid)
             self._reply({"ok": False, "error": f"uid {uid} may not control this daemon", "code": 13})
             return
         line = self.rfile.readline(MAX_REQUEST)
@@ -80,9 +90,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
 
-    def __init__(self, path: str, handler: Handler, allowed_uids: set[int]):
+    def __init__(self, path: str, handler: Handler, allowed_uids: set[int], allowed_group: int | None):
         self.handler = handler
         self.allowed_uids = allowed_uids
+        self.allowed_group = allowed_group
         super().__init__(path, _RequestHandler, bind_and_activate=False)
 
 
@@ -113,24 +124,27 @@ def _claim_socket_path(path: Path) -> None:
 
 
 class ControlServer:
-    """Serves requests on a Unix socket created 0600 in a directory we control."""
+    """Serves requests on a Unix socket created 0600 (0660 with a ``group``)."""
 
-    def __init__(self, path: Path, handler: Handler):
+    def __init__(self, path: Path, handler: Handler, group: int | None = None):
         self.path = path
         self.handler = handler
+        self.group = group
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         _claim_socket_path(self.path)
-        server = _Server(str(self.path), self.handler, {os.getuid(), 0})
+        server = _Server(str(self.path), self.handler, {os.getuid(), 0}, self.group)
         old = os.umask(0o177)  # the socket is born 0600: no window where others can connect
         try:
             server.server_bind()
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        if self.group is not None:
+            os.chown(self.path, -1, self.group)
+            os.chmod(self.path, 0o660)
         server.server_activate()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},

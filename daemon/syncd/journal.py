@@ -164,11 +164,14 @@ class Journal:
         if row is None or row[0] != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {row}")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        # A journal without an identity was just created: lost, deleted or corrupt before.
+        self.fresh = "identity" not in meta
         with self.transaction():
             if meta.get("identity") not in (None, self.identity):
                 # Bucket, prefix or endpoint changed: the manifest describes another place.
                 log.warning("journal.target_changed", old=meta.get("identity"), new=self.identity)
                 db.execute("DELETE FROM manifest")
+                self.fresh = True
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # Claims do not survive a restart: whatever was in flight is simply redone.
@@ -207,6 +210,20 @@ class Journal:
         # '0' is the character after '/', so [prefix/, prefix0) is exactly the subtree.
         with self.transaction() as db:
             db.execute(_UPSERT_DIR, (time.time(), due, prefix + "/", prefix + "0", max_delay))
+
+    def forget(self, items: Iterable[tuple[str, int, str | None]]) -> None:
+        """Drop manifest rows the bucket no longer matches: ``(path, mtime_ns, etag)``.
+
+        Conditional on the row being unchanged since the reconciler read it, so a transfer
+        that finished meanwhile is never forgotten."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM manifest WHERE path=? AND mtime_ns=? AND etag IS ?", list(items))
+
+    def adopt(self, entries: Iterable[Entry]) -> None:
+        """Record objects found in the bucket as ours (journal rebuild), unless a row exists."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO manifest VALUES (?,?,?,?,?,?)",
+                           [(e.path, e.size, e.mtime_ns, e.inode, e.sha256, e.etag) for e in entries])
 
     def claim_due(self, now: float, limit: int) -> list[Pending]:
         """Mark up to ``limit`` due rows claimed and return them, oldest due first."""

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from .config import FolderConfig
-from .journal import Journal, Outcome, Pending
+from .journal import Entry, Journal, Outcome, Pending
 from .paths import IgnoreRules, key_problem
 from .store import StoreError
 from .transfer import Result, Task, Transfers
@@ -82,9 +82,11 @@ class Scheduler:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-        self._inbox: deque[tuple[str, str | None, float, bool]] = deque()
+        # (kind, path, detail, due): p = path may have changed, d = directory subtree,
+        # f = forget manifest row then re-check, a = adopt an object, b = barrier
+        self._inbox: deque[tuple[str, str, Any, float]] = deque()
         self._inbox_space = threading.Semaphore(INBOX_LIMIT)
-        self._unsaved: list[tuple[str, str | None, float, bool]] = []
+        self._unsaved: list[tuple[str, str, Any, float]] = []
         self._results: deque[Result] = deque()
         self._outcomes: list[Outcome] = []
         self._ready: deque[Task] = deque()
@@ -172,14 +174,31 @@ class Scheduler:
     # ------------------------------------------------------------------ intake (any thread)
 
     def submit(self, path: str, move_from: str | None = None, settle: bool = True, is_dir: bool = False) -> None:
-        """Note that ``path`` may have changed. Called by the watcher and the scan.
+        """Note that ``path`` may have changed. Called by the watcher and the scans.
 
         Blocks when INBOX_LIMIT changes are waiting, which bounds memory; the kernel then
         queues events (and reports an overflow that triggers a rescan).
         """
-        self._inbox_space.acquire()
         due = time.time() + (self.folder.settle if settle else 0.0)
-        self._inbox.append((path, move_from, due, is_dir))
+        self._put(("d" if is_dir else "p", path, move_from, due))
+
+    def submit_forget(self, path: str, mtime_ns: int, etag: str | None) -> None:
+        """The bucket no longer holds what the manifest says (reconciler): forget, re-check."""
+        self._put(("f", path, (mtime_ns, etag), time.time()))
+
+    def submit_adopt(self, entry: Entry) -> None:
+        """An object in the bucket is this file, unchanged (journal rebuild): no upload."""
+        self._put(("a", entry.path, entry, 0.0))
+
+    def barrier(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted before this call is in the journal."""
+        done = threading.Event()
+        self._put(("b", "", done, 0.0))
+        return done.wait(timeout)
+
+    def _put(self, item: tuple[str, str, Any, float]) -> None:
+        self._inbox_space.acquire()
+        self._inbox.append(item)
         self.last_event = time.monotonic()
         self._wake.set()
 
@@ -202,12 +221,20 @@ class Scheduler:
             self._inbox_space.release()
         if not self._unsaved:
             return
-        files = [(p, m, d) for p, m, d, is_dir in self._unsaved if not is_dir]
-        dirs = [(p, d) for p, _, d, is_dir in self._unsaved if is_dir]
-        self.journal.record(files, self.folder.max_delay)
-        for prefix, due in dirs:
+        by_kind: dict[str, list[tuple[str, str, Any, float]]] = {"f": [], "a": [], "p": [], "d": [], "b": []}
+        for item in self._unsaved:
+            by_kind[item[0]].append(item)
+        if by_kind["f"]:
+            self.journal.forget((path, mtime_ns, etag) for _, path, (mtime_ns, etag), _ in by_kind["f"])
+        if by_kind["a"]:
+            self.journal.adopt(entry for _, _, entry, _ in by_kind["a"])
+        self.journal.record([(path, move_from, due) for _, path, move_from, due in by_kind["p"]]
+                            + [(path, None, due) for _, path, _, due in by_kind["f"]], self.folder.max_delay)
+        for _, prefix, _, due in by_kind["d"]:
             self.journal.record_dir(prefix, due, self.folder.max_delay)
         self._unsaved.clear()
+        for _, _, done, _ in by_kind["b"]:
+            done.set()
         if self._inbox:
             self._wake.set()
 

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -39,12 +40,13 @@ class Daemon:
         self.folders: dict[str, FolderRuntime] = {}
         self.budget = ByteBudget(config.max_inflight_bytes)
         self.watcher = Watcher()
-        self.control = ControlServer(config.socket, self)
+        self.control = ControlServer(config.socket, self, config.socket_group)
         self.notifier = sdnotify.SystemdNotifier()
         self.started = time.monotonic()
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._signals = 0
+        self._ready = threading.Event()  # folders registered: `wait` must not see an empty set as idle
         self._lock = threading.Lock()  # folder set changes (reload) vs. control reads
         usec = os.environ.get("WATCHDOG_USEC")
         self._watchdog_every = int(usec) / 2e6 if usec and usec.isdigit() else None
@@ -58,6 +60,7 @@ class Daemon:
         self.watcher.start()
         for folder in self.config.folders:
             self._add_folder(folder)
+        self._ready.set()
         self._notify("READY=1", self._status_line())
         log.info("daemon.ready", folders=len(self.folders), socket=str(self.config.socket), version=__version__)
         next_status = next_ping = 0.0
@@ -133,7 +136,7 @@ class Daemon:
         deadline = time.monotonic() + self.config.shutdown_timeout
         for name in removed:
             self._remove_folder(name, deadline)
-        self.config = Config(**{**self.config.__dict__, "folders": new.folders, "log": new.log})
+        self.config = replace(self.config, folders=new.folders, log=new.log)
         for name in added:
             self._add_folder(fresh[name])
         log.info("reload.done", added=[n for n in added if n not in old], removed=[n for n in removed
@@ -203,6 +206,8 @@ class Daemon:
     def _wait(self, name: str | None, timeout: float | None) -> dict[str, Any]:
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        if not self._ready.wait(timeout):
+            return {"idle": False, "busy": ["(daemon starting)"]}
         while True:
             now = time.monotonic()
             targets = self._select(name)
