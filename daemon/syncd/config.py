@@ -27,6 +27,7 @@ GiB = 1024 * MiB
 # S3 limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html)
 S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * GiB
+MIN_DELETE_WAVE = 20
 
 
 class ConfigError(Exception):
@@ -65,6 +66,17 @@ class FolderConfig:
     bandwidth: int | None = None
     reconcile_interval: float = 3600.0
     request_timeout: float = 60.0
+    delete_foreign: bool = False
+    max_delete: str = "50%"
+
+    def delete_limit(self, objects: int) -> int:
+        """How many deletions one wave may make before the folder pauses for confirmation.
+
+        A percentage applies to the objects syncd holds for the folder, but never holds back
+        a wave of 20 deletions or fewer (small folders would otherwise pause constantly)."""
+        if self.max_delete.endswith("%"):
+            return max(MIN_DELETE_WAVE, int(objects * float(self.max_delete[:-1]) / 100))
+        return int(self.max_delete)
 
     def key_for(self, relpath: str) -> str:
         """The object key for a path relative to the folder root (``/``-separated)."""
@@ -180,6 +192,21 @@ def _group(value: Any) -> int | None:
     raise ValueError(f"expected a group name or number, got {value!r}")
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _max_delete(value: Any) -> str:
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+%?|[0-9]+\.[0-9]+%", text):
+        raise ValueError(f"expected a count such as 1000 or a percentage such as 25%, got {value!r}")
+    if text.endswith("%") and float(text[:-1]) > 100:
+        raise ValueError("a percentage cannot exceed 100%")
+    return text
+
+
 def _endpoint(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8333, got {value!r}")
@@ -210,6 +237,8 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "bandwidth": _opt(parse_rate),
     "reconcile_interval": _positive_duration,
     "request_timeout": _positive_duration,
+    "delete_foreign": _bool,
+    "max_delete": _max_delete,
 }
 _REQUIRED_FOLDER_KEYS = ("path", "bucket")
 _GLOBAL_KEYS = ("state_dir", "socket", "socket_group", "folders_dir", "log", "defaults", "max_inflight_bytes",

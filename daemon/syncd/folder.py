@@ -1,9 +1,13 @@
-"""One watched folder at runtime: its journal, scheduler, watches and scans, started and
-stopped as a unit so a reload can add or remove a folder without touching the others."""
+"""One watched folder at runtime: its journal, scheduler, watches and reconcile passes,
+started and stopped as a unit so a reload can add or remove a folder without touching
+the others."""
 
 from __future__ import annotations
 
+import errno
 import threading
+import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,15 +17,24 @@ import structlog
 from .config import FolderConfig
 from .journal import Journal
 from .paths import IgnoreRules
-from .reconciler import LocalScan, ScanReport
+from .reconciler import LocalScan, RemotePass, RemoteReport, ScanReport
 from .s3store import S3Store
 from .scheduler import ByteBudget, Scheduler
+from .store import StoreError
 from .transfer import Transfers
 from .watcher import Watcher
+
+FALLBACK_SCAN_EVERY = 30.0             # without inotify watches, look this often
+OVERFLOW_BACKOFF = (5.0, 300.0)        # rescans after inotify overflows: min, max spacing
+REMOTE_RETRY = 60.0                    # a failed remote pass is tried again this soon
 
 
 def make_transfers(folder: FolderConfig) -> Transfers:
     return Transfers(folder, S3Store(folder))
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class FolderRuntime:
@@ -30,67 +43,177 @@ class FolderRuntime:
         self._log = structlog.get_logger("syncd.folder").bind(folder=folder.name)
         identity = f"{folder.endpoint_url or 'aws'}|{folder.bucket}|{folder.prefix}"
         self.journal = Journal(state_dir / "folders" / f"{folder.name}.sqlite3", identity)
+        self._scratch = state_dir / "folders" / f"{folder.name}.listing.sqlite3"
         self.scheduler = Scheduler(folder, self.journal, budget, make_transfers)
         self.ignore = IgnoreRules(folder.ignore)
-        self._scan_stop = threading.Event()
-        self._scan_thread: threading.Thread | None = None
-        self._scan_lock = threading.Lock()
+        self._watcher: Watcher | None = None
+        self._stop = threading.Event()
+        self._pass_thread: threading.Thread | None = None
+        self._pass_lock = threading.Lock()
+        self._blocking = False            # the running pass must finish before `wait` says idle
         self.last_scan: ScanReport | None = None
+        self.last_reconcile: RemoteReport | None = None
+        self.last_reconcile_at: float | None = None
+        self.last_reconcile_error: str | None = None
         self.watch_error: str | None = None
+        self._next_reconcile = time.monotonic() + folder.reconcile_interval
+        self._next_fallback = 0.0
+        self._overflow_pending = False
+        self._overflow_backoff = OVERFLOW_BACKOFF[0]
+        self._next_overflow_scan = 0.0
+        self._last_overflow = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
 
     def start(self, watcher: Watcher) -> None:
-        """Watches first (so nothing is missed), then the scheduler, then the catch-up scan."""
-        try:
-            watcher.add(self.folder.name, str(self.folder.path), self.ignore, self.scheduler)
-        except OSError as exc:
-            self.watch_error = (f"cannot watch {self.folder.path}: {exc.strerror}; if the inotify watch limit "
-                                "is reached, raise it: sysctl fs.inotify.max_user_watches=1048576")
-            self._log.error("watch.failed", error=self.watch_error)
+        """Watches first (so nothing is missed), then the scheduler, then the startup passes."""
+        self._watcher = watcher
+        self._watch()
+        rebuild = self.journal.fresh
+        if rebuild:
+            self._log.warning("journal.rebuild", reason="new, lost or corrupt journal: rebuilding it from the "
+                              "bucket's listing and metadata before uploading anything")
+            self.scheduler.set_rebuilding(True)
         self.scheduler.start_probe()
         self.scheduler.start()
-        self.scan()
+        self._start_pass(local=True, remote=True, rebuild=rebuild, blocking_remote=rebuild)
 
-    def scan(self) -> bool:
-        """Start a scan unless one is running; returns True if one was started."""
-        with self._scan_lock:
-            if self._scan_thread is not None and self._scan_thread.is_alive():
-                return False
-            self._scan_thread = threading.Thread(target=self._run_scan, name=f"scan-{self.folder.name}",
-                                                 daemon=True)
-            self._scan_thread.start()
-            return True
-
-    def _run_scan(self) -> None:
-        scan = LocalScan(self.folder.name, str(self.folder.path), self.ignore, self.journal, self.scheduler)
+    def _watch(self) -> None:
+        assert self._watcher is not None
         try:
-            report = scan.run(self._scan_stop)
-        except Exception as exc:  # e.g. the root vanished mid-walk
-            self._log.error("scan.failed", error=str(exc))
-            return
-        if not self._scan_stop.is_set():
-            self.last_scan = report
-
-    @property
-    def scanning(self) -> bool:
-        return self._scan_thread is not None and self._scan_thread.is_alive()
+            self._watcher.add(self.folder.name, str(self.folder.path), self.ignore, self.scheduler)
+            self.watch_error = None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self.watch_error = (f"cannot watch {self.folder.path}: the inotify watch limit is reached; raise it "
+                                    "with 'sysctl fs.inotify.max_user_watches=1048576' (and in /etc/sysctl.d/). "
+                                    f"Until then the folder is rescanned every {FALLBACK_SCAN_EVERY:.0f}s")
+            else:
+                self.watch_error = (f"cannot watch {self.folder.path}: {exc.strerror}; rescanning every "
+                                    f"{FALLBACK_SCAN_EVERY:.0f}s instead")
+            self._watcher.remove(self.folder.name)
+            self._log.error("watch.failed", error=self.watch_error)
 
     def stop_intake(self, watcher: Watcher) -> None:
         watcher.remove(self.folder.name)
-        self._scan_stop.set()
-        if self._scan_thread is not None:
-            self._scan_thread.join(10)
+        self._stop.set()
+        if self._pass_thread is not None:
+            self._pass_thread.join(10)
 
     def stop(self, deadline: float) -> None:
         self.scheduler.stop(deadline)
         self.journal.close()
 
+    # ------------------------------------------------------------------ passes
+
+    def reconcile(self) -> bool:
+        """On demand: a full pass (local tree and bucket); False if one is already running."""
+        return self._start_pass(local=True, remote=True, rebuild=False, blocking_remote=True)
+
+    def pass_running(self) -> bool:
+        return self._pass_thread is not None and self._pass_thread.is_alive()
+
+    def _start_pass(self, local: bool, remote: bool, rebuild: bool, blocking_remote: bool) -> bool:
+        with self._pass_lock:
+            if self.pass_running():
+                return False
+            self._blocking = True
+            self._pass_thread = threading.Thread(target=self._run_pass, args=(local, remote, rebuild, blocking_remote),
+                                                 name=f"reconcile-{self.folder.name}", daemon=True)
+            self._pass_thread.start()
+            return True
+
+    def _run_pass(self, local: bool, remote: bool, rebuild: bool, blocking_remote: bool) -> None:
+        try:
+            if local and not self._stop.is_set():
+                self._local()
+            self._blocking = blocking_remote
+            if remote and not self._stop.is_set():
+                self._remote(rebuild)
+        except Exception as exc:  # never let a pass kill the daemon; it runs again later
+            self._log.exception("reconcile.failed", error=str(exc))
+        finally:
+            self._blocking = False
+
+    def _local(self) -> None:
+        scan = LocalScan(self.folder.name, str(self.folder.path), self.ignore, self.journal, self.scheduler)
+        report = scan.run(self._stop)
+        if not self._stop.is_set():
+            self.scheduler.barrier(timeout=60)  # what it found is journaled before we call it done
+            self.last_scan = report
+
+    def _remote(self, rebuild: bool) -> None:
+        """One remote pass. A rebuild is retried until it succeeds: until then the scheduler
+        holds every transfer, or it would re-upload what the bucket already holds."""
+        while not self._stop.is_set():
+            store = self._await_store()
+            if store is None:
+                return
+            try:
+                report = RemotePass(self.folder, self.journal, store, self.scheduler, self._scratch).run(
+                    self._stop, rebuild)
+            except StoreError as exc:
+                self.last_reconcile_error = str(exc)
+                self._next_reconcile = time.monotonic() + REMOTE_RETRY
+                self._log.warning("reconcile.remote_failed", error=str(exc))
+                if rebuild:
+                    self._stop.wait(REMOTE_RETRY / 6)
+                    continue
+                return
+            if self._stop.is_set():
+                return
+            self.scheduler.barrier(timeout=60)
+            self.last_reconcile, self.last_reconcile_at, self.last_reconcile_error = report, time.time(), None
+            self._next_reconcile = time.monotonic() + self.folder.reconcile_interval
+            if rebuild:
+                self.scheduler.set_rebuilding(False)
+            return
+
+    def _await_store(self) -> Any:
+        """The remote pass needs a working store; wait for the scheduler's probe to get one."""
+        while not self._stop.is_set():
+            if self.scheduler.halt is None and self.scheduler.store is not None:
+                return self.scheduler.store
+            self._stop.wait(0.5)
+        return None
+
+    def on_overflow(self) -> None:
+        """The kernel dropped events (inotify queue overflow): rescan, with backoff."""
+        now = time.monotonic()
+        if now - self._last_overflow > 600:
+            self._overflow_backoff = OVERFLOW_BACKOFF[0]  # calm for a while: start over
+        self._last_overflow = now
+        self._overflow_pending = True
+
+    def tick(self, now: float) -> None:
+        """Called by the service loop: start whatever pass is due."""
+        if self.scheduler.root_recovered.is_set():
+            self.scheduler.root_recovered.clear()
+            self._log.info("folder.root_restored")
+            if self._watcher is not None:
+                self._watcher.remove(self.folder.name)
+                self._watch()
+            self._start_pass(local=True, remote=False, rebuild=False, blocking_remote=False)
+        if self._overflow_pending and now >= self._next_overflow_scan:
+            if self._start_pass(local=True, remote=False, rebuild=False, blocking_remote=False):
+                self._overflow_pending = False
+                self._log.warning("watch.overflow_rescan", next_allowed_in_s=self._overflow_backoff)
+                self._next_overflow_scan = now + self._overflow_backoff
+                self._overflow_backoff = min(OVERFLOW_BACKOFF[1], self._overflow_backoff * 2)
+        if self.watch_error is not None and now >= self._next_fallback:
+            if self._start_pass(local=True, remote=False, rebuild=False, blocking_remote=False):
+                self._next_fallback = now + FALLBACK_SCAN_EVERY
+        if now >= self._next_reconcile:
+            if self._start_pass(local=True, remote=True, rebuild=False, blocking_remote=False):
+                self._next_reconcile = now + self.folder.reconcile_interval
+
     # ------------------------------------------------------------------ status
 
     def is_idle(self) -> tuple[bool, int]:
-        """(nothing pending, settling, scanning or in flight; number of parked failures)."""
+        """(nothing pending, settling, being scanned or in flight; number of parked failures)."""
         counts = self.journal.counts()
-        idle = (not self.scanning and self.scheduler.inbox_size() == 0 and counts["pending"] == 0
-                and self.scheduler.in_flight() == 0)
+        idle = (not (self._blocking and self.pass_running()) and self.scheduler.inbox_size() == 0
+                and counts["pending"] == 0 and self.scheduler.in_flight() == 0)
         return idle, counts["failed"]
 
     def state(self) -> str:
@@ -99,7 +222,7 @@ class FolderRuntime:
             return "starting" if s.halt == "connecting to the object store" else "error"
         if s.paused:
             return "paused"
-        if self.scanning:
+        if self.pass_running():
             return "scanning"
         return "watching"
 
@@ -108,13 +231,18 @@ class FolderRuntime:
         counts = self.journal.counts()
         files_rate, bytes_rate = s.rate()
         backlog = counts["pending"] + s.inbox_size()
-        scan = self.last_scan
+        scan, remote = self.last_scan, self.last_reconcile
+        state = self.state()
+        if state == "error":
+            last_error = s.halt
+        else:
+            last_error = s.pause_reason or self.watch_error or s.last_error or self.last_reconcile_error
         return {
             "name": self.folder.name,
             "path": str(self.folder.path),
             "bucket": self.folder.bucket,
             "prefix": self.folder.prefix,
-            "state": self.state(),
+            "state": state,
             "pending": backlog,
             "settling": counts["settling"],
             "in_flight": s.in_flight(),
@@ -127,10 +255,15 @@ class FolderRuntime:
             "eta_s": round(backlog / files_rate, 1) if files_rate > 0 and backlog else None,
             "objects": counts["manifest"],
             "last_scan": None if scan is None else {
-                "at": datetime.fromtimestamp(scan.finished_at, UTC).isoformat(timespec="seconds"),
-                "seconds": round(scan.seconds, 3), "files": scan.files, "changed": scan.changed,
-                "missing": scan.missing},
-            "last_error": s.halt if s.halt and self.state() == "error" else (self.watch_error or s.last_error),
+                "at": _iso(scan.finished_at), "seconds": round(scan.seconds, 3), "files": scan.files,
+                "changed": scan.changed, "missing": scan.missing},
+            "last_reconcile": None if remote is None or self.last_reconcile_at is None else {
+                "at": _iso(self.last_reconcile_at), **{k: v for k, v in asdict(remote).items()
+                                                        if k != "foreign_examples"},
+                "seconds": round(remote.seconds, 3)},
+            "foreign": 0 if remote is None else remote.foreign,
+            "foreign_examples": [] if remote is None else remote.foreign_examples,
+            "last_error": last_error,
             "requests": s.ops(),
         }
 
@@ -138,4 +271,3 @@ class FolderRuntime:
         """The loop ticked recently and no transfer is stuck past its timeout (watchdog)."""
         return now - self.scheduler.last_tick < 15 and self.scheduler.oldest_inflight_age(now) < (
             self.folder.request_timeout * 4 + 60)
-

@@ -280,6 +280,11 @@ class Journal:
         row = self._db.execute("SELECT MIN(due) FROM pending WHERE state=0").fetchone()
         return None if row is None else row[0]
 
+    def manifest_count(self) -> int:
+        """Read side: the scheduler's probe calls this from a pool thread."""
+        with self.reader() as db:
+            return int(db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0])
+
     def has_mover(self, path: str) -> bool:
         """True if another pending row was renamed from ``path`` (its key is a copy source)."""
         return self._db.execute("SELECT 1 FROM pending WHERE move_from=? AND state!=2 LIMIT 1",

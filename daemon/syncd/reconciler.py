@@ -1,24 +1,32 @@
-"""The reconciler: find drift between the local tree and the manifest, record it as pending.
+"""The reconciler: find drift between the local tree, the manifest and the bucket, and
+record it in the journal as pending changes.
 
-At startup it is how changes made while the daemon was down are caught. It is a streaming
-merge join: the walk visits paths in byte order (each directory's entries sorted, with
-directories compared as ``name/``), the manifest is read in the same order, so memory stays
-proportional to the tree's depth, not its size. Only ``lstat`` is used: no file is read.
+The local pass catches changes made while the daemon was down or while the watcher was blind
+(an inotify overflow). It is a streaming merge join: the walk visits paths in byte order
+(each directory's entries sorted, with directories compared as ``name/``), the manifest is
+read in the same order, so memory stays proportional to the tree's depth, not its size.
+Only ``lstat`` is used: no file is read. The remote pass is described on RemotePass.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat as statmod
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import structlog
 
-from .journal import Journal
+from .config import FolderConfig
+from .journal import Entry, Journal
 from .paths import IgnoreRules
+from .store import META_MTIME, META_SHA256, ObjectStore
 from .watcher import Sink
 
 log = structlog.get_logger("syncd.reconciler")
@@ -137,3 +145,140 @@ class LocalScan:
         except OSError:
             pass
         return entry
+
+
+@dataclass
+class RemoteReport:
+    objects: int = 0
+    lists: int = 0
+    heads: int = 0
+    drift: int = 0           # objects missing or different from what syncd wrote
+    adopted: int = 0         # objects recognised as unchanged files (journal rebuild)
+    foreign: int = 0         # keys under the prefix that syncd did not write
+    foreign_examples: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Adopter(Protocol):
+    def submit(self, path: str, move_from: str | None = None, settle: bool = True,
+               is_dir: bool = False) -> None: ...
+    def submit_forget(self, path: str, mtime_ns: int, etag: str | None) -> None: ...
+    def submit_adopt(self, entry: Entry) -> None: ...
+
+
+class RemotePass:
+    """Compares the bucket listing with the manifest; repairs drift, rebuilds a lost journal.
+
+    The listing is spooled into a scratch SQLite table and joined with the manifest in SQL:
+    memory stays flat however many objects there are, and no listing order is assumed. In
+    steady state it costs LIST requests only; HEAD is used just for objects the manifest does
+    not know (to read syncd's metadata and adopt unchanged files instead of uploading them).
+    """
+
+    HEAD_WORKERS = 16
+
+    def __init__(self, folder: FolderConfig, journal: Journal, store: ObjectStore, sink: Adopter,
+                 scratch: Path):
+        self.folder = folder
+        self.journal = journal
+        self.store = store
+        self.sink = sink
+        self.scratch = scratch
+        self.root = str(folder.path)
+        self._log = log.bind(folder=folder.name)
+
+    def run(self, stop: threading.Event, rebuild: bool) -> RemoteReport:
+        started = time.monotonic()
+        report = RemoteReport()
+        self.scratch.unlink(missing_ok=True)
+        db = sqlite3.connect(f"file:{self.scratch}", uri=True)
+        try:
+            db.execute("PRAGMA journal_mode=OFF")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute("CREATE TABLE remote(path TEXT PRIMARY KEY, size INTEGER, etag TEXT) WITHOUT ROWID")
+            self._spool(db, report, stop)
+            if stop.is_set():
+                return report
+            db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
+            self._drift(db, report)
+            self._unknown(db, report, stop, rebuild)
+        finally:
+            db.close()
+            self.scratch.unlink(missing_ok=True)
+        report.seconds = time.monotonic() - started
+        self._log.info("reconcile.done", objects=report.objects, lists=report.lists, heads=report.heads,
+                       drift=report.drift, adopted=report.adopted, foreign=report.foreign,
+                       ms=round(report.seconds * 1000))
+        if report.foreign:
+            self._log.warning("reconcile.foreign_keys", count=report.foreign, examples=report.foreign_examples,
+                              hint="keys under the prefix syncd did not write; set delete_foreign: true "
+                                   "to remove them")
+        return report
+
+    def _spool(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
+        cut = len(self.folder.prefix)
+        for page in self.store.list(self.folder.prefix):
+            report.lists += 1
+            report.objects += len(page)
+            db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)",
+                           [(o.key[cut:], o.size, o.etag) for o in page])
+            if stop.is_set():
+                return
+        db.commit()
+
+    def _drift(self, db: sqlite3.Connection, report: RemoteReport) -> None:
+        """Objects deleted or replaced behind syncd's back: forget them, so they are re-sent."""
+        rows = db.execute(
+            "SELECT m.path, m.mtime_ns, m.etag FROM j.manifest m LEFT JOIN remote r ON r.path = m.path "
+            "WHERE r.path IS NULL OR r.size != m.size OR (m.etag IS NOT NULL AND r.etag != m.etag)")
+        for path, mtime_ns, etag in rows:
+            report.drift += 1
+            self.sink.submit_forget(path, mtime_ns, etag)
+
+    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, rebuild: bool) -> None:
+        """Objects the manifest does not know: ours from a lost journal, or foreign."""
+        rows = db.execute("SELECT r.path, r.size, r.etag FROM remote r LEFT JOIN j.manifest m ON m.path = r.path "
+                          "WHERE m.path IS NULL")
+        with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool:
+            while not stop.is_set():
+                batch = rows.fetchmany(512)
+                if not batch:
+                    break
+                for result in pool.map(lambda r: self._classify(r, rebuild), batch):
+                    self._record(result, report)
+
+    def _classify(self, row: tuple[str, int, str], rebuild: bool) -> tuple[str, str, Entry | None, bool]:
+        """(verdict, path, entry, headed): verdict is adopt, orphan, foreign or skip."""
+        path, size, etag = row
+        try:
+            st: os.stat_result | None = os.lstat(os.path.join(self.root, path))
+        except OSError:
+            st = None
+        local = st is not None and statmod.S_ISREG(st.st_mode)
+        if not local and not rebuild:
+            return "foreign", path, None, False
+        obj = self.store.head(self.folder.key_for(path))
+        if obj is None or obj.meta is None or META_MTIME not in obj.meta:
+            return ("skip" if local else "foreign"), path, None, True
+        mtime_ns = int(obj.meta[META_MTIME])
+        if local and st is not None and (st.st_size, st.st_mtime_ns) == (obj.size, mtime_ns):
+            return "adopt", path, Entry(path, obj.size, mtime_ns, st.st_ino, obj.meta.get(META_SHA256), etag), True
+        if not local:  # written by syncd, file gone meanwhile: adopt so the delete propagates
+            return "orphan", path, Entry(path, obj.size, mtime_ns, None, obj.meta.get(META_SHA256), etag), True
+        return "skip", path, None, True  # a changed file: the local scan uploads it
+
+    def _record(self, result: tuple[str, str, Entry | None, bool], report: RemoteReport) -> None:
+        verdict, path, entry, headed = result
+        report.heads += headed
+        if verdict in ("adopt", "orphan") and entry is not None:
+            report.adopted += verdict == "adopt"
+            self.sink.submit_adopt(entry)
+            if verdict == "orphan":
+                self.sink.submit(path, settle=False)
+        elif verdict == "foreign":
+            report.foreign += 1
+            if len(report.foreign_examples) < 5:
+                report.foreign_examples.append(path)
+            if self.folder.delete_foreign and self.folder.delete == "mirror":
+                self.sink.submit_adopt(Entry(path, 0, 0, None, None, None))
+                self.sink.submit(path, settle=False)

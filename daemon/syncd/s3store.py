@@ -173,12 +173,12 @@ class S3Store:
         return RemoteObject(key=key, size=int(resp["ContentLength"]), etag=str(resp.get("ETag", "")).strip('"'),
                             meta=dict(resp.get("Metadata", {})))
 
-    def list(self, prefix: str) -> Iterator[RemoteObject]:
+    def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    yield RemoteObject(key=obj["Key"], size=int(obj["Size"]), etag=str(obj.get("ETag", "")).strip('"'))
+                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=str(o.get("ETag", "")).strip('"'))
+                       for o in page.get("Contents", [])]
         except Exception as exc:
             raise classify(exc, bucket=self.bucket) from exc
 

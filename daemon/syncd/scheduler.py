@@ -23,7 +23,7 @@ import structlog
 from .config import FolderConfig
 from .journal import Entry, Journal, Outcome, Pending
 from .paths import IgnoreRules, key_problem
-from .store import StoreError
+from .store import ObjectStore, StoreError
 from .transfer import Result, Task, Transfers
 
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
@@ -109,10 +109,15 @@ class Scheduler:
         self.last_event = 0.0
         self.last_tick = time.monotonic()
         self._skipped_logged: set[str] = set()
-        try:
-            self._root_dev: int | None = os.stat(self.root).st_dev
-        except OSError:
-            self._root_dev = None
+        self.pause_reason: str | None = None
+        self.rebuilding = False                    # journal rebuild running: transfers wait for it
+        self.root_recovered = threading.Event()   # the folder service re-watches and rescans
+        self._halted_on_root = False
+        self._empty_confirmed = False              # `syncd resume` after "root is empty"
+        self._wave_confirmed = False               # `syncd resume` after a max_delete pause
+        self._wave_deletes = 0
+        self._root_checked = 0.0
+        self._root_id = self._current_root_id()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -162,6 +167,10 @@ class Scheduler:
             self._log.warning("shutdown.abandoned", in_flight=len(self._inflight))
         self._safe(self.journal.release_claims)
 
+    @property
+    def store(self) -> ObjectStore | None:
+        return self._transfers.store if self._transfers is not None else None
+
     def _safe(self, fn: Callable[[], Any]) -> None:
         try:
             fn()
@@ -208,11 +217,22 @@ class Scheduler:
         self._ingest()
         self._collect()
         self._probe_results()
+        if self.halt is None and time.monotonic() - self._root_checked >= 1.0:
+            # A root moved away or unmounted sends no event for the files below it.
+            self._root_checked = time.monotonic()
+            problem = self._root_problem()
+            if problem is not None:
+                self._halted_on_root = True
+                self._halt(problem)
+        if (self._wave_deletes or self._wave_confirmed) and not (self._inflight or self._ready or self._deletes) \
+                and self.journal.next_due() is None:
+            self._wave_deletes = 0  # the wave is over: the next one is counted (and guarded) afresh
+            self._wave_confirmed = False
         now = time.time()
         if self.halt is not None or self._transfers is None:
             self._maybe_probe(now)
             return
-        if not self.paused:
+        if not self.paused and not self.rebuilding:
             self._dispatch(now)
 
     def _ingest(self) -> None:
@@ -304,14 +324,33 @@ class Scheduler:
 
     def _flush_deletes(self) -> None:
         batch, self._deletes = self._deletes[:DELETE_BATCH], self._deletes[DELETE_BATCH:]
-        problem = self._root_problem()
+        problem = self._root_problem(check_empty=True)
         if problem is not None:
-            # An unmounted or vanished root looks like "everything was deleted": never act on it.
-            self._halt(problem)
-            self._outcomes.extend(Outcome("defer", p.path, p.gen, delay=1.0) for p in batch + self._deletes)
-            self._deletes = []
+            self._halted_on_root = True
+            self._hold_deletes(batch, problem, halt=True)
             return
+        limit = self.folder.delete_limit(self.journal.manifest_count())
+        if not self._wave_confirmed and self._wave_deletes + len(batch) + len(self._deletes) > limit:
+            wave = self._wave_deletes + len(batch) + len(self._deletes)
+            reason = (f"deletion wave of {wave}+ objects exceeds max_delete={self.folder.max_delete} "
+                      f"(limit {limit}): paused; run 'syncd resume {self.folder.name}' to delete them")
+            self._hold_deletes(batch, reason, halt=False)
+            return
+        self._wave_deletes += len(batch)
         self._submit(Task("delete", batch))
+
+    def _hold_deletes(self, batch: list[Pending], reason: str, halt: bool) -> None:
+        """Keep these deletions pending and stop the folder until a human or the root says so."""
+        if halt:
+            self._halt(reason)
+        else:
+            if self.pause_reason is None:
+                self._log.error("folder.delete_wave_paused", error=reason)
+            self.paused = True
+            self.pause_reason = reason
+            self.last_error = reason
+        self._outcomes.extend(Outcome("defer", p.path, p.gen, delay=1.0) for p in batch + self._deletes)
+        self._deletes = []
 
     # ------------------------------------------------------------------ planning
 
@@ -379,16 +418,36 @@ class Scheduler:
         kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
         self._log.info("path.skipped", path=rel, reason=f"{kind}: not followed or mirrored")
 
-    def _root_problem(self) -> str | None:
+    def _current_root_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if statmod.S_ISDIR(st.st_mode) else None
+
+    def _root_problem(self, check_empty: bool = False) -> str | None:
+        """Why the root cannot be trusted right now, or None. An unmounted disk, a vanished
+        or replaced directory all look like "everything was deleted": never act on that."""
         try:
             st = os.stat(self.root)
         except OSError as exc:
             return f"folder root {self.root} is unavailable ({exc.strerror}): no remote deletions until it is back"
         if not statmod.S_ISDIR(st.st_mode):
             return f"folder root {self.root} is not a directory: no remote deletions until it is fixed"
-        if self._root_dev is not None and st.st_dev != self._root_dev:
-            return (f"folder root {self.root} is now on another device (unmounted?): "
-                    "no remote deletions until it is back")
+        if self._root_id is not None and (st.st_dev, st.st_ino) != self._root_id:
+            return (f"folder root {self.root} was replaced or unmounted (another directory or device is there now): "
+                    f"no remote deletions; restore it, or run 'syncd resume {self.folder.name}' to accept the new one")
+        if check_empty and not self._empty_confirmed:
+            with os.scandir(self.root) as it:
+                empty = next(it, None) is None
+            if empty and self.journal.manifest_count() > 0:
+                return (f"folder root {self.root} is empty but {self.journal.manifest_count()} objects are mirrored "
+                        f"(unmounted disk?): no remote deletions; run 'syncd resume {self.folder.name}' if the "
+                        "folder really was emptied")
+        if check_empty and self._empty_confirmed:
+            with os.scandir(self.root) as it:
+                if next(it, None) is not None:
+                    self._empty_confirmed = False  # refilled: guard the next emptying again
         return None
 
     # ------------------------------------------------------------------ folder errors
@@ -409,7 +468,7 @@ class Scheduler:
 
     def _probe(self) -> Transfers:
         """Pool thread: can the folder work again (root present, store reachable)?"""
-        problem = self._root_problem()
+        problem = self._root_problem(check_empty=self._halted_on_root)
         if problem is not None:
             raise StoreError(problem, scope="folder")
         transfers = self._transfers or self._make_transfers(self.folder)
@@ -428,6 +487,9 @@ class Scheduler:
             exc = future.exception()
             if exc is None:
                 self._transfers = future.result()
+                if self._halted_on_root:
+                    self._halted_on_root = False
+                    self.root_recovered.set()
                 if self.halt is not None:
                     self._log.info("folder.ready" if self._first_probe else "folder.recovered")
                 self._first_probe = False
@@ -473,7 +535,23 @@ class Scheduler:
     # ------------------------------------------------------------------ control
 
     def set_paused(self, paused: bool) -> None:
+        """``syncd pause`` / ``syncd resume``. Resuming also confirms what a guard paused for:
+        the current deletion wave, an emptied root, or a root that was replaced."""
         self.paused = paused
+        if not paused:
+            if self.pause_reason is not None:
+                self._log.info("folder.delete_wave_confirmed", wave=self._wave_deletes)
+                self._wave_confirmed = True
+                self.pause_reason = None
+                self.last_error = None
+            if self._halted_on_root:
+                self._empty_confirmed = True
+                self._root_id = self._current_root_id() or self._root_id
+                self._probe_at = 0.0
+        self._wake.set()
+
+    def set_rebuilding(self, rebuilding: bool) -> None:
+        self.rebuilding = rebuilding
         self._wake.set()
 
     def retry_failed(self) -> int:

@@ -39,7 +39,7 @@ class Daemon:
         self.config = config
         self.folders: dict[str, FolderRuntime] = {}
         self.budget = ByteBudget(config.max_inflight_bytes)
-        self.watcher = Watcher()
+        self.watcher = Watcher(on_overflow=self._on_overflow)
         self.control = ControlServer(config.socket, self, config.socket_group)
         self.notifier = sdnotify.SystemdNotifier()
         self.started = time.monotonic()
@@ -70,6 +70,8 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             now = time.monotonic()
+            for runtime in list(self.folders.values()):
+                runtime.tick(now)
             if now >= next_status:
                 self._notify(self._status_line())
                 next_status = now + STATUS_EVERY
@@ -147,6 +149,12 @@ class Daemon:
 
     # ------------------------------------------------------------------ health and status
 
+    def _on_overflow(self) -> None:
+        """watchdog thread: one inotify instance serves every folder, so all may have lost events."""
+        log.warning("watch.overflow", error="inotify queue overflowed: events were lost; rescanning")
+        for runtime in list(self.folders.values()):
+            runtime.on_overflow()
+
     def _healthy(self, now: float) -> bool:
         return all(r.healthy(now) for r in list(self.folders.values()))
 
@@ -195,9 +203,17 @@ class Daemon:
             return {"requeued": sum(r.scheduler.retry_failed() for r in self._select(folder))}
         if cmd == "reconcile":
             targets = self._select(folder)
-            started = [r.folder.name for r in targets if r.scan()]
+            started = [r.folder.name for r in targets if r.reconcile()]
             if request.get("wait"):
-                return {**self._wait(folder, float(request.get("timeout") or 0) or None), "started": started}
+                timeout = float(request.get("timeout") or 0) or None
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while any(r.pass_running() for r in targets):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return {"idle": False, "busy": [r.folder.name for r in targets if r.pass_running()],
+                                "started": started}
+                    time.sleep(0.05)
+                remaining = None if deadline is None else max(0.1, deadline - time.monotonic())
+                return {**self._wait(folder, remaining), "started": started}
             return {"started": started}
         if cmd == "reload":
             return self.reload()

@@ -72,8 +72,11 @@ class ObjectStore(Protocol):
     def head(self, key: str) -> RemoteObject | None:
         """The object's size, ETag and metadata, or None if absent."""
 
-    def list(self, prefix: str) -> Iterator[RemoteObject]:
-        """Every object under ``prefix`` in key order, streamed page by page."""
+    def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
+        """Every object under ``prefix``, one page (one LIST request) at a time.
+
+        No order is assumed: S3 lists in UTF-8 byte order, but SeaweedFS walks its directory
+        tree (``a/-/x`` before ``a/- x``)."""
 
     def close(self) -> None:
         """Release connections."""

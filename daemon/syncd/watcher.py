@@ -6,7 +6,9 @@ delay) happens durably in the journal; this module only filters and pairs events
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -85,12 +87,29 @@ class FolderEvents(FileSystemEventHandler):
             self.sink.submit(rel)
 
 
+class _OverflowHook(logging.Handler):
+    """watchdog rebuilds its watches after IN_Q_OVERFLOW but tells its caller nothing
+    (watchdog issue 654): its log record is the only signal, so listen for it."""
+
+    def __init__(self, callback: Callable[[], None]):
+        super().__init__(logging.WARNING)
+        self.callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "events were lost" in record.getMessage():  # inotify_c: IN_Q_OVERFLOW read
+            self.callback()
+
+
 class Watcher:
     """One watchdog observer (one inotify instance) for every folder."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_overflow: Callable[[], None] | None = None) -> None:
         self._observer: BaseObserver = Observer()
         self._watches: dict[str, ObservedWatch] = {}
+        self._hook: _OverflowHook | None = None
+        if on_overflow is not None:
+            self._hook = _OverflowHook(on_overflow)
+            logging.getLogger("watchdog.observers").addHandler(self._hook)
 
     def start(self) -> None:
         self._observer.start()
@@ -108,3 +127,5 @@ class Watcher:
     def stop(self) -> None:
         self._observer.stop()
         self._observer.join(timeout=10)
+        if self._hook is not None:
+            logging.getLogger("watchdog.observers").removeHandler(self._hook)
