@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from syncd.config import load_config
 from syncd.folder import FolderRuntime
 from syncd.scheduler import ByteBudget

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -228,12 +229,29 @@ class SyncdRunner(Runner):
         return result
 
     def start(self, timeout: float) -> RunResult:
-        """Launch the daemon and block until it is idle; the time includes the process launch."""
+        """Launch the daemon and block until it is idle; the time includes the process launch.
+        The daemon's peak RSS meanwhile is sampled every 50 ms."""
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         self.daemon.start(wait_ready=False)
-        error = self._wait_idle(deadline)
-        return RunResult(time.monotonic() - started, error)
+        peak = [0]
+        done = threading.Event()
+
+        def sample_rss() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], self.rss() or 0)
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
+        try:
+            error = self._wait_idle(deadline)
+        finally:
+            done.set()
+            sampler.join()
+        result = RunResult(time.monotonic() - started, error)
+        if peak[0]:
+            result.info["syncd peak RSS MiB"] = peak[0] / 2**20
+        return result
 
     def _wait_idle(self, deadline: float) -> str | None:
         """Run ``syncd wait`` as soon as the control socket exists (exit 3 = not listening yet)."""

@@ -57,6 +57,25 @@ def nochange(bench: Bench) -> None:
             bench.measure("nochange", f"no-change run ({files:,} files)", rep, runner, ds, bucket, proxy)
 
 
+@scenario("rebuild", "journal deleted after a full sync: restart until idle, requests (full size 10,000 files)")
+def rebuild(bench: Bench) -> None:
+    files = bench.size(10_000, 2_000)
+    ds = make_dataset(bench.scratch("rebuild-data"), files=files, dirs=max(1, files // 100), min_size=100,
+                      max_size=4 * KiB, seed=4)
+    proxy = bench.start_proxy()
+    bucket = bench.new_bucket("rebuild")
+    runner = bench.syncd_runner(ds.root, bucket, proxy.endpoint)
+    first = bench.measure("rebuild", f"first sync, setup ({files:,} files)", 0, runner, ds, bucket, proxy)
+    if not first.ok:
+        return
+    db = runner.daemon.state_dir / "folders" / "bench.sqlite3"
+    for rep in range(bench.reps):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        bench.measure("rebuild", f"restart with the journal deleted ({files:,} files)", rep, runner, ds, bucket,
+                      proxy)
+
+
 @scenario("ingest", "journal ingest: Journal.record events/s; a paused daemon journaling new files (full: 100k)")
 def ingest(bench: Bench) -> None:
     events = bench.size(100_000, 10_000)
