@@ -72,6 +72,23 @@ def test_file_appended_for_three_seconds_is_uploaded_once_quiet_with_final_conte
     assert s3_proxy.counts().get("PutObject", 0) == 1
 
 
+def test_file_that_never_settles_is_still_uploaded_every_max_delay(proxied_syncd, s3_proxy, tree, s3, bucket):
+    proxied_syncd.add_folder("main", tree, bucket, max_delay="1s")
+    proxied_syncd.start()
+    s3_proxy.reset_counts()
+    path = tree / "busy.log"
+    end = time.monotonic() + 4.5
+    with path.open("ab") as f:
+        while time.monotonic() < end:  # never quiet for `settle` (300 ms)
+            f.write(b"x" * 100)
+            f.flush()
+            time.sleep(0.05)
+    uploads_while_busy = s3_proxy.counts().get("PutObject", 0)
+    assert uploads_while_busy >= 2  # ~every max_delay, although the file never settled
+    proxied_syncd.wait_idle()
+    assert_mirror(s3, bucket, tree)
+
+
 def test_file_rewritten_100_times_in_2s_is_uploaded_at_most_twice(proxied_syncd, s3_proxy, tree, s3, bucket):
     proxied_syncd.add_folder("main", tree, bucket)
     proxied_syncd.start()

@@ -163,15 +163,17 @@ class Daemon:
 
     def _status_line(self) -> str:
         parts = []
-        pending = failed = 0
+        pending = failed = in_flight = 0
         for r in list(self.folders.values()):
             counts = r.journal.counts()
             pending += counts["pending"]
             failed += counts["failed"]
+            in_flight += r.scheduler.in_flight()
             if r.state() != "watching":
                 parts.append(f"{r.folder.name}:{r.state()}")
         rate = sum(r.scheduler.rate()[1] for r in list(self.folders.values()))
-        text = f"{len(self.folders)} folders, {pending} pending, {failed} failed, {format_size(rate)}/s"
+        text = (f"{len(self.folders)} folders, {pending} pending, {in_flight} in flight, {failed} failed, "
+                f"{format_size(rate)}/s")
         return "STATUS=" + text + (f" ({', '.join(parts)})" if parts else "")
 
     def _select(self, name: str | None) -> list[FolderRuntime]:

@@ -12,12 +12,15 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from contextlib import closing
 from functools import partial
 from pathlib import Path
 
-from .core import REPO, SYNCD, Bench, Sample, make_dataset, scenario
+from tests.support.s3proxy import S3Proxy
+
+from .core import REPO, SYNCD, Bench, Sample, SyncdRunner, make_dataset, request_counts, scenario
 from .proc import kill_group, run_timed
 
 KiB = 1024
@@ -55,6 +58,49 @@ def nochange(bench: Bench) -> None:
         for tool in bench.order(rep, list(ready)):
             runner, bucket = ready[tool]
             bench.measure("nochange", f"no-change run ({files:,} files)", rep, runner, ds, bucket, proxy)
+    if SYNCD in ready:
+        runner, bucket = ready[SYNCD]
+        assert isinstance(runner, SyncdRunner)
+        for rep in range(bench.reps):
+            bench.add(_reconcile_pass(bench, runner, proxy, files, rep))
+
+
+def _reconcile_pass(bench: Bench, runner: SyncdRunner, proxy: S3Proxy, files: int, rep: int) -> Sample:
+    """One full reconcile pass (local walk + bucket listing) of the synced tree, on demand:
+    its duration, the daemon's peak RSS during it, and the S3 requests it made."""
+    from syncd.control import ControlError
+
+    sample = partial(Sample, "nochange", f"reconcile pass, {files:,} files and {files:,} objects", "s", SYNCD, rep)
+    started = runner.start(timeout=bench.timeout_for(files))
+    if started.error is not None:
+        runner.stop()
+        return sample(None, False, started.error)
+    proxy.reset_counts()
+    peak = runner.rss() or 0
+    errors: list[str] = []
+
+    def reconcile() -> None:
+        try:
+            runner.control("reconcile", wait=True, timeout=600)
+        except ControlError as exc:
+            errors.append(str(exc))
+
+    t0 = time.monotonic()
+    pending = threading.Thread(target=reconcile)
+    pending.start()
+    while pending.is_alive():
+        peak = max(peak, runner.rss() or 0)
+        pending.join(0.05)
+    seconds = time.monotonic() - t0
+    if errors:
+        runner.stop()
+        return sample(None, False, errors[0])
+    counts = request_counts(proxy.counts())
+    problem = runner.stop()
+    only_lists = counts.get("req total", 0) == counts.get("req LIST", -1)
+    ok = problem is None and only_lists
+    detail = problem or ("" if only_lists else f"requests other than LIST: {counts}")
+    return sample(seconds, ok, detail, {"syncd peak RSS MiB": peak / MiB, **counts})
 
 
 @scenario("rebuild", "journal deleted after a full sync: restart until idle, requests (full size 10,000 files)")
