@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .config import DEFAULT_CONFIG, ConfigError, load_config, socket_path
+from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, socket_path
 from .control import ControlError, request
 from .units import format_duration, format_size
 
@@ -71,11 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
 
 
-def _check_config(path: str | None) -> int:
+def _load(path: str | None) -> Config | None:
+    """The validated config, or None after printing every problem (exit with EXIT_CONFIG)."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         print("syncd: invalid configuration:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return None
+
+
+def _check_config(path: str | None) -> int:
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     print(f"{config.source}: OK, {len(config.folders)} folder(s)")
     for f in config.folders:
@@ -86,10 +93,8 @@ def _check_config(path: str | None) -> int:
 def _run(path: str | None) -> int:
     from . import logs, service
 
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print("syncd: invalid configuration:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     logs.setup(config.log.level, config.log.format)
     try:
