@@ -164,6 +164,14 @@ def render_status(reply: dict[str, Any]) -> str:
             "  last scan " + (f"{scan['at']} ({scan['seconds']:.1f}s, {scan['files']} files, "
                               f"{scan['changed'] + scan['missing']} differences)" if scan else "-"),
         ]
+        remote = f.get("last_reconcile")
+        if remote:
+            lines.append(f"  last reconcile {remote['at']} ({remote['seconds']:.1f}s, {remote['objects']} objects, "
+                         f"{remote['lists']} LIST + {remote['heads']} HEAD, {remote['drift']} drifted, "
+                         f"{remote['adopted']} adopted)")
+        if f.get("foreign"):
+            lines.append(f"  foreign keys: {f['foreign']} (e.g. {', '.join(f['foreign_examples'])}); kept unless "
+                         "delete_foreign: true")
         if f["last_error"]:
             lines.append(f"  last error: {f['last_error']}")
         for failure in f["failures"]:
