@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -197,7 +198,8 @@ def write_charts(rows: list[Row], outdir: Path) -> list[Path]:
                 ax.legend(fontsize=8)
             ax.set_title(metric, fontsize=9)
             ax.set_ylabel(f"{group[0].unit} ({'higher' if group[0].higher_is_better else 'lower'} is better)")
-        fig.suptitle(f"{scenario}: {REGISTRY[scenario].summary}" if scenario in REGISTRY else scenario, fontsize=10)
+        title = f"{scenario}: {REGISTRY[scenario].summary}" if scenario in REGISTRY else scenario
+        fig.suptitle(textwrap.fill(title, width=int(10 * 5.5 * len(metrics))), fontsize=10)
         fig.tight_layout()
         written.append(_save(fig, outdir / f"{scenario}.png"))
         plt.close(fig)
