@@ -8,8 +8,6 @@ nothing) and hands them to a bounded pool. Work in flight is bounded by the fold
 
 from __future__ import annotations
 
-import os
-import stat as statmod
 import threading
 import time
 from collections import deque
@@ -21,8 +19,9 @@ from typing import Any
 import structlog
 
 from .config import FolderConfig
+from .guard import DeleteGuard
 from .journal import Entry, Journal, Outcome, Pending
-from .paths import IgnoreRules, key_problem
+from .planner import Planner
 from .store import ObjectStore, StoreError
 from .transfer import Result, Task, Transfers
 
@@ -71,8 +70,7 @@ class Scheduler:
         self.folder = folder
         self.journal = journal
         self.budget = budget
-        self.root = str(folder.path)
-        self.ignore = IgnoreRules(folder.ignore)
+        self.planner = Planner(folder, journal)
         self._make_transfers = make_transfers
         self._transfers: Transfers | None = None
         self._log = structlog.get_logger("syncd.scheduler").bind(folder=folder.name)
@@ -108,16 +106,12 @@ class Scheduler:
         self._rate: deque[tuple[float, int, int]] = deque()
         self.last_event = 0.0
         self.last_tick = time.monotonic()
-        self._skipped_logged: set[str] = set()
         self.pause_reason: str | None = None
         self.rebuilding = False                    # journal rebuild running: transfers wait for it
         self.root_recovered = threading.Event()   # the folder service re-watches and rescans
         self._halted_on_root = False
-        self._empty_confirmed = False              # `syncd resume` after "root is empty"
-        self._wave_confirmed = False               # `syncd resume` after a max_delete pause
-        self._wave_deletes = 0
+        self.guard = DeleteGuard(folder, journal)
         self._root_checked = 0.0
-        self._root_id = self._current_root_id()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,14 +214,13 @@ class Scheduler:
         if self.halt is None and time.monotonic() - self._root_checked >= 1.0:
             # A root moved away or unmounted sends no event for the files below it.
             self._root_checked = time.monotonic()
-            problem = self._root_problem()
+            problem = self.guard.root_problem()
             if problem is not None:
                 self._halted_on_root = True
                 self._halt(problem)
-        if (self._wave_deletes or self._wave_confirmed) and not (self._inflight or self._ready or self._deletes) \
+        if self.guard.in_wave and not (self._inflight or self._ready or self._deletes) \
                 and self.journal.next_due() is None:
-            self._wave_deletes = 0  # the wave is over: the next one is counted (and guarded) afresh
-            self._wave_confirmed = False
+            self.guard.wave_over()
         now = time.time()
         if self.halt is not None or self._transfers is None:
             self._maybe_probe(now)
@@ -324,19 +317,16 @@ class Scheduler:
 
     def _flush_deletes(self) -> None:
         batch, self._deletes = self._deletes[:DELETE_BATCH], self._deletes[DELETE_BATCH:]
-        problem = self._root_problem(check_empty=True)
+        problem = self.guard.root_problem(check_empty=True)
         if problem is not None:
             self._halted_on_root = True
             self._hold_deletes(batch, problem, halt=True)
             return
-        limit = self.folder.delete_limit(self.journal.manifest_count())
-        if not self._wave_confirmed and self._wave_deletes + len(batch) + len(self._deletes) > limit:
-            wave = self._wave_deletes + len(batch) + len(self._deletes)
-            reason = (f"deletion wave of {wave}+ objects exceeds max_delete={self.folder.max_delete} "
-                      f"(limit {limit}): paused; run 'syncd resume {self.folder.name}' to delete them")
-            self._hold_deletes(batch, reason, halt=False)
+        problem = self.guard.wave_problem(len(batch) + len(self._deletes))
+        if problem is not None:
+            self._hold_deletes(batch, problem, halt=False)
             return
-        self._wave_deletes += len(batch)
+        self.guard.counted(len(batch))
         self._submit(Task("delete", batch))
 
     def _hold_deletes(self, batch: list[Pending], reason: str, halt: bool) -> None:
@@ -352,103 +342,20 @@ class Scheduler:
         self._outcomes.extend(Outcome("defer", p.path, p.gen, delay=1.0) for p in batch + self._deletes)
         self._deletes = []
 
-    # ------------------------------------------------------------------ planning
-
     def _plan(self, p: Pending, now: float) -> None:
-        """Decide what a claimed change needs, from the file as it is now."""
-        rel = p.path
-        problem = key_problem(self.folder.key_for(rel))
-        if problem is not None:
-            self._outcomes.append(Outcome("park", rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}"))
-            return
-        try:
-            st: os.stat_result | None = os.lstat(os.path.join(self.root, rel))
-        except (FileNotFoundError, NotADirectoryError):
-            st = None
-        except OSError as exc:
-            self._outcomes.append(Outcome("park", rel, p.gen, error=f"cannot stat {rel}: {exc.strerror}"))
-            return
-        if st is not None and statmod.S_ISREG(st.st_mode) and not self.ignore.ignored_with_parents(rel):
-            self._plan_file(p, st, now)
-            return
-        if st is not None and not statmod.S_ISDIR(st.st_mode) and not statmod.S_ISREG(st.st_mode):
-            self._note_skipped(rel, st)
-        # Absent from the mirror's point of view: remove the key if we put one there.
-        if self.journal.entry(rel) is None:
-            self._outcomes.append(Outcome("done", rel, p.gen))
-        elif self.folder.delete == "keep":
-            self._outcomes.append(Outcome("done", rel, p.gen))
-        elif rel in self._copy_sources or self.journal.has_mover(rel):
-            # A renamed file still needs this key as its copy source: delete it afterwards.
-            self._outcomes.append(Outcome("defer", rel, p.gen, delay=max(self.folder.settle, 0.2)))
-        else:
+        """Route the planner's decision: an outcome now, a transfer, or a batched delete."""
+        decision = self.planner.plan(p, now, self._copy_sources)
+        if isinstance(decision, Outcome):
+            self._outcomes.append(decision)
+        elif decision.kind == "delete":
             if not self._deletes:
                 self._delete_since = time.monotonic()
             self._delete_grew = time.monotonic()
             self._deletes.append(p)
-
-    def _plan_file(self, p: Pending, st: os.stat_result, now: float) -> None:
-        rel = p.path
-        age = now - st.st_mtime_ns / 1e9
-        if 0 <= age < self.folder.settle and now < p.first_seen + self.folder.max_delay:
-            # Written moments ago (its events may still be on the way): let it settle.
-            self._outcomes.append(Outcome("defer", rel, p.gen, delay=self.folder.settle - age))
-            return
-        entry = self.journal.entry(rel)
-        if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns):
-            self._outcomes.append(Outcome("done", rel, p.gen))
-            return
-        source = None
-        if p.move_from:
-            candidate = self.journal.entry(p.move_from)
-            if candidate is not None and (candidate.size, candidate.mtime_ns) == (st.st_size, st.st_mtime_ns):
-                source = candidate
-        if source is None:
-            source = self.journal.entry_by_inode(st.st_ino, st.st_size, st.st_mtime_ns, rel)
-        if source is not None:
-            self._copy_sources.add(source.path)
-            self._ready.append(Task("copy", [p], copy_from=source))
         else:
-            self._ready.append(Task("upload", [p], cost=min(st.st_size, self.folder.multipart_threshold)))
-
-    def _note_skipped(self, rel: str, st: os.stat_result) -> None:
-        if rel in self._skipped_logged or len(self._skipped_logged) > 10_000:
-            return
-        self._skipped_logged.add(rel)
-        kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
-        self._log.info("path.skipped", path=rel, reason=f"{kind}: not followed or mirrored")
-
-    def _current_root_id(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.root)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino) if statmod.S_ISDIR(st.st_mode) else None
-
-    def _root_problem(self, check_empty: bool = False) -> str | None:
-        """Why the root cannot be trusted right now, or None. An unmounted disk, a vanished
-        or replaced directory all look like "everything was deleted": never act on that."""
-        try:
-            st = os.stat(self.root)
-        except OSError as exc:
-            return f"folder root {self.root} is unavailable ({exc.strerror}): no remote deletions until it is back"
-        if not statmod.S_ISDIR(st.st_mode):
-            return f"folder root {self.root} is not a directory: no remote deletions until it is fixed"
-        if self._root_id is not None and (st.st_dev, st.st_ino) != self._root_id:
-            return (f"folder root {self.root} was replaced or unmounted (another directory or device is there now): "
-                    f"no remote deletions; restore it, or run 'syncd resume {self.folder.name}' to accept the new one")
-        if check_empty and not self._empty_confirmed:
-            with os.scandir(self.root) as it:
-                empty = next(it, None) is None
-            if empty and self.journal.manifest_count() > 0:
-                return (f"folder root {self.root} is empty but {self.journal.manifest_count()} objects are mirrored "
-                        f"(unmounted disk?): no remote deletions; run 'syncd resume {self.folder.name}' if the "
-                        "folder really was emptied")
-        if check_empty and self._empty_confirmed:
-            with os.scandir(self.root) as it:
-                if next(it, None) is not None:
-                    self._empty_confirmed = False  # refilled: guard the next emptying again
-        return None
+            if decision.copy_from is not None:
+                self._copy_sources.add(decision.copy_from.path)
+            self._ready.append(decision)
 
     # ------------------------------------------------------------------ folder errors
 
@@ -468,7 +375,7 @@ class Scheduler:
 
     def _probe(self) -> Transfers:
         """Pool thread: can the folder work again (root present, store reachable)?"""
-        problem = self._root_problem(check_empty=self._halted_on_root)
+        problem = self.guard.root_problem(check_empty=self._halted_on_root)
         if problem is not None:
             raise StoreError(problem, scope="folder")
         transfers = self._transfers or self._make_transfers(self.folder)
@@ -540,13 +447,12 @@ class Scheduler:
         self.paused = paused
         if not paused:
             if self.pause_reason is not None:
-                self._log.info("folder.delete_wave_confirmed", wave=self._wave_deletes)
-                self._wave_confirmed = True
+                self._log.info("folder.delete_wave_confirmed", wave=self.guard.wave_deletes)
+                self.guard.confirm_wave()
                 self.pause_reason = None
                 self.last_error = None
             if self._halted_on_root:
-                self._empty_confirmed = True
-                self._root_id = self._current_root_id() or self._root_id
+                self.guard.confirm_root()
                 self._probe_at = 0.0
         self._wake.set()
 

@@ -1,0 +1,89 @@
+"""The deletion guard: when may remote deletions go ahead?
+
+An unmounted disk, a vanished or replaced root directory, and an emptied folder all look like
+"everything was deleted" to a mirror (Maestral issues 295/452: a stale view deleted a user's
+files). The guard refuses deletions in those cases, and counts deletion waves so that one
+larger than ``max_delete`` waits for a human (``syncd resume``).
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+
+from .config import FolderConfig
+from .journal import Journal
+
+
+class DeleteGuard:
+    """Root identity, emptiness and deletion-wave bookkeeping for one folder."""
+
+    def __init__(self, folder: FolderConfig, journal: Journal):
+        self.folder = folder
+        self.journal = journal
+        self.root = str(folder.path)
+        self.root_id = self._current_root_id()
+        self.empty_confirmed = False   # `syncd resume` after "root is empty"
+        self.wave_confirmed = False    # `syncd resume` after a max_delete pause
+        self.wave_deletes = 0
+
+    def _current_root_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino) if statmod.S_ISDIR(st.st_mode) else None
+
+    def root_problem(self, check_empty: bool = False) -> str | None:
+        """Why the root cannot be trusted right now, or None. ``check_empty`` costs a
+        directory read and a manifest count: it is done before deleting, not every second."""
+        try:
+            st = os.stat(self.root)
+        except OSError as exc:
+            return f"folder root {self.root} is unavailable ({exc.strerror}): no remote deletions until it is back"
+        if not statmod.S_ISDIR(st.st_mode):
+            return f"folder root {self.root} is not a directory: no remote deletions until it is fixed"
+        if self.root_id is not None and (st.st_dev, st.st_ino) != self.root_id:
+            return (f"folder root {self.root} was replaced or unmounted (another directory or device is there now): "
+                    f"no remote deletions; restore it, or run 'syncd resume {self.folder.name}' to accept the new one")
+        if not check_empty:
+            return None
+        with os.scandir(self.root) as it:
+            empty = next(it, None) is None
+        if not empty:
+            self.empty_confirmed = False  # refilled: guard the next emptying again
+        elif not self.empty_confirmed and (objects := self.journal.manifest_count()) > 0:
+            return (f"folder root {self.root} is empty but {objects} objects are mirrored (unmounted disk?): "
+                    f"no remote deletions; run 'syncd resume {self.folder.name}' if the folder really was emptied")
+        return None
+
+    def wave_problem(self, deleting: int) -> str | None:
+        """Why ``deleting`` more deletions must wait for confirmation, or None."""
+        if self.wave_confirmed:
+            return None
+        limit = self.folder.delete_limit(self.journal.manifest_count())
+        wave = self.wave_deletes + deleting
+        if wave <= limit:
+            return None
+        return (f"deletion wave of {wave}+ objects exceeds max_delete={self.folder.max_delete} (limit {limit}): "
+                f"paused; run 'syncd resume {self.folder.name}' to delete them")
+
+    def counted(self, n: int) -> None:
+        self.wave_deletes += n
+
+    def wave_over(self) -> None:
+        """The folder went idle: the next wave is counted (and guarded) afresh."""
+        self.wave_deletes = 0
+        self.wave_confirmed = False
+
+    @property
+    def in_wave(self) -> bool:
+        return bool(self.wave_deletes or self.wave_confirmed)
+
+    def confirm_wave(self) -> None:
+        self.wave_confirmed = True
+
+    def confirm_root(self) -> None:
+        """``syncd resume`` after a root problem: accept the root as it is now."""
+        self.empty_confirmed = True
+        self.root_id = self._current_root_id() or self.root_id

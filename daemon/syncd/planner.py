@@ -1,0 +1,81 @@
+"""The planner: what does one claimed change need, given the file as it is now?
+
+Its answer is an upload, a server-side copy (a rename: same inode, size and mtime as an
+object already in the bucket), a delete, or an immediate outcome (nothing to do, not settled
+yet, or a name S3 cannot hold). It reads the journal but never writes it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+
+import structlog
+
+from .config import FolderConfig
+from .journal import Journal, Outcome, Pending
+from .paths import IgnoreRules, key_problem
+from .transfer import Task
+
+SKIPPED_LOG_LIMIT = 10_000  # paths remembered so a skipped symlink is logged once, not per event
+
+
+class Planner:
+    def __init__(self, folder: FolderConfig, journal: Journal):
+        self.folder = folder
+        self.journal = journal
+        self.root = str(folder.path)
+        self.ignore = IgnoreRules(folder.ignore)
+        self._log = structlog.get_logger("syncd.planner").bind(folder=folder.name)
+        self._skipped_logged: set[str] = set()
+
+    def plan(self, p: Pending, now: float, copy_sources: set[str]) -> Outcome | Task:
+        """``copy_sources``: keys in-flight copies read from (they must not be deleted yet)."""
+        rel = p.path
+        problem = key_problem(self.folder.key_for(rel))
+        if problem is not None:
+            return Outcome("park", rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}")
+        try:
+            st: os.stat_result | None = os.lstat(os.path.join(self.root, rel))
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        except OSError as exc:
+            return Outcome("park", rel, p.gen, error=f"cannot stat {rel}: {exc.strerror}")
+        if st is not None and statmod.S_ISREG(st.st_mode) and not self.ignore.ignored_with_parents(rel):
+            return self._plan_file(p, st, now)
+        if st is not None and not statmod.S_ISDIR(st.st_mode) and not statmod.S_ISREG(st.st_mode):
+            self._note_skipped(rel, st)
+        # Absent from the mirror's point of view: remove the key if we put one there.
+        if self.journal.entry(rel) is None or self.folder.delete == "keep":
+            return Outcome("done", rel, p.gen)
+        if rel in copy_sources or self.journal.has_mover(rel):
+            # A renamed file still needs this key as its copy source: delete it afterwards.
+            return Outcome("defer", rel, p.gen, delay=max(self.folder.settle, 0.2))
+        return Task("delete", [p])
+
+    def _plan_file(self, p: Pending, st: os.stat_result, now: float) -> Outcome | Task:
+        rel = p.path
+        age = now - st.st_mtime_ns / 1e9
+        if 0 <= age < self.folder.settle and now < p.first_seen + self.folder.max_delay:
+            # Written moments ago (its events may still be on the way): let it settle.
+            return Outcome("defer", rel, p.gen, delay=self.folder.settle - age)
+        entry = self.journal.entry(rel)
+        if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns):
+            return Outcome("done", rel, p.gen)
+        source = None
+        if p.move_from:
+            candidate = self.journal.entry(p.move_from)
+            if candidate is not None and (candidate.size, candidate.mtime_ns) == (st.st_size, st.st_mtime_ns):
+                source = candidate
+        if source is None:
+            source = self.journal.entry_by_inode(st.st_ino, st.st_size, st.st_mtime_ns, rel)
+        if source is not None:
+            return Task("copy", [p], copy_from=source)
+        return Task("upload", [p], cost=min(st.st_size, self.folder.multipart_threshold))
+
+    def _note_skipped(self, rel: str, st: os.stat_result) -> None:
+        if rel in self._skipped_logged or len(self._skipped_logged) > SKIPPED_LOG_LIMIT:
+            return
+        self._skipped_logged.add(rel)
+        kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
+        self._log.info("path.skipped", path=rel, reason=f"{kind}: not followed or mirrored")
