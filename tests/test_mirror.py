@@ -150,3 +150,16 @@ def test_status_reports_progress_counters(syncd, tree, bucket):
     assert folder["objects"] == 20
     human = syncd.cli("status")
     assert human.returncode == 0 and "main: watching" in human.stdout
+
+
+def test_file_above_multipart_threshold_arrives_intact_with_its_metadata(syncd, tree, s3, bucket):
+    syncd.add_folder("main", tree, bucket, multipart_threshold="5MiB", part_size="5MiB")
+    syncd.start()
+    data = os.urandom(12 * 1024 * 1024 + 123)
+    (tree / "big.bin").write_bytes(data)
+    syncd.wait_idle(120)
+    assert_mirror(s3, bucket, tree)
+    head = s3.head_object(Bucket=bucket, Key="big.bin")
+    assert head["Metadata"]["syncd-sha256"] == hashlib.sha256(data).hexdigest()
+    assert head["Metadata"]["syncd-mtime-ns"] == str((tree / "big.bin").stat().st_mtime_ns)
+    assert head["ETag"].strip('"').endswith("-3")  # three parts: it really went multipart
