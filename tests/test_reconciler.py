@@ -65,7 +65,9 @@ def test_lost_or_corrupt_journal_is_rebuilt_without_reuploading_unchanged_files(
     assert counts.get("HeadObject", 0) == 2000  # the metadata read that made re-uploading unnecessary
     if damage == "corrupt":
         assert list(db.parent.glob("main.sqlite3.corrupt-*")), "the damaged journal is kept aside"
-    assert "journal.rebuild" in proxied_syncd.log()
+        assert "event=journal.rebuild" in proxied_syncd.log() and "reason=corrupt" in proxied_syncd.log()
+    else:  # a deleted journal looks like a new one; either way the bucket is adopted first
+        assert "event=journal.rebuild" in proxied_syncd.log()
 
 
 def test_changes_missed_in_an_inotify_overflow_are_found_and_the_overflow_logged(syncd, tree, s3, bucket):

@@ -71,8 +71,12 @@ class FolderRuntime:
         self._watch()
         rebuild = self.journal.fresh
         if rebuild:
-            self._log.warning("journal.rebuild", reason="new, lost or corrupt journal: rebuilding it from the "
-                              "bucket's listing and metadata before uploading anything")
+            # A new folder may point at a prefix that already holds its files (a reinstall, a
+            # deleted state dir): adopting them first saves re-uploading everything.
+            reason = self.journal.fresh_reason
+            (self._log.info if reason == "new" else self._log.warning)(
+                "journal.rebuild", reason=reason,
+                action="adopting unchanged files already in the bucket (listing + metadata) before uploading")
             self.scheduler.set_rebuilding(True)
         self.scheduler.start_probe()
         self.scheduler.start()

@@ -129,6 +129,7 @@ class Journal:
         self.path = db_path
         self.identity = identity
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.fresh_reason = "new" if not db_path.exists() else ""
         try:
             self._db = self._open(db_path)
             self._prepare()
@@ -143,6 +144,7 @@ class Journal:
                     src.rename(Path(str(aside) + suffix))
             self._db = self._open(db_path)
             self._prepare()
+            self.fresh_reason = "corrupt"
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
 
@@ -166,12 +168,15 @@ class Journal:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         # A journal without an identity was just created: lost, deleted or corrupt before.
         self.fresh = "identity" not in meta
+        if self.fresh and not self.fresh_reason:
+            self.fresh_reason = "lost"  # the file existed but held no state
         with self.transaction():
             if meta.get("identity") not in (None, self.identity):
                 # Bucket, prefix or endpoint changed: the manifest describes another place.
                 log.warning("journal.target_changed", old=meta.get("identity"), new=self.identity)
                 db.execute("DELETE FROM manifest")
                 self.fresh = True
+                self.fresh_reason = "target changed"
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # Claims do not survive a restart: whatever was in flight is simply redone.
