@@ -80,3 +80,23 @@ def test_walk_skips_symlinks_and_special_files(tmp_path: Path):
     (tmp_path / "d").mkdir()
     os.symlink(tmp_path / "d", tmp_path / "dlink")
     assert [rel for rel, _ in walk(str(tmp_path), IgnoreRules([]))] == ["f"]
+
+
+segments = st.sampled_from(["a", "b", "build", "x.log", "keep.log", ".DS_Store", "n~", "c.swp", "dir", "日本"])
+pattern_lines = st.sampled_from(["*.log", "!keep.log", "build/", "/a", "a/**/b", "dir/*", "[ab]", "?", "**/x.log",
+                                 "!dir/b", "*~", "日本/", "\\#x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(pattern_lines, max_size=6), st.lists(st.lists(segments, min_size=1, max_size=4), max_size=20))
+def test_ignore_fast_path_agrees_with_pathspec(patterns, paths):
+    """The union-regex shortcut must never change pathspec's verdict."""
+    import pathspec
+    from syncd.paths import BUILTIN_IGNORES
+
+    rules = IgnoreRules(patterns)
+    spec = pathspec.GitIgnoreSpec.from_lines(list(BUILTIN_IGNORES) + patterns)
+    for parts in paths:
+        rel = "/".join(parts)
+        for is_dir in (False, True):
+            assert rules.ignored(rel, is_dir) == spec.match_file(rel + "/" if is_dir else rel), (patterns, rel)
