@@ -70,7 +70,8 @@ def test_ready_after_watches_status_updates_reload_and_stopping(syncd, tree, buc
     (tree / "right-after-ready.txt").write_text("must be seen")  # watches must already be in place
     syncd.wait_idle()
     assert_mirror(s3, bucket, tree)
-    await_condition(lambda: any("1 folders, 0 pending, 0 in flight, 0 failed" in s for s in notify.lines("STATUS=")), 10,
+    idle_line = "1 folders, 0 pending, 0 in flight, 0 failed"
+    await_condition(lambda: any(idle_line in s for s in notify.lines("STATUS=")), 10,
                     "a STATUS= line reporting the idle folder")
 
     assert syncd.cli("reload").returncode == 0
