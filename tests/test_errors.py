@@ -112,3 +112,34 @@ def test_refuses_to_replace_a_regular_file_at_the_socket_path(syncd, tree, bucke
     assert syncd.proc.wait(30) != 0
     assert Path(syncd.socket).read_text() == "not a socket"
     assert "not a socket" in syncd.log()
+
+
+def test_access_denied_on_upload_is_parked_with_its_reason(syncd, tree, bucket, s3_server, tmp_path):
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[reader]\naws_access_key_id = {s3_server.readonly_access_key}\n"
+                     f"aws_secret_access_key = {s3_server.readonly_secret_key}\n")
+    syncd.add_folder("main", tree, bucket, profile="reader")  # may read the bucket, not write it
+    (tree / "a.txt").write_text("a")
+    syncd.start(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
+    r = syncd.cli("wait", "--timeout", "60")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    status = syncd.folder_status("main")
+    assert status["failed"] == 1
+    assert status["failures"][0]["path"] == "a.txt"
+    assert "AccessDenied" in status["failures"][0]["error"] and "a.txt" in status["failures"][0]["error"]
+
+
+def test_throttling_and_server_errors_are_retried_until_the_mirror_converges(proxied_syncd, s3_proxy, tree, s3,
+                                                                             bucket):
+    s3_proxy.set_faults(0.3, ["503", "500"], ops=["PutObject", "DeleteObjects"], seed=11)
+    for i in range(60):
+        (tree / f"f{i:02}.txt").write_text(f"file {i}")
+    proxied_syncd.add_folder("main", tree, bucket)
+    proxied_syncd.start()
+    proxied_syncd.wait_idle(180)
+    for i in range(0, 60, 3):
+        (tree / f"f{i:02}.txt").unlink()
+    proxied_syncd.wait_idle(180)
+    assert_mirror(s3, bucket, tree)
+    injected = s3_proxy.injected()
+    assert sum(injected.get("PutObject", {}).values()) >= 5  # faults really happened, and were retried

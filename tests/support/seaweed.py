@@ -63,6 +63,8 @@ class SeaweedServer:
     log_path: Path
     ports: dict[str, int]
     region: str = REGION
+    readonly_access_key: str = ""   # an identity allowed Read and List only (AccessDenied on writes)
+    readonly_secret_key: str = ""
     _log_file: IO[bytes] | None = field(default=None, repr=False)
 
     def client(
@@ -154,13 +156,20 @@ def start_seaweed(workdir: Path, weed: str | None = None, timeout: float = 60) -
     workdir.mkdir(parents=True, exist_ok=True)
     access_key = "syncd-test-" + secrets.token_hex(4)
     secret_key = secrets.token_hex(20)
+    readonly_access_key = "syncd-reader-" + secrets.token_hex(4)
+    readonly_secret_key = secrets.token_hex(20)
     identities = {
         "identities": [
             {
                 "name": "admin",
                 "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
+            },
+            {
+                "name": "reader",
+                "credentials": [{"accessKey": readonly_access_key, "secretKey": readonly_secret_key}],
+                "actions": ["Read", "List"],
+            },
         ]
     }
     s3_config = workdir / "s3.json"
@@ -172,6 +181,7 @@ def start_seaweed(workdir: Path, weed: str | None = None, timeout: float = 60) -
     failures: list[str] = []
     for attempt in range(1, START_ATTEMPTS + 1):
         server = _launch(weed, workdir, attempt, s3_config, access_key, secret_key)
+        server.readonly_access_key, server.readonly_secret_key = readonly_access_key, readonly_secret_key
         try:
             _wait_ready(server, deadline)
             return server
