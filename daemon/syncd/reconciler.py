@@ -43,12 +43,11 @@ class ScanReport:
 
 def walk(root: str, ignore: IgnoreRules, stop: threading.Event | None = None) -> Iterator[tuple[str, os.stat_result]]:
     """Regular files below ``root`` as (relative path, lstat) in byte order of the path."""
-    stack: list[tuple[str, list[tuple[str, os.DirEntry[str], bool]]]] = []
 
     def listing(rel_dir: str) -> list[tuple[str, os.DirEntry[str], bool]]:
+        entries = []
         try:
             with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
-                entries = []
                 for e in it:
                     try:
                         is_dir = e.is_dir(follow_symlinks=False)
@@ -58,34 +57,37 @@ def walk(root: str, ignore: IgnoreRules, stop: threading.Event | None = None) ->
         except OSError as exc:
             log.warning("scan.unreadable_dir", path=rel_dir or ".", error=exc.strerror)
             return []
-        entries.sort(key=lambda t: t[0], reverse=True)  # popped from the end: ascending
+        # Names are unique within a directory, so tuples never compare past the name.
+        entries.sort(reverse=True)  # popped from the end: ascending
         return entries
 
-    stack.append(("", listing("")))
+    stack: list[tuple[str, list[tuple[str, os.DirEntry[str], bool]]]] = [("", listing(""))]
+    match = ignore.ignored
     while stack:
         if stop is not None and stop.is_set():
             return
         rel_dir, entries = stack[-1]
-        if not entries:
+        prefix = rel_dir + "/" if rel_dir else ""
+        while entries:  # this directory's entries, until a subdirectory takes over
+            _, entry, is_dir = entries.pop()
+            rel = prefix + entry.name
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                continue  # not representable as a key; the watcher reports such names
+            if match(rel, is_dir):
+                continue
+            if is_dir:
+                stack.append((rel, listing(rel)))
+                break
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if statmod.S_ISREG(st.st_mode):
+                yield rel, st
+        else:
             stack.pop()
-            continue
-        _, entry, is_dir = entries.pop()
-        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-        try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            continue  # not representable as a key; the watcher reports such names
-        if ignore.ignored(rel, is_dir):
-            continue
-        if is_dir:
-            stack.append((rel, listing(rel)))
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if statmod.S_ISREG(st.st_mode):
-            yield rel, st
 
 
 class LocalScan:
