@@ -18,7 +18,6 @@ from .config import FolderConfig
 from .journal import Journal
 from .paths import IgnoreRules
 from .reconciler import LocalScan, RemotePass, RemoteReport, ScanReport
-from .s3store import S3Store
 from .scheduler import ByteBudget, Scheduler
 from .store import StoreError
 from .transfer import Transfers
@@ -30,6 +29,10 @@ REMOTE_RETRY = 60.0                    # a failed remote pass is tried again thi
 
 
 def make_transfers(folder: FolderConfig) -> Transfers:
+    # Imported here, in the probe's pool thread: boto3 takes ~0.12 s to import and the
+    # startup scan should not wait for it.
+    from .s3store import S3Store
+
     return Transfers(folder, S3Store(folder))
 
 
@@ -78,7 +81,9 @@ class FolderRuntime:
                 "journal.rebuild", reason=reason,
                 action="adopting unchanged files already in the bucket (listing + metadata) before uploading")
             self.scheduler.set_rebuilding(True)
-        self.scheduler.start_probe()
+        # With an intact journal nothing needs the store before the startup scan is done; its
+        # first contact (client creation, HeadBucket) would only compete with the scan.
+        self.scheduler.start_probe(hold=not rebuild)
         self.scheduler.start()
         self._start_pass(local=True, remote=True, rebuild=rebuild, blocking_remote=rebuild)
 
@@ -130,7 +135,10 @@ class FolderRuntime:
     def _run_pass(self, local: bool, remote: bool, rebuild: bool, blocking_remote: bool) -> None:
         try:
             if local and not self._stop.is_set():
-                self._local()
+                try:
+                    self._local()
+                finally:
+                    self.scheduler.release_probe()
             self._blocking = blocking_remote
             if remote and not self._stop.is_set():
                 self._remote(rebuild)

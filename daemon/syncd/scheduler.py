@@ -414,10 +414,16 @@ class Scheduler:
             self._probe_delay = min(PROBE_MAX, self._probe_delay * 2)
             self._probe_at = time.time() + self._probe_delay
 
-    def start_probe(self) -> None:
-        """First contact with the store happens in the pool, never in the loop."""
+    def start_probe(self, hold: bool = False) -> None:
+        """First contact with the store happens in the pool, never in the loop; ``hold``
+        postpones it until :meth:`release_probe`."""
         self.halt = "connecting to the object store"
-        self._probe_at = 0.0
+        self._probe_at = float("inf") if hold else 0.0
+
+    def release_probe(self) -> None:
+        if self._probe_at == float("inf"):
+            self._probe_at = 0.0
+            self._wake.set()
 
     # ------------------------------------------------------------------ helpers
 
