@@ -75,6 +75,11 @@ def _reconcile_pass(bench: Bench, runner: SyncdRunner, proxy: S3Proxy, files: in
     if started.error is not None:
         runner.stop()
         return sample(None, False, started.error)
+    # Idle can come before the daemon's one-time bucket probe (it waits for the startup scan);
+    # let it finish so the counts below are the pass's own requests.
+    deadline = time.monotonic() + 60
+    while runner.control("status")["folders"][0]["state"] == "starting" and time.monotonic() < deadline:
+        time.sleep(POLL_S)
     proxy.reset_counts()
     peak = runner.rss() or 0
     errors: list[str] = []
