@@ -142,6 +142,14 @@ def test_retry_requeues_parked_changes(syncd, tree, bucket):
     assert syncd.folder_status("main")["failed"] == 1
 
 
+def _open_path_to(home: Path) -> None:
+    """Let uid 65534 reach files in ``home``, so that only the socket itself can stop it."""
+    for p in [home, *home.parents]:
+        if p == Path("/tmp") or p == p.parent:
+            break
+        p.chmod(0o755)
+
+
 def _status_as_nobody(sock: Path) -> tuple[int, str]:
     """`syncd status` from a forked child running as uid/gid 65534 (needs root, which CI has).
 
@@ -177,11 +185,7 @@ def test_another_user_cannot_use_the_socket(syncd, tree, bucket, tmp_path):
     syncd.add_folder("main", tree, bucket)
     syncd.start()
     assert stat.S_IMODE(os.stat(syncd.socket).st_mode) == 0o600
-    # Let uid 65534 reach the socket file, so that only the socket itself can stop it.
-    for p in [syncd.home, *syncd.home.parents]:
-        if p == Path("/tmp") or p == p.parent:
-            break
-        p.chmod(0o755)
+    _open_path_to(syncd.home)
     code, message = _status_as_nobody(syncd.socket)
     assert code == 13 and "permission denied" in message
     # Even with the file mode opened up, the daemon checks the peer's uid (SO_PEERCRED).
@@ -198,10 +202,7 @@ def test_socket_group_members_may_use_the_socket(syncd, tree, bucket):
     syncd.start()
     st = os.stat(syncd.socket)
     assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == 65534
-    for p in [syncd.home, *syncd.home.parents]:
-        if p == Path("/tmp") or p == p.parent:
-            break
-        p.chmod(0o755)
+    _open_path_to(syncd.home)
     code, message = _status_as_nobody(syncd.socket)  # uid 65534, gid 65534: a group member
     assert code == 0, message
 

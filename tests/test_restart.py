@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .support.daemon import assert_mirror, bucket_tree
+from .support.daemon import assert_mirror, bucket_keys, bucket_tree
 
 
 def _populate(root: Path, n: int, rng: random.Random) -> list[Path]:
@@ -78,19 +78,12 @@ def test_kill9_at_random_instants_while_uploading_2000_files_loses_nothing(syncd
         new.write_bytes(rng.randbytes(3000))
         time.sleep(rng.uniform(0.0, 0.4))
         syncd.kill9()
-        if len(bucket_tree_keys(s3, bucket)) < len(list(tree.rglob("*.dat"))):
+        if len(bucket_keys(s3, bucket)) < len(list(tree.rglob("*.dat"))):
             killed_mid_upload += 1
     assert killed_mid_upload >= 3, "the kills should land while the upload is still running"
     syncd.start()
     syncd.wait_idle(300)
     assert assert_mirror(s3, bucket, tree) >= 2000
-
-
-def bucket_tree_keys(s3, bucket: str) -> list[str]:
-    keys: list[str] = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys
 
 
 def test_sigterm_during_busy_sync_exits_0_and_restart_converges(syncd, tree, s3, bucket):

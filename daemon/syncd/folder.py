@@ -223,10 +223,10 @@ class FolderRuntime:
 
     def is_idle(self) -> tuple[bool, int]:
         """(nothing pending, settling, being scanned or in flight; number of parked failures)."""
-        counts = self.journal.counts()
+        pending, failed = self.journal.open_and_failed()
         idle = (not (self._blocking and self.pass_running()) and self.scheduler.inbox_size() == 0
-                and counts["pending"] == 0 and self.scheduler.in_flight() == 0)
-        return idle, counts["failed"]
+                and pending == 0 and self.scheduler.in_flight() == 0)
+        return idle, failed
 
     def state(self) -> str:
         s = self.scheduler

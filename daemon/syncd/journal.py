@@ -71,6 +71,9 @@ ON CONFLICT(path) DO UPDATE SET
     attempts = CASE pending.state WHEN 2 THEN 0 ELSE pending.attempts END,
     error = CASE pending.state WHEN 2 THEN NULL ELSE pending.error END
 """
+_ENTRY = "SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest"
+# The same file under another name (a rename or a hard link): same inode, size and mtime.
+_SAME_FILE = " WHERE inode=? AND size=? AND mtime_ns=? AND path!=? LIMIT 1"
 _UPSERT = "INSERT INTO pending(path, move_from, first_seen, due) VALUES (?, ?, ?, ?)" + _ON_CONFLICT
 # Everything the manifest holds below a directory (a directory deleted or moved away).
 _UPSERT_DIR = ("INSERT INTO pending(path, move_from, first_seen, due) "
@@ -296,16 +299,12 @@ class Journal:
                                 (path,)).fetchone() is not None
 
     def entry(self, path: str) -> Entry | None:
-        row = self._db.execute("SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest WHERE path=?",
-                               (path,)).fetchone()
+        row = self._db.execute(_ENTRY + " WHERE path=?", (path,)).fetchone()
         return Entry(*row) if row else None
 
     def entry_by_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> Entry | None:
         """A manifest entry that is the same file under another name (a rename or hard link)."""
-        row = self._db.execute(
-            "SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest "
-            "WHERE inode=? AND size=? AND mtime_ns=? AND path!=? LIMIT 1",
-            (inode, size, mtime_ns, exclude)).fetchone()
+        row = self._db.execute(_ENTRY + _SAME_FILE, (inode, size, mtime_ns, exclude)).fetchone()
         return Entry(*row) if row else None
 
     # ------------------------------------------------------------------ reader side
@@ -319,21 +318,29 @@ class Journal:
                                                check_same_thread=False, timeout=30)
             yield self._reader
 
+    @staticmethod
+    def _by_state(db: sqlite3.Connection) -> tuple[int, int]:
+        by_state = dict(db.execute("SELECT state, COUNT(*) FROM pending GROUP BY state").fetchall())
+        return by_state.get(READY, 0) + by_state.get(CLAIMED, 0), by_state.get(FAILED, 0)
+
+    def open_and_failed(self) -> tuple[int, int]:
+        """(changes not yet done, parked changes): all `syncd wait` needs, polled often."""
+        with self.reader() as db:
+            return self._by_state(db)
+
     def counts(self) -> dict[str, int]:
         """Pending rows by state (``settling``: not yet due), plus the manifest size."""
         with self.reader() as db:
-            by_state = dict(db.execute("SELECT state, COUNT(*) FROM pending GROUP BY state").fetchall())
+            pending, failed = self._by_state(db)
             settling = db.execute("SELECT COUNT(*) FROM pending WHERE state=0 AND due>?",
                                   (time.time(),)).fetchone()[0]
             manifest = db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0]
-        return {"pending": by_state.get(READY, 0) + by_state.get(CLAIMED, 0), "settling": settling,
-                "failed": by_state.get(FAILED, 0), "manifest": manifest}
+        return {"pending": pending, "settling": settling, "failed": failed, "manifest": manifest}
 
     def lookup_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> str | None:
         """Reader-side :meth:`entry_by_inode` for the scan thread: the other path's name."""
         with self.reader() as db:
-            row = db.execute("SELECT path FROM manifest WHERE inode=? AND size=? AND mtime_ns=? AND path!=? "
-                             "LIMIT 1", (inode, size, mtime_ns, exclude)).fetchone()
+            row = db.execute("SELECT path FROM manifest" + _SAME_FILE, (inode, size, mtime_ns, exclude)).fetchone()
         return row[0] if row else None
 
     def failures(self, limit: int = 5) -> list[tuple[str, str]]:

@@ -104,7 +104,6 @@ class Scheduler:
         self._last_logged: dict[str, float] = {}
         self.done = Counters()
         self._rate: deque[tuple[float, int, int]] = deque()
-        self.last_event = 0.0
         self.last_tick = time.monotonic()
         self.pause_reason: str | None = None
         self.rebuilding = False                    # journal rebuild running: transfers wait for it
@@ -171,9 +170,6 @@ class Scheduler:
         except Exception as exc:
             self._log.error("shutdown.journal_failed", error=str(exc))
 
-    def wake(self) -> None:
-        self._wake.set()
-
     # ------------------------------------------------------------------ intake (any thread)
 
     def submit(self, path: str, move_from: str | None = None, settle: bool = True, is_dir: bool = False) -> None:
@@ -202,7 +198,6 @@ class Scheduler:
     def _put(self, item: tuple[str, str, Any, float]) -> None:
         self._inbox_space.acquire()
         self._inbox.append(item)
-        self.last_event = time.monotonic()
         self._wake.set()
 
     # ------------------------------------------------------------------ the loop turn

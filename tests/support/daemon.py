@@ -152,11 +152,17 @@ def local_tree(root: Path, skip: Iterable[str] = ()) -> dict[str, str]:
     return out
 
 
-def bucket_tree(s3: Any, bucket: str, prefix: str = "") -> dict[str, str]:
-    """relative key -> sha256 of the object's bytes (downloaded, not trusted from metadata)."""
-    keys = []
+def bucket_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
+    """Every key under ``prefix``, all pages."""
+    keys: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def bucket_tree(s3: Any, bucket: str, prefix: str = "") -> dict[str, str]:
+    """relative key -> sha256 of the object's bytes (downloaded, not trusted from metadata)."""
+    keys = bucket_keys(s3, bucket, prefix)
 
     def digest(key: str) -> tuple[str, str]:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
