@@ -20,6 +20,7 @@ import select
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -382,6 +383,8 @@ class S3Proxy:
             self._bytes: Counter[str] = Counter()
             self._statuses: dict[str, Counter[int]] = {}
             self._injected: dict[str, Counter[str]] = {}
+            self._streamed: Counter[str] = Counter()
+            self._timeline: list[tuple[float, str, int]] = []
 
     def counts(self) -> dict[str, int]:
         """Requests per operation that got a response status from upstream."""
@@ -392,6 +395,17 @@ class S3Proxy:
         """Request body bytes per operation as sent on the wire (chunk framing included)."""
         with self._lock:
             return dict(self._bytes)
+
+    def streamed_bytes(self) -> dict[str, int]:
+        """Request body bytes per operation forwarded so far, counted as they pass, including
+        requests cut off part-way (a client killed mid-upload) that ``body_bytes`` never sees."""
+        with self._lock:
+            return dict(self._streamed)
+
+    def timeline(self) -> list[tuple[float, str, int]]:
+        """(time.monotonic() when the response status arrived, operation, status) per request."""
+        with self._lock:
+            return list(self._timeline)
 
     def statuses(self) -> dict[str, Counter[int]]:
         """Upstream response status codes per operation."""
@@ -410,6 +424,7 @@ class S3Proxy:
         with self._lock:
             self._counts[op] += 1
             self._bytes[op] += body
+            self._timeline.append((time.monotonic(), op, status))
             self._statuses.setdefault(op, Counter())[status] += 1
 
     def _pick_fault(self, op: str) -> str | None:
@@ -552,7 +567,7 @@ class S3Proxy:
             upstream.close()
             raise _Aborted
         up, up_rfile = upstream.ensure()
-        sent, body_complete = self._send_request(up, head, body)
+        sent, body_complete = self._send_request(up, head, self._streaming(op, body))
         response = self._read_final_head(up_rfile)
         if response is None:
             upstream.close()
@@ -575,6 +590,12 @@ class S3Proxy:
             upstream.close()
         # An unread rest of the client's body would be parsed as its next request.
         return reusable and body_complete and head.keep_alive()
+
+    def _streaming(self, op: str, body: Iterator[bytes]) -> Iterator[bytes]:
+        for piece in body:
+            with self._lock:
+                self._streamed[op] += len(piece)
+            yield piece
 
     @staticmethod
     def _send_request(up: socket.socket, head: _Message, body: Iterator[bytes]) -> tuple[int, bool]:
