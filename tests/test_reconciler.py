@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from syncd.bandwidth import ByteBudget
 from syncd.config import load_config
 from syncd.folder import FolderRuntime
-from syncd.scheduler import ByteBudget
 
 from .support.daemon import Syncd, assert_mirror, await_condition, bucket_tree
 
@@ -172,8 +172,9 @@ def test_reconcile_of_an_unchanged_folder_makes_only_list_requests(proxied_syncd
     s3_proxy.reset_counts()
     assert proxied_syncd.cli("reconcile", "--wait", "--timeout", "120").returncode == 0
     counts = s3_proxy.counts()
-    assert set(counts) == {"ListObjectsV2"}, counts
+    assert set(counts) == {"ListObjectsV2", "ListMultipartUploads"}, counts
     assert counts["ListObjectsV2"] == 3  # 1000 keys per page
+    assert counts["ListMultipartUploads"] == 1  # the sweep for abandoned uploads
     assert "reconcile.done" in proxied_syncd.log() and "lists=3 heads=0" in proxied_syncd.log()
 
 

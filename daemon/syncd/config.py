@@ -63,6 +63,8 @@ class FolderConfig:
     workers: int = 16
     multipart_threshold: int = 64 * MiB
     part_size: int = 16 * MiB
+    part_concurrency: int = 2           # parts of one file in flight at once
+    stale_upload_age: float = 86400.0   # unknown incomplete uploads older than this are aborted
     bandwidth: int | None = None
     reconcile_interval: float = 3600.0
     request_timeout: float = 60.0
@@ -172,6 +174,13 @@ def _part_size(value: Any) -> int:
     return size
 
 
+def _positive_rate(value: Any) -> int:
+    rate = parse_rate(value)
+    if rate <= 0:
+        raise ValueError("expected a rate greater than zero such as 20MiB/s (omit the key for no limit)")
+    return rate
+
+
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -234,7 +243,9 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "workers": _int_range(1, 256),
     "multipart_threshold": _part_size,
     "part_size": _part_size,
-    "bandwidth": _opt(parse_rate),
+    "part_concurrency": _int_range(1, 32),
+    "stale_upload_age": _positive_duration,
+    "bandwidth": _opt(_positive_rate),
     "reconcile_interval": _positive_duration,
     "request_timeout": _positive_duration,
     "delete_foreign": _bool,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,13 +15,15 @@ from typing import Any
 
 import structlog
 
+from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .journal import Journal
 from .paths import IgnoreRules
 from .reconciler import LocalScan, RemotePass, RemoteReport, ScanReport
-from .scheduler import ByteBudget, Scheduler
+from .scheduler import Scheduler
 from .store import StoreError
 from .transfer import Transfers
+from .uploads import UploadLog
 from .watcher import Watcher
 
 FALLBACK_SCAN_EVERY = 30.0             # without inotify watches, look this often
@@ -28,12 +31,12 @@ OVERFLOW_BACKOFF = (5.0, 300.0)        # rescans after inotify overflows: min, m
 REMOTE_RETRY = 60.0                    # a failed remote pass is tried again this soon
 
 
-def make_transfers(folder: FolderConfig) -> Transfers:
+def make_transfers(folder: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:
     # Imported here, in the probe's pool thread: boto3 takes ~0.12 s to import and the
     # startup scan should not wait for it.
     from .s3store import S3Store
 
-    return Transfers(folder, S3Store(folder))
+    return Transfers(folder, S3Store(folder), uploads, progress)
 
 
 def _iso(ts: float) -> str:
@@ -174,12 +177,24 @@ class FolderRuntime:
                 return
             if self._stop.is_set():
                 return
+            report.uploads_aborted = self._sweep_uploads()
             self.scheduler.barrier(timeout=60)
             self.last_reconcile, self.last_reconcile_at, self.last_reconcile_error = report, time.time(), None
             self._next_reconcile = time.monotonic() + self.folder.reconcile_interval
             if rebuild:
                 self.scheduler.set_rebuilding(False)
             return
+
+    def _sweep_uploads(self) -> int:
+        """Abort multipart uploads nobody will finish (see MultipartUploader.sweep)."""
+        transfers = self.scheduler.transfers
+        if transfers is None:
+            return 0
+        try:
+            return transfers.multipart.sweep(self.journal.has_pending)
+        except StoreError as exc:
+            self._log.warning("multipart.sweep_failed", error=str(exc))
+            return 0
 
     def _await_store(self) -> Any:
         """The remote pass needs a working store; wait for the scheduler's probe to get one."""
@@ -231,7 +246,9 @@ class FolderRuntime:
     def state(self) -> str:
         s = self.scheduler
         if s.halt is not None:
-            return "starting" if s.halt == "connecting to the object store" else "error"
+            if s.halt == "connecting to the object store":
+                return "starting"
+            return "stalled" if s.stalled else "error"
         if s.paused:
             return "paused"
         if self.pass_running():
@@ -245,7 +262,7 @@ class FolderRuntime:
         backlog = counts["pending"] + s.inbox_size()
         scan, remote = self.last_scan, self.last_reconcile
         state = self.state()
-        if state == "error":
+        if state in ("error", "stalled"):
             last_error = s.halt
         else:
             last_error = s.pause_reason or self.watch_error or s.last_error or self.last_reconcile_error

@@ -28,9 +28,12 @@ from pathlib import Path
 
 import structlog
 
+from .uploads import SCHEMA as UPLOADS_SCHEMA
+from .uploads import UploadLog
+
 log = structlog.get_logger("syncd.journal")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: multipart uploads in progress (tables uploads, parts)
 
 # Row states in `pending`.
 READY, CLAIMED, FAILED = 0, 1, 2
@@ -58,7 +61,7 @@ CREATE TABLE IF NOT EXISTS manifest(
     etag     TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS manifest_inode ON manifest(inode);
-"""
+""" + UPLOADS_SCHEMA
 
 # Debounce in SQL: each event pushes `due` out to now+settle, but never past
 # first_seen+max_delay, so a file appended to forever is still uploaded periodically.
@@ -150,6 +153,7 @@ class Journal:
             self.fresh_reason = "corrupt"
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        self.uploads = UploadLog(db_path)
 
     @staticmethod
     def _open(db_path: Path) -> sqlite3.Connection:
@@ -178,6 +182,8 @@ class Journal:
                 # Bucket, prefix or endpoint changed: the manifest describes another place.
                 log.warning("journal.target_changed", old=meta.get("identity"), new=self.identity)
                 db.execute("DELETE FROM manifest")
+                db.execute("DELETE FROM parts")
+                db.execute("DELETE FROM uploads")  # they belong to the old bucket
                 self.fresh = True
                 self.fresh_reason = "target changed"
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
@@ -196,6 +202,7 @@ class Journal:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
+        self.uploads.close()
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
@@ -284,6 +291,12 @@ class Journal:
             return db.execute("UPDATE pending SET state=0, attempts=0, error=NULL, due=? WHERE state=2",
                               (time.time(),)).rowcount
 
+    def expedite_retries(self) -> int:
+        """Make changes waiting out a retry backoff due now (the endpoint is back)."""
+        with self.transaction() as db:
+            return db.execute("UPDATE pending SET due=? WHERE state=0 AND attempts>0 AND due>?",
+                              (time.time(), time.time())).rowcount
+
     def next_due(self) -> float | None:
         row = self._db.execute("SELECT MIN(due) FROM pending WHERE state=0").fetchone()
         return None if row is None else row[0]
@@ -342,6 +355,10 @@ class Journal:
         with self.reader() as db:
             row = db.execute("SELECT path FROM manifest" + _SAME_FILE, (inode, size, mtime_ns, exclude)).fetchone()
         return row[0] if row else None
+
+    def has_pending(self, path: str) -> bool:
+        with self.reader() as db:
+            return db.execute("SELECT 1 FROM pending WHERE path=?", (path,)).fetchone() is not None
 
     def failures(self, limit: int = 5) -> list[tuple[str, str]]:
         with self.reader() as db:

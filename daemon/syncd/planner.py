@@ -14,6 +14,7 @@ import structlog
 
 from .config import FolderConfig
 from .journal import Journal, Outcome, Pending
+from .multipart import part_size_for
 from .paths import IgnoreRules, key_problem
 from .transfer import Task
 
@@ -71,7 +72,14 @@ class Planner:
             source = self.journal.entry_by_inode(st.st_ino, st.st_size, st.st_mtime_ns, rel)
         if source is not None:
             return Task("copy", [p], copy_from=source)
-        return Task("upload", [p], cost=min(st.st_size, self.folder.multipart_threshold))
+        if st.st_size <= self.folder.multipart_threshold:
+            return Task("upload", [p], cost=st.st_size)
+        # A multipart upload holds one part being read plus the parts in flight.
+        try:
+            part = part_size_for(st.st_size, self.folder.part_size)
+        except ValueError:
+            part = self.folder.part_size  # too large for S3: the transfer parks it with the reason
+        return Task("upload", [p], cost=min(st.st_size, (self.folder.part_concurrency + 1) * part))
 
     def _note_skipped(self, rel: str, st: os.stat_result) -> None:
         if rel in self._skipped_logged or len(self._skipped_logged) > SKIPPED_LOG_LIMIT:

@@ -158,6 +158,7 @@ class RemoteReport:
     adopted: int = 0         # objects recognised as unchanged files (journal rebuild)
     foreign: int = 0         # keys under the prefix that syncd did not write
     foreign_examples: list[str] = field(default_factory=list)
+    uploads_aborted: int = 0  # incomplete multipart uploads swept (abandoned or stale)
     seconds: float = 0.0
 
 

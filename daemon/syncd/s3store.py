@@ -5,15 +5,31 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterator, Mapping
-from typing import Any, BinaryIO
+from typing import Any
 
 import boto3
 import botocore.exceptions as bexc
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 
+from .bandwidth import Payload
 from .config import FolderConfig
-from .store import FOLDER, KEY, TRANSIENT, PutResult, RemoteObject, StoreError
+from .store import FOLDER, KEY, TRANSIENT, UNREACHABLE, Part, PutResult, RemoteObject, StoreError, Upload
+
+S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
+
+
+def _etag(resp: Mapping[str, Any]) -> str:
+    return str(resp.get("ETag", "")).strip('"')
+
+
+def _code(exc: bexc.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _body(payload: Payload) -> Any:
+    """Plain bytes go out in one sendall; a watched body is read (and paced) in chunks."""
+    return payload.data if payload.plain else payload
 
 # Codes meaning "nothing in this folder can work until a human fixes something".
 _FOLDER_CODES = {
@@ -55,9 +71,11 @@ def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreE
                         bexc.CredentialRetrievalError)):
         return StoreError(f"{where}: no usable credentials ({exc}); configure the AWS credential chain "
                           "(environment, ~/.aws/credentials or 'profile')", scope=FOLDER, code="NoCredentials")
-    if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectionError, bexc.HTTPClientError,
-                        bexc.ReadTimeoutError, bexc.ConnectTimeoutError)):
-        return StoreError(f"{where}: endpoint unreachable: {exc}", scope=TRANSIENT, code="Unreachable", key=key)
+    if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectTimeoutError)):
+        # Nothing answers at all: the whole folder is stalled, not this one change.
+        return StoreError(f"{where}: endpoint unreachable: {exc}", scope=TRANSIENT, code=UNREACHABLE, key=key)
+    if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError, bexc.ReadTimeoutError)):
+        return StoreError(f"{where}: connection failed: {exc}", scope=TRANSIENT, code="ConnectionError", key=key)
     if isinstance(exc, bexc.BotoCoreError):
         return StoreError(f"{where}: {exc}", scope=TRANSIENT, code=type(exc).__name__, key=key)
     raise exc
@@ -82,7 +100,12 @@ class S3Store:
             # minutes, never dropping a change) handles outages, so botocore's retry quota
             # draining during a long outage does not matter.
             retries={"mode": "standard", "max_attempts": 3},
-            s3={"addressing_style": addressing},  # type: ignore[arg-type]
+            s3={"addressing_style": addressing,  # type: ignore[arg-type]
+                # Over plain HTTP botocore would SHA-256 every body for the signature: a second
+                # read of each part (and a third hash). The signed checksum header we send
+                # already lets the server reject a damaged or altered body; with
+                # `checksum: off` there is no such header, so the body stays signed.
+                "payload_signing_enabled": folder.checksum == "off"},
             # We send our own integrity checks (config 'checksum'); some S3-compatible
             # stores reject the CRC headers newer boto3 sends by default (boto3 issue 4392).
             request_checksum_calculation="when_required",
@@ -100,9 +123,6 @@ class S3Store:
             self._extra["ServerSideEncryption"] = folder.sse
         if folder.sse_kms_key_id:
             self._extra["SSEKMSKeyId"] = folder.sse_kms_key_id
-        self._transfer = TransferConfig(multipart_threshold=folder.multipart_threshold,
-                                        multipart_chunksize=folder.part_size, max_concurrency=4,
-                                        use_threads=True)
 
     def check(self) -> None:
         try:
@@ -120,26 +140,111 @@ class S3Store:
         except Exception as exc:
             raise classify(exc, bucket=self.bucket) from exc
 
-    def put(self, key: str, data: bytes, meta: Mapping[str, str], sha256: bytes) -> PutResult:
-        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=data, Metadata=dict(meta), **self._extra)
+    def _checksum_args(self, payload: Payload, sha256: bytes) -> dict[str, str]:
+        """Per-request integrity check, per the folder's ``checksum`` setting: the server
+        recomputes it and rejects a body damaged on the way (BadDigest)."""
         if self._folder.checksum == "sha256":
-            args["ChecksumSHA256"] = base64.b64encode(sha256).decode()
-        elif self._folder.checksum == "md5":
-            args["ContentMD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
+            return {"ChecksumSHA256": base64.b64encode(sha256).decode()}
+        if self._folder.checksum == "md5":
+            return {"ContentMD5": base64.b64encode(hashlib.md5(payload.data).digest()).decode()}
+        return {}
+
+    def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes) -> PutResult:
+        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=_body(body), Metadata=dict(meta),
+                                    **self._extra, **self._checksum_args(body, sha256))
+        if not body.plain:
+            args["ContentLength"] = len(body)
         try:
             resp = self._client.put_object(**args)
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return PutResult(etag=str(resp.get("ETag", "")).strip('"'), bytes_sent=len(data))
+        return PutResult(etag=_etag(resp), bytes_sent=len(body))
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int, meta: Mapping[str, str]) -> PutResult:
-        extra = dict(self._extra, Metadata=dict(meta))
+    # ------------------------------------------------------------------ multipart
+
+    def create_upload(self, key: str, meta: Mapping[str, str]) -> str:
+        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Metadata=dict(meta), **self._extra)
+        if self._folder.checksum == "sha256":
+            args["ChecksumAlgorithm"] = "SHA256"  # then every part must carry its SHA-256
         try:
-            self._client.upload_fileobj(stream, self.bucket, key, ExtraArgs=extra, Config=self._transfer)
-            head = self._client.head_object(Bucket=self.bucket, Key=key)
+            return str(self._client.create_multipart_upload(**args)["UploadId"])
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return PutResult(etag=str(head.get("ETag", "")).strip('"'), bytes_sent=size)
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: Payload, sha256: bytes) -> Part:
+        checksum = self._checksum_args(body, sha256)
+        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                    Body=_body(body), ContentLength=len(body), **checksum)
+        try:
+            resp = self._client.upload_part(**args)
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
+        return Part(number, _etag(resp), checksum.get("ChecksumSHA256", ""), len(body))
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
+        listed = []
+        for p in sorted(parts, key=lambda p: p.number):
+            item: dict[str, Any] = {"PartNumber": p.number, "ETag": f'"{p.etag}"'}
+            if p.sha256:
+                item["ChecksumSHA256"] = p.sha256
+            listed.append(item)
+        try:
+            resp = self._client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                          MultipartUpload={"Parts": listed})
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
+        return _etag(resp)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except bexc.ClientError as exc:
+            if _code(exc) not in ("NoSuchUpload", "404"):
+                raise classify(exc, key, self.bucket) from exc
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
+
+    def list_parts(self, key: str, upload_id: str) -> list[Part] | None:
+        parts: list[Part] = []
+        try:
+            pages = self._client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
+                                                                     UploadId=upload_id)
+            for page in pages:
+                parts.extend(Part(int(p["PartNumber"]), str(p.get("ETag", "")).strip('"'),
+                                  str(p.get("ChecksumSHA256", "")), int(p.get("Size", 0)))
+                             for p in page.get("Parts", []))
+        except bexc.ClientError as exc:
+            if _code(exc) in ("NoSuchUpload", "404"):
+                return None
+            raise classify(exc, key, self.bucket) from exc
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
+        return parts
+
+    def list_uploads(self, prefix: str) -> Iterator[Upload]:
+        try:
+            for page in self._client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
+                                                                                      Prefix=prefix):
+                for u in page.get("Uploads", []):
+                    yield Upload(str(u["Key"]), str(u["UploadId"]), u["Initiated"].timestamp())
+        except Exception as exc:
+            raise classify(exc, bucket=self.bucket) from exc
+
+    def set_meta(self, key: str, meta: Mapping[str, str], size: int) -> str:
+        extra = dict(self._extra, Metadata=dict(meta), MetadataDirective="REPLACE")
+        try:
+            if size <= S3_MAX_COPY:
+                resp = self._client.copy_object(Bucket=self.bucket, Key=key, **extra,
+                                                CopySource={"Bucket": self.bucket, "Key": key})
+                return str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+            # CopyObject stops at 5 GiB; larger objects are copied part by part (UploadPartCopy).
+            self._client.copy({"Bucket": self.bucket, "Key": key}, self.bucket, key, ExtraArgs=extra,
+                              Config=TransferConfig(multipart_threshold=S3_MAX_COPY,
+                                                    multipart_chunksize=max(size // 9000, 512 * 1024 * 1024),
+                                                    max_concurrency=4))
+            return _etag(self._client.head_object(Bucket=self.bucket, Key=key))
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
 
     def copy(self, src_key: str, dst_key: str) -> str:
         try:

@@ -18,42 +18,22 @@ from typing import Any
 
 import structlog
 
+from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .guard import DeleteGuard
 from .journal import Entry, Journal, Outcome, Pending
 from .planner import Planner
 from .store import ObjectStore, StoreError
 from .transfer import Result, Task, Transfers
+from .uploads import UploadLog
 
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
 DELETE_LULL = 0.25           # a partial delete batch waits this long for more keys to join it...
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
 INGEST_BATCH = 20_000
-PROBE_MIN, PROBE_MAX = 2.0, 60.0
+PROBE_MIN, PROBE_MAX = 2.0, 30.0
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
-
-
-class ByteBudget:
-    """Global cap on bytes held by transfers in flight, shared by every folder."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def try_acquire(self, n: int) -> bool:
-        with self._lock:
-            # Always admit one transfer when nothing is held, so a file larger than the
-            # budget cannot starve.
-            if self.used and self.used + n > self.limit:
-                return False
-            self.used += n
-            return True
-
-    def release(self, n: int) -> None:
-        with self._lock:
-            self.used -= n
 
 
 @dataclass
@@ -66,7 +46,7 @@ class Scheduler:
     """Owns one folder's journal writes, planning and pool."""
 
     def __init__(self, folder: FolderConfig, journal: Journal, budget: ByteBudget,
-                 make_transfers: Callable[[FolderConfig], Transfers]):
+                 make_transfers: Callable[[FolderConfig, UploadLog, Callable[[int], None]], Transfers]):
         self.folder = folder
         self.journal = journal
         self.budget = budget
@@ -86,6 +66,7 @@ class Scheduler:
         self._inbox_space = threading.Semaphore(INBOX_LIMIT)
         self._unsaved: list[tuple[str, str, Any, float]] = []
         self._results: deque[Result] = deque()
+        self._progress: deque[int] = deque()   # bytes of large files sent so far (pool threads)
         self._outcomes: list[Outcome] = []
         self._ready: deque[Task] = deque()
         self._deletes: list[Pending] = []
@@ -95,6 +76,7 @@ class Scheduler:
 
         self.paused = False
         self.halt: str | None = None        # folder-level error: nothing is dispatched
+        self.stalled = False                # ...because the endpoint cannot be reached
         self._probe_at = 0.0
         self._probe_delay = PROBE_MIN
         self._probing = False
@@ -121,6 +103,8 @@ class Scheduler:
     def stop(self, deadline: float) -> None:
         """Stop claiming; let in-flight transfers finish until ``deadline`` (monotonic)."""
         self._drain_deadline = deadline
+        if self._transfers is not None:
+            self._transfers.stopping.set()  # large uploads stop between parts and resume later
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -159,6 +143,10 @@ class Scheduler:
         if self._inflight:
             self._log.warning("shutdown.abandoned", in_flight=len(self._inflight))
         self._safe(self.journal.release_claims)
+
+    @property
+    def transfers(self) -> Transfers | None:
+        return self._transfers
 
     @property
     def store(self) -> ObjectStore | None:
@@ -247,6 +235,10 @@ class Scheduler:
             self._wake.set()
 
     def _collect(self) -> None:
+        while self._progress:
+            n = self._progress.popleft()
+            self.done.bytes += n
+            self._rate.append((time.monotonic(), 0, n))
         while self._results:
             r = self._results.popleft()
             self._inflight.pop(id(r.task), None)
@@ -259,7 +251,7 @@ class Scheduler:
                 self.done.bytes += r.bytes_sent
                 self._rate.append((time.monotonic(), r.files, r.bytes_sent))
             if r.folder_error is not None:
-                self._halt(str(r.folder_error))
+                self._halt(str(r.folder_error), stalled=r.folder_error.transient)
             for o in r.outcomes:
                 if o.kind in ("retry", "park") and o.error:
                     self.last_error = o.error
@@ -340,6 +332,11 @@ class Scheduler:
     def _plan(self, p: Pending, now: float) -> None:
         """Route the planner's decision: an outcome now, a transfer, or a batched delete."""
         decision = self.planner.plan(p, now, self._copy_sources)
+        if not (isinstance(decision, Task) and decision.kind == "upload"):
+            upload_id = self.journal.uploads.upload_id(p.path)
+            if upload_id is not None:
+                # A large upload was under way for a file that is gone or no longer needs it.
+                self._ready.append(Task("abort", [p], upload_id=upload_id))
         if isinstance(decision, Outcome):
             self._outcomes.append(decision)
         elif decision.kind == "delete":
@@ -354,10 +351,13 @@ class Scheduler:
 
     # ------------------------------------------------------------------ folder errors
 
-    def _halt(self, reason: str) -> None:
+    def _halt(self, reason: str, stalled: bool = False) -> None:
+        """Stop dispatching until a probe succeeds. ``stalled``: the endpoint cannot be
+        reached (nothing is wrong with the folder itself; it resumes on its own)."""
         if self.halt is None:
-            self._log.error("folder.error", error=reason)
+            self._log.error("folder.stalled" if stalled else "folder.error", error=reason)
             self._probe_delay = PROBE_MIN
+        self.stalled = stalled
         self.halt = reason
         self.last_error = reason
         self._probe_at = time.time() + self._probe_delay
@@ -373,7 +373,7 @@ class Scheduler:
         problem = self.guard.root_problem(check_empty=self._halted_on_root)
         if problem is not None:
             raise StoreError(problem, scope="folder")
-        transfers = self._transfers or self._make_transfers(self.folder)
+        transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
         return transfers
 
@@ -394,7 +394,12 @@ class Scheduler:
                     self.root_recovered.set()
                 if self.halt is not None:
                     self._log.info("folder.ready" if self._first_probe else "folder.recovered")
+                if self.stalled:
+                    # Changes that failed while the endpoint was away are tried again now,
+                    # not after whatever backoff they had reached.
+                    self._log.info("folder.expedited", changes=self.journal.expedite_retries())
                 self._first_probe = False
+                self.stalled = False
                 self.halt = None
                 self.last_error = None
                 continue
@@ -405,6 +410,7 @@ class Scheduler:
                 self._log_limited("folder.still_failing", error=message)
             self._first_probe = False
             self.halt = message
+            self.stalled = isinstance(exc, StoreError) and exc.transient
             self.last_error = message
             self._probe_delay = min(PROBE_MAX, self._probe_delay * 2)
             self._probe_at = time.time() + self._probe_delay
@@ -467,9 +473,10 @@ class Scheduler:
         return n
 
     def oldest_inflight_age(self, now: float) -> float:
-        """Seconds the oldest in-flight transfer has run (0 when none), for the watchdog."""
+        """Seconds since the least recent sign of progress of a transfer in flight (0 when
+        none), for the watchdog: a large upload counts each finished part as progress."""
         tasks = list(self._inflight.values())
-        return max((now - t.started for t in tasks), default=0.0)
+        return max((now - t.touched for t in tasks), default=0.0)
 
     def in_flight(self) -> int:
         return len(self._inflight)

@@ -18,10 +18,10 @@ import sdnotify
 import structlog
 
 from . import __version__
+from .bandwidth import ByteBudget
 from .config import Config, ConfigError, load_config
 from .control import ControlError, ControlServer
 from .folder import FolderRuntime
-from .scheduler import ByteBudget
 from .units import format_size
 from .watcher import Watcher
 

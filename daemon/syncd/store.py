@@ -6,19 +6,26 @@ this protocol, which keeps them testable and lets the data path change on eviden
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
+
+from .bandwidth import Payload
 
 # User metadata written on every object so a lost journal can be rebuilt from the bucket
 # without re-uploading unchanged files (DESIGN.md, "Semantics").
 META_MTIME = "syncd-mtime-ns"
 META_SHA256 = "syncd-sha256"
 
+
+
 # Error scopes: how far a failure reaches.
 TRANSIENT = "transient"  # try this change again later (5xx, throttling, network)
 FOLDER = "folder"        # the whole folder cannot work (credentials, bucket missing)
 KEY = "key"              # this change cannot succeed as it is (invalid key, too large)
+
+UNREACHABLE = "Unreachable"  # error code: no connection could be made at all (folder is stalled)
 
 
 class StoreError(Exception):
@@ -49,6 +56,33 @@ class PutResult:
     bytes_sent: int
 
 
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One finished part of a multipart upload, as CompleteMultipartUpload needs it."""
+
+    number: int
+    etag: str
+    sha256: str = ""   # base64 SHA-256 of the part (sent and verified when checksum: sha256)
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An incomplete multipart upload found in the bucket."""
+
+    key: str
+    upload_id: str
+    initiated: float  # unix time
+
+
+def multipart_etag(parts: list[Part]) -> str:
+    """The ETag S3 gives a completed multipart object: MD5 of the parts' binary ETags, "-N".
+
+    Lets a Complete whose response was lost be recognised by a HEAD afterwards."""
+    joined = b"".join(bytes.fromhex(p.etag) for p in parts)
+    return f"{hashlib.md5(joined).hexdigest()}-{len(parts)}"
+
+
 class ObjectStore(Protocol):
     """What syncd needs from a bucket. Every method is idempotent."""
 
@@ -57,11 +91,29 @@ class ObjectStore(Protocol):
     def check(self) -> None:
         """Raise StoreError(scope=FOLDER) unless the bucket is reachable with these credentials."""
 
-    def put(self, key: str, data: bytes, meta: Mapping[str, str], sha256: bytes) -> PutResult:
-        """Store ``data`` at ``key`` in one request; ``sha256`` is the digest of ``data``."""
+    def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes) -> PutResult:
+        """Store ``body`` at ``key`` in one request; ``sha256`` is the digest of its bytes."""
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int, meta: Mapping[str, str]) -> PutResult:
-        """Store ``size`` bytes read from ``stream`` (large files; multipart as needed)."""
+    def create_upload(self, key: str, meta: Mapping[str, str]) -> str:
+        """Start a multipart upload; returns its upload id."""
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: Payload, sha256: bytes) -> Part:
+        """Send one part; ``sha256`` is the digest of its bytes (checked by the server)."""
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
+        """Publish the object from ``parts``; returns its ETag. NoSuchUpload raises StoreError."""
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Discard an upload and its parts; an upload that no longer exists is not an error."""
+
+    def list_parts(self, key: str, upload_id: str) -> list[Part] | None:
+        """The parts the server holds for an upload, or None if the upload does not exist."""
+
+    def list_uploads(self, prefix: str) -> Iterator[Upload]:
+        """Incomplete multipart uploads under ``prefix``."""
+
+    def set_meta(self, key: str, meta: Mapping[str, str], size: int) -> str:
+        """Replace an object's user metadata in place (server-side copy); returns the new ETag."""
 
     def copy(self, src_key: str, dst_key: str) -> str:
         """Server-side copy keeping the source's metadata; returns the new ETag."""

@@ -12,23 +12,22 @@ import random
 import stat as statmod
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import structlog
 
+from .bandwidth import Payload, Throttle
 from .config import FolderConfig
 from .journal import Entry, Outcome, Pending
-from .store import FOLDER, META_MTIME, META_SHA256, TRANSIENT, ObjectStore, StoreError
+from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
+from .store import FOLDER, META_MTIME, META_SHA256, TRANSIENT, UNREACHABLE, ObjectStore, StoreError
+from .uploads import UploadLog
 
-READ_CHUNK = 1024 * 1024
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0  # a long outage never drops a change; it is retried at least every 5 min
-
-
-class FileChanged(Exception):
-    """The file changed while it was read: the bytes are not one version of it."""
 
 
 def backoff(attempts: int) -> float:
@@ -44,7 +43,12 @@ class Task:
     items: list[Pending]
     cost: int = 0                       # bytes held against the in-flight budget
     copy_from: Entry | None = None
+    upload_id: str | None = None        # abort: the multipart upload to discard
     started: float = field(default_factory=time.monotonic)
+    touched: float = field(default_factory=time.monotonic)  # last sign of progress (watchdog)
+
+    def touch(self) -> None:
+        self.touched = time.monotonic()
 
     @property
     def path(self) -> str:
@@ -60,43 +64,20 @@ class Result:
     files: int = 0
 
 
-def _same_version(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_size, a.st_mtime_ns, a.st_ino, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ino, b.st_ctime_ns)
-
-
-class _VerifyingReader:
-    """A non-seekable reader that hashes what it hands out and checks the file at EOF.
-
-    Raising from read() makes the multipart upload abort, so a file changed during its
-    upload is never published torn.
-    """
-
-    def __init__(self, f: BinaryIO, fd: int, before: os.stat_result, expect_sha: bytes):
-        self._f, self._fd, self._before, self._expect = f, fd, before, expect_sha
-        self._hash = hashlib.sha256()
-        self._n = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
-        self._hash.update(data)
-        self._n += len(data)
-        if not data or (n < 0):
-            if (self._n != self._before.st_size or not _same_version(self._before, os.fstat(self._fd))
-                    or self._hash.digest() != self._expect):
-                raise FileChanged("file changed during upload")
-        return data
-
-
 class Transfers:
     """Executes tasks for one folder; thread-safe, stateless apart from the store."""
 
-    def __init__(self, folder: FolderConfig, store: ObjectStore):
+    def __init__(self, folder: FolderConfig, store: ObjectStore, uploads: UploadLog,
+                 progress: Callable[[int], None] = lambda n: None):
         self.folder = folder
         self.store = store
         self.root = Path(folder.path)
         self._log = structlog.get_logger("syncd.transfer").bind(folder=folder.name)
         self._lock = threading.Lock()
-        self.ops = {"put": 0, "copy": 0, "delete": 0}
+        self.ops = {"put": 0, "copy": 0, "delete": 0, "multipart": 0}
+        self.stopping = threading.Event()  # shutdown: large uploads stop between parts
+        self.throttle = Throttle(folder.bandwidth) if folder.bandwidth else None
+        self.multipart = MultipartUploader(folder, store, uploads, self.throttle, self.stopping, progress)
 
     def run(self, task: Task) -> Result:
         """Entry point for a pool thread: never raises."""
@@ -108,6 +89,10 @@ class Transfers:
                 return self._copy(task)
             if task.kind == "delete":
                 return self._delete(task)
+            if task.kind == "abort":
+                assert task.upload_id is not None
+                self.multipart.abort(task.path, self.folder.key_for(task.path), task.upload_id)
+                return Result(task, [])
             raise ValueError(f"unknown task kind {task.kind}")
         except StoreError as exc:
             return self._failed(task, exc)
@@ -143,24 +128,24 @@ class Transfers:
                 if before.st_size <= self.folder.multipart_threshold:
                     data, digest = self._read_whole(f, fd, before)
                     meta = {META_MTIME: str(before.st_mtime_ns), META_SHA256: digest.hex()}
-                    put = self.store.put(key, data, meta, digest)
+                    put = self.store.put(key, Payload(data, self.throttle), meta, digest)
+                    sent = put.bytes_sent
                     self._count("put")
+                    entry = Entry(p.path, before.st_size, before.st_mtime_ns, before.st_ino, digest.hex(), put.etag)
                 else:
-                    digest = self._hash_file(f, fd, before)
-                    f.seek(0)
-                    meta = {META_MTIME: str(before.st_mtime_ns), META_SHA256: digest.hex()}
-                    reader = _VerifyingReader(f, fd, before, digest)
-                    put = self.store.put_stream(key, reader, before.st_size, meta)  # type: ignore[arg-type]
-                    self._count("put")
+                    entry = self.multipart.upload(Source(p.path, key, f, fd, before), task.touch)
+                    self._count("multipart")
+                    sent = 0  # counted part by part through `progress`
             except FileChanged:
                 self._log.info("upload.file_changed", path=p.path)
                 return Result(task, [Outcome("defer", p.path, p.gen, delay=self.folder.settle)])
+            except Interrupted:
+                return Result(task, [Outcome("defer", p.path, p.gen)])
             except OSError as exc:
                 return self._unreadable(task, exc)
-        entry = Entry(p.path, before.st_size, before.st_mtime_ns, before.st_ino, digest.hex(), put.etag)
         self._log.debug("upload.done", key=key, bytes=before.st_size,
                         ms=round((time.monotonic() - started) * 1000, 1))
-        return Result(task, [Outcome("done", p.path, p.gen, entry=entry)], bytes_sent=put.bytes_sent, files=1)
+        return Result(task, [Outcome("done", p.path, p.gen, entry=entry)], bytes_sent=sent, files=1)
 
     def _read_whole(self, f: BinaryIO, fd: int, before: os.stat_result) -> tuple[bytes, bytes]:
         # Read one byte past the expected size to notice a file that grew meanwhile.
@@ -172,19 +157,9 @@ class Transfers:
             chunks.append(chunk)
             n += len(chunk)
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if len(data) != before.st_size or not _same_version(before, os.fstat(fd)):
+        if len(data) != before.st_size or not same_version(before, os.fstat(fd)):
             raise FileChanged("file changed while it was read")
         return data, hashlib.sha256(data).digest()
-
-    def _hash_file(self, f: BinaryIO, fd: int, before: os.stat_result) -> bytes:
-        h = hashlib.sha256()
-        n = 0
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-        if n != before.st_size or not _same_version(before, os.fstat(fd)):
-            raise FileChanged("file changed while it was hashed")
-        return h.digest()
 
     def _unreadable(self, task: Task, exc: OSError) -> Result:
         p = task.items[0]
@@ -235,7 +210,7 @@ class Transfers:
     # ------------------------------------------------------------------ failures
 
     def _failed(self, task: Task, exc: StoreError) -> Result:
-        if exc.scope == FOLDER:
+        if exc.scope == FOLDER or exc.code == UNREACHABLE:
             # Not the change's fault: keep it pending; the scheduler halts the folder.
             return Result(task, [Outcome("defer", p.path, p.gen, delay=1.0) for p in task.items],
                           folder_error=exc)
