@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,72 @@ def test_file_larger_than_5_tib_is_parked_with_a_clear_reason(syncd, tree, bucke
     assert r.returncode == 2, r.stderr  # idle, with a permanent failure
     failure = syncd.folder_status("main")["failures"][0]
     assert failure["path"] == "huge.raw" and "5 TiB" in failure["error"]
+
+
+def test_sigterm_stops_a_large_upload_between_parts_and_the_restart_resumes_it(proxied_syncd, s3_proxy, tree, s3,
+                                                                               bucket):
+    path = write_random(tree / "archive.tar", 60 * MiB, seed=5)
+    proxied_syncd.add_folder("main", tree, bucket, multipart_threshold="5MiB", part_size="5MiB",
+                             bandwidth="10MiB/s")
+    proxied_syncd.start()
+    await_condition(lambda: s3_proxy.counts().get("UploadPart", 0) >= 3, 60, "3 parts sent")
+    started = time.monotonic()
+    assert proxied_syncd.stop() == 0
+    assert time.monotonic() - started < 10  # a part boundary, not the whole file
+    assert s3_proxy.counts().get("CompleteMultipartUpload", 0) == 0
+    s3_proxy.reset_counts()
+
+    proxied_syncd.start()
+    proxied_syncd.wait_idle(60)
+    assert s3_proxy.counts().get("CreateMultipartUpload", 0) == 0  # resumed
+    assert sha256_object(s3, bucket, "archive.tar") == sha256_file(path)
+    assert incomplete_uploads(s3, bucket) == []
+
+
+def test_file_deleted_while_the_daemon_was_down_has_its_upload_aborted(proxied_syncd, s3_proxy, tree, s3, bucket):
+    path = write_random(tree / "gone.bin", 30 * MiB, seed=6)
+    (tree / "kept.txt").write_text("kept")
+    proxied_syncd.add_folder("main", tree, bucket, multipart_threshold="5MiB", part_size="5MiB",
+                             bandwidth="5MiB/s")
+    proxied_syncd.start()
+    await_condition(lambda: s3_proxy.counts().get("UploadPart", 0) >= 2, 60, "2 parts sent")
+    proxied_syncd.kill9()
+    assert len(incomplete_uploads(s3, bucket)) == 1
+    path.unlink()
+
+    proxied_syncd.start()
+    proxied_syncd.wait_idle(60)
+    await_condition(lambda: incomplete_uploads(s3, bucket) == [], 30, "the abandoned upload aborted")
+    assert_mirror(s3, bucket, tree)
+
+
+def test_stale_unknown_uploads_under_the_prefix_are_swept_and_others_kept(syncd, tree, s3, bucket):
+    (tree / "a.txt").write_text("a")
+    syncd.add_folder("main", tree, bucket, prefix="mirror/", stale_upload_age="1h")
+    syncd.start()
+    syncd.wait_idle()
+    stale = s3.create_multipart_upload(Bucket=bucket, Key="mirror/left-by-a-crash.bin")["UploadId"]
+    outside = s3.create_multipart_upload(Bucket=bucket, Key="elsewhere/not-ours.bin")["UploadId"]
+
+    assert syncd.cli("reconcile", "--wait", "--timeout", "60").returncode == 0
+    assert {u["UploadId"] for u in incomplete_uploads(s3, bucket)} == {stale, outside}  # younger than 1h
+
+    syncd.add_folder("main", tree, bucket, prefix="mirror/", stale_upload_age="1s")
+    assert syncd.cli("reload").returncode == 0  # its restart pass may already sweep it...
+    await_condition(lambda: syncd.cli("reconcile", "--wait", "--timeout", "60").returncode == 0  # ...or a later one
+                    and {u["UploadId"] for u in incomplete_uploads(s3, bucket)} == {outside}, 60,
+                    "the stale upload under the prefix swept")
+    assert f"event=multipart.stale_aborted folder=main key=mirror/left-by-a-crash.bin upload_id={stale}" in syncd.log()
+
+
+@pytest.mark.parametrize("checksum", ["sha256", "md5", "off"])
+def test_every_checksum_mode_uploads_small_and_multipart_files_intact(syncd, tree, s3, bucket, checksum):
+    write_random(tree / "large.bin", 12 * MiB + 7, seed=7)
+    (tree / "small.txt").write_text("small")
+    syncd.add_folder("main", tree, bucket, multipart_threshold="5MiB", part_size="5MiB", checksum=checksum)
+    syncd.start()
+    syncd.wait_idle(60)
+    assert_mirror(s3, bucket, tree)
+    head = s3.head_object(Bucket=bucket, Key="large.bin")
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["Metadata"]["syncd-sha256"] == sha256_file(tree / "large.bin")

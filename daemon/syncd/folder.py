@@ -201,7 +201,8 @@ class FolderRuntime:
         while not self._stop.is_set():
             if self.scheduler.halt is None and self.scheduler.store is not None:
                 return self.scheduler.store
-            self._stop.wait(0.5)
+            # Short: a journal rebuild holds every upload until this pass has listed the bucket.
+            self._stop.wait(0.05)
         return None
 
     def on_overflow(self) -> None:

@@ -1,7 +1,7 @@
 """The scenarios. Each one registers itself with ``@scenario`` and records samples via ``bench.add``.
 
-To add one (planned: 1 GiB file MB/s and RSS, change-to-visible latency, idle CPU, a 20k-file
-burst, a 20 ms latency link via ``S3Proxy.set_delay``), write a function here taking the
+To add one (planned: change-to-visible latency, idle CPU, a 20k-file burst, a 20 ms latency
+link via ``S3Proxy.set_delay``), write a function here taking the
 :class:`~tests.bench.core.Bench`, build a dataset with ``make_dataset``, get runners with
 ``bench.runner`` and record each timed run with ``bench.measure`` (which verifies the bucket).
 """
@@ -9,6 +9,7 @@ burst, a 20 ms latency link via ``S3Proxy.set_delay``), write a function here ta
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -20,11 +21,13 @@ from pathlib import Path
 
 from tests.support.s3proxy import S3Proxy
 
-from .core import REPO, SYNCD, Bench, Sample, SyncdRunner, make_dataset, request_counts, scenario
+from .core import REPO, SYNCD, Bench, Dataset, Sample, SyncdRunner, make_dataset, request_counts, scenario
 from .proc import kill_group, run_timed
 
 KiB = 1024
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+RSS_TARGET_MIB = 150.0  # peak RSS uploading a 4 GiB file with default settings (issue 3)
 POLL_S = 0.1
 RECORD_TARGET = 50_000.0  # events/s Journal.record must sustain (the design's ingest goal)
 
@@ -39,6 +42,69 @@ def initial(bench: Bench) -> None:
         for tool in bench.order(rep):
             bucket = bench.new_bucket(f"initial-{tool}-{rep}")
             bench.measure("initial", metric, rep, bench.runner(tool, ds.root, bucket), ds, bucket)
+
+
+@scenario("large", "one large file: 1 GiB upload (time, MB/s) by every tool; syncd's peak RSS at 1 and 4 GiB")
+def large(bench: Bench) -> None:
+    size, big = bench.size(GiB, 256 * MiB), bench.size(4 * GiB, 1 * GiB)
+    ds = make_large_file(bench.scratch("large-data"), size)
+    metric = f"time to synced (one {size / GiB:g} GiB file)"
+    for rep in range(bench.reps):
+        for tool in bench.order(rep):
+            bucket = bench.new_bucket(f"large-{tool}-{rep}")
+            sample = bench.measure("large", metric, rep, bench.runner(tool, ds.root, bucket), ds, bucket)
+            if sample.ok and sample.value:
+                sample.extra["MB/s"] = size / 1e6 / sample.value
+    for rep in range(bench.reps):
+        sample = bench.add(_live_large(bench, ds, rep))
+        if sample.ok and sample.value:
+            sample.extra["MB/s"] = size / 1e6 / sample.value
+    # Memory must not grow with the file: the same daemon settings on a file 4x larger.
+    ds_big = make_large_file(bench.scratch("large-big-data"), big)
+    for rep in range(bench.reps):
+        bucket = bench.new_bucket(f"large-rss-{rep}")
+        timed = bench.measure("large", f"syncd, one {big / GiB:g} GiB file", rep,
+                              bench.syncd_runner(ds_big.root, bucket), ds_big, bucket)
+        peak = timed.extra.get("syncd peak RSS MiB")
+        bench.add(Sample("large", f"syncd peak RSS uploading one {big / GiB:g} GiB file (defaults)", "MiB", SYNCD,
+                         rep, peak, timed.ok and peak is not None, timed.detail, target=RSS_TARGET_MIB))
+
+
+def _live_large(bench: Bench, ds: Dataset, rep: int) -> Sample:
+    """syncd's everyday case: the daemon already runs, and the file appears in its folder (a hard
+    link, so it appears whole): time from then until ``syncd wait`` exits 0, the settle period
+    included."""
+    size = ds.total_bytes
+    sample = partial(Sample, "large", f"syncd already running: file appears -> synced (one {size / GiB:g} GiB file)",
+                     "s", SYNCD, rep)
+    watched = bench.scratch(f"large-live-{rep}")
+    bucket = bench.new_bucket(f"large-live-{rep}")
+    runner = bench.syncd_runner(watched, bucket)
+    started = runner.start(timeout=120)
+    if started.error is not None:
+        runner.stop()
+        return sample(None, False, started.error)
+    t0 = time.monotonic()
+    os.link(ds.root / "large.bin", watched / "large.bin")
+    r = runner.daemon.cli("wait", "--timeout", "600", timeout=630)
+    seconds = time.monotonic() - t0
+    peak = runner.rss()
+    problem = runner.stop() if r.returncode == 0 else f"syncd wait exited {r.returncode}: {r.stderr[-300:]}"
+    problem = problem or bench.verify(bucket, Dataset(watched, ds.files))
+    return sample(seconds, problem is None, problem or "", {"syncd RSS MiB after": (peak or 0) / MiB})
+
+
+def make_large_file(root: Path, size: int) -> Dataset:
+    """One incompressible file of ``size`` bytes (an hour old, like every dataset)."""
+    path = root / "large.bin"
+    block = os.urandom(MiB)
+    with path.open("wb") as f:
+        for i in range(size // MiB):
+            f.write(i.to_bytes(8, "little") + block[8:])  # no two MiB alike
+        f.write(block[: size % MiB])
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    return Dataset(root, {"large.bin": size})
 
 
 @scenario("nochange", "re-run over a synced tree of 100-byte files: time and S3 requests (full size 100,000)")
