@@ -340,9 +340,9 @@ class MultipartUploader:
             if not has_pending(rec.path):
                 self.abort(rec.path, self.folder.key_for(rec.path), rec.upload_id)
                 aborted += 1
-        ours = self.uploads.ids()
         for up in self.store.list_uploads(self.folder.prefix):
-            if up.upload_id not in ours and now - up.initiated >= self.folder.stale_upload_age:
+            # Asked per upload, not once before listing: one begun meanwhile is ours too.
+            if up.upload_id not in self.uploads.ids() and now - up.initiated >= self.folder.stale_upload_age:
                 self.store.abort_upload(up.key, up.upload_id)
                 self._log.info("multipart.stale_aborted", key=up.key, upload_id=up.upload_id,
                                age_s=round(now - up.initiated))

@@ -90,9 +90,7 @@ class Transfers:
             if task.kind == "delete":
                 return self._delete(task)
             if task.kind == "abort":
-                assert task.upload_id is not None
-                self.multipart.abort(task.path, self.folder.key_for(task.path), task.upload_id)
-                return Result(task, [])
+                return self._abort(task)
             raise ValueError(f"unknown task kind {task.kind}")
         except StoreError as exc:
             return self._failed(task, exc)
@@ -206,6 +204,17 @@ class Transfers:
                 outcomes.append(Outcome("done", p.path, p.gen, forget=True))
         self._log.debug("delete.done", keys=len(keys), errors=len(errors))
         return Result(task, outcomes, files=len(keys) - len(errors))
+
+    def _abort(self, task: Task) -> Result:
+        """Discard the upload of a file that no longer needs it. The change itself is handled
+        by its own decision, so a failure here only waits for the reconcile pass's sweep."""
+        assert task.upload_id is not None
+        try:
+            self.multipart.abort(task.path, self.folder.key_for(task.path), task.upload_id)
+        except StoreError as exc:
+            self._log.warning("multipart.abort_failed", path=task.path, error=str(exc),
+                              hint="the next reconcile pass sweeps it")
+        return Result(task, [])
 
     # ------------------------------------------------------------------ failures
 
