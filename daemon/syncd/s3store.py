@@ -14,6 +14,7 @@ from botocore.config import Config as BotoConfig
 
 from .bandwidth import Payload
 from .config import FolderConfig
+from .s3crt import CrtFailure, CrtPutter
 from .store import FOLDER, KEY, TRANSIENT, UNREACHABLE, Part, PutResult, RemoteObject, StoreError, Upload
 
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
@@ -25,6 +26,47 @@ def _etag(resp: Mapping[str, Any]) -> str:
 
 def _code(exc: bexc.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+# boto3 parameter -> HTTP header, for the requests the CRT sends.
+_HEADERS = {"ChecksumSHA256": "x-amz-checksum-sha256", "ContentMD5": "Content-MD5",
+            "StorageClass": "x-amz-storage-class", "ServerSideEncryption": "x-amz-server-side-encryption",
+            "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+# CRT errors meaning no connection could be made at all.
+_UNREACHABLE = {"AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_TIMEOUT", "AWS_IO_SOCKET_NO_ROUTE_TO_HOST",
+                "AWS_IO_SOCKET_NETWORK_DOWN", "AWS_IO_DNS_INVALID_NAME", "AWS_IO_DNS_QUERY_FAILED",
+                "AWS_IO_DNS_NO_ADDRESS_FOR_HOST", "AWS_IO_DNS_HOST_REMOVED_FROM_CACHE"}
+
+
+def _crt_putter(session: Any, client: Any, folder: FolderConfig, addressing: str) -> CrtPutter | None:
+    """The CRT data path for small PUTs, or None where it cannot serve (no credentials yet:
+    the probe reports that; a bandwidth limit: bodies are paced by the boto3 path)."""
+    credentials = session.get_credentials()
+    if credentials is None or folder.bandwidth:
+        return None
+
+    def current() -> tuple[str, str, str | None]:
+        frozen = credentials.get_frozen_credentials()  # refreshes assumed-role credentials
+        return frozen.access_key, frozen.secret_key, frozen.token
+
+    # boto3 picks virtual-hosted style for AWS; a dotted bucket name cannot match the TLS
+    # wildcard certificate, so boto3 (and we) fall back to path style for it.
+    path_style = addressing == "path" or (addressing == "auto" and "." in folder.bucket)
+    return CrtPutter(client.meta.endpoint_url, client.meta.region_name or "us-east-1", folder.bucket, path_style,
+                     current, timeout=folder.request_timeout, sign_body=folder.checksum == "off")
+
+
+def _crt_error(exc: CrtFailure, key: str, bucket: str) -> StoreError:
+    if exc.status:
+        response = {"Error": {"Code": exc.code or str(exc.status), "Message": exc.message},
+                    "ResponseMetadata": {"HTTPStatusCode": exc.status}}
+        return classify(bexc.ClientError(response, "PutObject"), key, bucket)  # type: ignore[arg-type]
+    where = f"s3://{bucket}/{key}"
+    if exc.transport in _UNREACHABLE:
+        return StoreError(f"{where}: endpoint unreachable: {exc.transport}: {exc}", scope=TRANSIENT,
+                          code=UNREACHABLE, key=key)
+    code = "RequestTimeout" if exc.timed_out else "ConnectionError"
+    return StoreError(f"{where}: {code}: {exc.transport or exc}", scope=TRANSIENT, code=code, key=key)
 
 
 def _body(payload: Payload) -> Any:
@@ -116,6 +158,7 @@ class S3Store:
             self._client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
         except Exception as exc:  # profile missing and the like
             raise classify(exc, bucket=folder.bucket) from exc
+        self._crt = _crt_putter(session, self._client, folder, addressing)
         self._extra: dict[str, str] = {}
         if folder.storage_class:
             self._extra["StorageClass"] = folder.storage_class
@@ -150,6 +193,13 @@ class S3Store:
         return {}
 
     def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes) -> PutResult:
+        if self._crt is not None and body.plain:
+            headers = {f"x-amz-meta-{k}": v for k, v in meta.items()}
+            headers.update((_HEADERS[k], v) for k, v in {**self._extra, **self._checksum_args(body, sha256)}.items())
+            try:
+                return PutResult(etag=self._crt.put(key, body.data, headers), bytes_sent=len(body))
+            except CrtFailure as exc:
+                raise _crt_error(exc, key, self.bucket) from exc
         args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=_body(body), Metadata=dict(meta),
                                     **self._extra, **self._checksum_args(body, sha256))
         if not body.plain:

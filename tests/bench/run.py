@@ -22,7 +22,8 @@ from types import FrameType
 
 from tests.support.seaweed import start_seaweed
 
-from . import scenarios as _scenarios  # noqa: F401  (registers the scenarios)
+from . import live as _live  # noqa: F401  (registers the scenarios)
+from . import scenarios as _scenarios  # noqa: F401
 from .core import REGISTRY, REPO, SYNCD, Bench, Options, Sample, on_exit
 from .peers import PEERS, Peer, discover, ensure_harness_packages
 from .report import console, machine_facts, main_table, write_report

@@ -1,7 +1,6 @@
 """The scenarios. Each one registers itself with ``@scenario`` and records samples via ``bench.add``.
 
-To add one (planned: change-to-visible latency, idle CPU, a 20k-file burst, a 20 ms latency
-link via ``S3Proxy.set_delay``), write a function here taking the
+To add one, write a function here taking the
 :class:`~tests.bench.core.Bench`, build a dataset with ``make_dataset``, get runners with
 ``bench.runner`` and record each timed run with ``bench.measure`` (which verifies the bucket).
 """
@@ -27,6 +26,7 @@ from .proc import kill_group, run_timed
 KiB = 1024
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+LINK_DELAY_S = 0.02  # real S3 is tens of ms away; loopback SeaweedFS is not
 RSS_TARGET_MIB = 150.0  # peak RSS uploading a 4 GiB file with default settings (issue 3)
 POLL_S = 0.1
 RECORD_TARGET = 50_000.0  # events/s Journal.record must sustain (the design's ingest goal)
@@ -42,6 +42,20 @@ def initial(bench: Bench) -> None:
         for tool in bench.order(rep):
             bucket = bench.new_bucket(f"initial-{tool}-{rep}")
             bench.measure("initial", metric, rep, bench.runner(tool, ds.root, bucket), ds, bucket)
+
+
+@scenario("delay", "scenario 'initial' through a proxy adding 20 ms to every request (a distant endpoint)")
+def delay(bench: Bench) -> None:
+    files = bench.size(5_000, 1_000)
+    ds = make_dataset(bench.scratch("delay-data"), files=files, dirs=max(1, files // 50), min_size=1 * KiB,
+                      max_size=64 * KiB, seed=1)
+    proxy = bench.start_proxy()
+    proxy.set_delay(LINK_DELAY_S)
+    metric = f"time to synced, +{LINK_DELAY_S * 1000:.0f} ms per request ({files:,} files)"
+    for rep in range(bench.reps):
+        for tool in bench.order(rep):
+            bucket = bench.new_bucket(f"delay-{tool}-{rep}")
+            bench.measure("delay", metric, rep, bench.runner(tool, ds.root, bucket, proxy.endpoint), ds, bucket, proxy)
 
 
 @scenario("large", "one large file: 1 GiB upload (time, MB/s) by every tool; syncd's peak RSS at 1 and 4 GiB")
