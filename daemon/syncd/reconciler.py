@@ -106,6 +106,7 @@ class LocalScan:
         report = ScanReport()
         manifest = self.journal.iter_manifest()
         m = next(manifest, None)
+        renames = m is not None  # nothing can have been renamed from an empty manifest (a new folder)
         for rel, st in walk(self.root, self.ignore, stop):
             report.files += 1
             while m is not None and m[0] < rel:
@@ -118,7 +119,7 @@ class LocalScan:
                 m = next(manifest, None)
             else:
                 report.changed += 1
-                self.sink.submit(rel, move_from=self._renamed_from(rel, st), settle=False)
+                self.sink.submit(rel, move_from=self._renamed_from(rel, st) if renames else None, settle=False)
         if stop.is_set():
             manifest.close()  # releases its read snapshot now, not at garbage collection
             return report
