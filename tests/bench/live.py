@@ -111,12 +111,14 @@ def idle(bench: Bench) -> None:
     runner = bench.syncd_runner(ds.root, bucket)
     if not bench.measure("idle", f"first sync, setup ({files:,} files)", 0, runner, ds, bucket).ok:
         return
-    sample = partial(Sample, "idle", f"watching {files:,} synced files, nothing changing, {window:.0f} s", tool=SYNCD)
+    what = f"watching {files:,} synced files, nothing changing, {window:.0f} s"
+    sample = partial(Sample, "idle", tool=SYNCD)
     for rep in range(bench.reps):
         started = runner.start(timeout=bench.timeout_for(files))
         if started.error is not None or runner.pid is None:
             runner.stop()
-            bench.add(sample(unit="% CPU", rep=rep, value=None, ok=False, detail=started.error or "no daemon"))
+            bench.add(sample(metric=f"CPU, {what}", unit="% CPU", rep=rep, value=None, ok=False,
+                             detail=started.error or "no daemon"))
             continue
         # The startup passes finish first: the minute measured is the steady state.
         deadline = time.monotonic() + 120
@@ -131,9 +133,10 @@ def idle(bench: Bench) -> None:
         after, elapsed = proc.cpu_times(), time.monotonic() - t0
         cpu = (after.user + after.system - before.user - before.system) / elapsed * 100
         problem = runner.stop()
-        bench.add(sample(unit="% CPU", rep=rep, value=cpu, ok=problem is None, detail=problem or "",
+        ok, detail = problem is None, problem or ""
+        bench.add(sample(metric=f"CPU, {what}", unit="% CPU", rep=rep, value=cpu, ok=ok, detail=detail,
                          extra={"cpu seconds": cpu * elapsed / 100}, target=IDLE_CPU_TARGET))
-        bench.add(sample(unit="MiB RSS", rep=rep, value=peak / MiB, ok=problem is None, detail=problem or "",
+        bench.add(sample(metric=f"peak RSS, {what}", unit="MiB", rep=rep, value=peak / MiB, ok=ok, detail=detail,
                          target=RSS_TARGET_MIB))
 
 
