@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .support.daemon import assert_mirror, bucket_keys, bucket_tree
+from .support.daemon import assert_mirror, await_condition, bucket_keys, bucket_tree
 
 
 def _populate(root: Path, n: int, rng: random.Random) -> list[Path]:
@@ -65,8 +65,13 @@ def test_kill9_at_random_instants_while_uploading_2000_files_loses_nothing(syncd
     killed_mid_upload = 0
     for round_ in range(5):
         syncd.start()
-        # The random instant is the point of this test: kill while work is in flight.
-        time.sleep(rng.uniform(0.3, 2.0))
+        # The random instant is the point of this test: kill while work is in flight. It is
+        # drawn as a share of the uploads still to do, not as a time, so a faster daemon
+        # cannot finish before the kill.
+        total, done = len(list(tree.rglob("*.dat"))), len(bucket_keys(s3, bucket))
+        target = done + int((total - done) * rng.uniform(0.1, 0.6))
+        await_condition(lambda n=target: len(bucket_keys(s3, bucket)) >= n, 120, f"{target} objects uploaded",
+                        interval=0.01)
         for path in rng.sample(files, 30):               # changes in flight at the kill
             if path.exists():
                 path.write_bytes(rng.randbytes(rng.randint(10, 4000)))
@@ -91,9 +96,10 @@ def test_sigterm_during_busy_sync_exits_0_and_restart_converges(syncd, tree, s3,
     _populate(tree, 800, rng)
     syncd.add_folder("main", tree, bucket)
     syncd.start()
-    time.sleep(0.5)  # let the initial upload get going before the signal
+    await_condition(lambda: len(bucket_keys(s3, bucket)) >= 50, 60, "the initial upload under way", interval=0.01)
     started = time.monotonic()
     assert syncd.stop(timeout=40) == 0
+    assert len(bucket_keys(s3, bucket)) < 800, "the signal should come while the upload is still running"
     assert time.monotonic() - started < 30
     syncd.start()
     syncd.wait_idle(120)
