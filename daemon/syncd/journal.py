@@ -22,12 +22,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from .sql import immediate
 from .uploads import SCHEMA as UPLOADS_SCHEMA
 from .uploads import UploadLog
 
@@ -191,15 +192,8 @@ class Journal:
             # Claims do not survive a restart: whatever was in flight is simply redone.
             db.execute("UPDATE pending SET state=0 WHERE state=1")
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db)
 
     def close(self) -> None:
         self.uploads.close()

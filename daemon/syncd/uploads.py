@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .sql import immediate
 from .store import Part
 
 SCHEMA = """
@@ -71,14 +72,8 @@ class UploadLog:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     def upload_id(self, path: str) -> str | None:
         """The upload in progress for ``path`` (from memory: the scheduler asks per change)."""
