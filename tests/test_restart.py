@@ -6,8 +6,10 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from syncd.control import request
 
 from .support.daemon import assert_mirror, await_condition, bucket_keys, bucket_tree
 
@@ -57,6 +59,11 @@ def test_deleting_files_while_stopped_with_delete_keep_leaves_objects(syncd, tre
     assert sorted(bucket_tree(s3, bucket)) == ["a.txt", "b.txt"]
 
 
+def _uploaded(syncd: Any) -> int:
+    """Files the running daemon has uploaded, asked on its socket (cheaper than a listing)."""
+    return sum(f["files_done"] for f in request(syncd.socket, "status")["folders"])
+
+
 @pytest.mark.slow
 def test_kill9_at_random_instants_while_uploading_2000_files_loses_nothing(syncd, tree, s3, bucket):
     rng = random.Random(7)
@@ -64,14 +71,18 @@ def test_kill9_at_random_instants_while_uploading_2000_files_loses_nothing(syncd
     syncd.add_folder("main", tree, bucket, workers=16)
     killed_mid_upload = 0
     for round_ in range(5):
+        if round_:  # fresh work for every round, made while the daemon is down
+            for i in range(300):
+                path = tree / f"batch-{round_}" / f"file-{i:03}.dat"
+                path.parent.mkdir(exist_ok=True)
+                path.write_bytes(rng.randbytes(rng.randint(1024, 8192)))
         syncd.start()
         # The random instant is the point of this test: kill while work is in flight. It is
         # drawn as a share of the uploads still to do, not as a time, so a faster daemon
         # cannot finish before the kill.
-        total, done = len(list(tree.rglob("*.dat"))), len(bucket_keys(s3, bucket))
-        target = done + int((total - done) * rng.uniform(0.1, 0.6))
-        await_condition(lambda n=target: len(bucket_keys(s3, bucket)) >= n, 120, f"{target} objects uploaded",
-                        interval=0.01)
+        to_do = len(list(tree.rglob("*.dat"))) - len(bucket_keys(s3, bucket))
+        target = int(to_do * rng.uniform(0.1, 0.5))
+        await_condition(lambda n=target: _uploaded(syncd) >= n, 120, f"{target} uploads done", interval=0.005)
         for path in rng.sample(files, 30):               # changes in flight at the kill
             if path.exists():
                 path.write_bytes(rng.randbytes(rng.randint(10, 4000)))
@@ -81,10 +92,11 @@ def test_kill9_at_random_instants_while_uploading_2000_files_loses_nothing(syncd
         new = tree / f"round-{round_}" / "added.dat"
         new.parent.mkdir(exist_ok=True)
         new.write_bytes(rng.randbytes(3000))
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.05))  # the changes just made are still in flight at the kill
         syncd.kill9()
         if len(bucket_keys(s3, bucket)) < len(list(tree.rglob("*.dat"))):
             killed_mid_upload += 1
+    print(f"kills mid-upload: {killed_mid_upload} of 5")
     assert killed_mid_upload >= 3, "the kills should land while the upload is still running"
     syncd.start()
     syncd.wait_idle(300)
