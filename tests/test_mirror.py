@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .support.daemon import assert_mirror, await_condition, bucket_tree
@@ -53,21 +54,25 @@ def test_atomic_save_leaves_exactly_the_new_content_and_no_temp_key(syncd, tree,
     assert bucket_tree(s3, bucket) == {"doc.txt": _sha("version 5")}
 
 
+def _append_for(path: Path, seconds: float, interval: float, data: Callable[[int], bytes]) -> None:
+    """Append ``data(i)`` every ``interval`` seconds for ``seconds``: the rhythm is the scenario."""
+    end = time.monotonic() + seconds
+    with path.open("ab") as f:
+        i = 0
+        while time.monotonic() < end:
+            f.write(data(i))
+            f.flush()
+            i += 1
+            time.sleep(interval)
+
+
 def test_file_appended_for_three_seconds_is_uploaded_once_quiet_with_final_content(proxied_syncd, s3_proxy,
                                                                                     tree, s3, bucket):
     # settle 1 s: only a real pause of the writer (not a 300 ms scheduling hiccup) counts as quiet
     proxied_syncd.add_folder("main", tree, bucket, settle="1s")
     proxied_syncd.start()
     s3_proxy.reset_counts()
-    path = tree / "growing.log"
-    end = time.monotonic() + 3
-    with path.open("ab") as f:
-        i = 0
-        while time.monotonic() < end:
-            f.write(f"line {i}\n".encode())
-            f.flush()
-            i += 1
-            time.sleep(0.1)  # the scenario: one append every 100 ms
+    _append_for(tree / "growing.log", 3, 0.1, lambda i: f"line {i}\n".encode())  # one append every 100 ms
     proxied_syncd.wait_idle()
     assert_mirror(s3, bucket, tree)
     assert s3_proxy.counts().get("PutObject", 0) == 1
@@ -77,13 +82,7 @@ def test_file_that_never_settles_is_still_uploaded_every_max_delay(proxied_syncd
     proxied_syncd.add_folder("main", tree, bucket, max_delay="1s")
     proxied_syncd.start()
     s3_proxy.reset_counts()
-    path = tree / "busy.log"
-    end = time.monotonic() + 4.5
-    with path.open("ab") as f:
-        while time.monotonic() < end:  # never quiet for `settle` (300 ms)
-            f.write(b"x" * 100)
-            f.flush()
-            time.sleep(0.05)
+    _append_for(tree / "busy.log", 4.5, 0.05, lambda i: b"x" * 100)  # never quiet for `settle` (300 ms)
     uploads_while_busy = s3_proxy.counts().get("PutObject", 0)
     assert uploads_while_busy >= 2  # ~every max_delay, although the file never settled
     proxied_syncd.wait_idle()

@@ -161,11 +161,11 @@ class FolderRuntime:
         """One remote pass. A rebuild is retried until it succeeds: until then the scheduler
         holds every transfer, or it would re-upload what the bucket already holds."""
         while not self._stop.is_set():
-            store = self._await_store()
-            if store is None:
+            transfers = self._await_transfers()
+            if transfers is None:
                 return
             try:
-                report = RemotePass(self.folder, self.journal, store, self.scheduler, self._scratch).run(
+                report = RemotePass(self.folder, self.journal, transfers.store, self.scheduler, self._scratch).run(
                     self._stop, rebuild)
             except StoreError as exc:
                 self.last_reconcile_error = str(exc)
@@ -177,7 +177,7 @@ class FolderRuntime:
                 return
             if self._stop.is_set():
                 return
-            report.uploads_aborted = self._sweep_uploads()
+            report.uploads_aborted = self._sweep_uploads(transfers)
             self.scheduler.barrier(timeout=60)
             self.last_reconcile, self.last_reconcile_at, self.last_reconcile_error = report, time.time(), None
             self._next_reconcile = time.monotonic() + self.folder.reconcile_interval
@@ -185,22 +185,20 @@ class FolderRuntime:
                 self.scheduler.set_rebuilding(False)
             return
 
-    def _sweep_uploads(self) -> int:
+    def _sweep_uploads(self, transfers: Transfers) -> int:
         """Abort multipart uploads nobody will finish (see MultipartUploader.sweep)."""
-        transfers = self.scheduler.transfers
-        if transfers is None:
-            return 0
         try:
             return transfers.multipart.sweep(self.journal.has_pending)
         except StoreError as exc:
             self._log.warning("multipart.sweep_failed", error=str(exc))
             return 0
 
-    def _await_store(self) -> Any:
+    def _await_transfers(self) -> Transfers | None:
         """The remote pass needs a working store; wait for the scheduler's probe to get one."""
         while not self._stop.is_set():
-            if self.scheduler.halt is None and self.scheduler.store is not None:
-                return self.scheduler.store
+            transfers = self.scheduler.transfers
+            if self.scheduler.halt is None and transfers is not None:
+                return transfers
             # Short: a journal rebuild holds every upload until this pass has listed the bucket.
             self._stop.wait(0.05)
         return None

@@ -24,15 +24,14 @@ from dataclasses import dataclass
 import structlog
 
 from .bandwidth import Payload, Throttle
-from .config import FolderConfig
+from .config import S3_MAX_PART as MAX_PART
+from .config import S3_MIN_PART as MIN_PART
+from .config import FolderConfig, MiB
 from .journal import Entry
 from .store import META_MTIME, META_SHA256, TRANSIENT, ObjectStore, Part, StoreError, multipart_etag
 from .uploads import UploadLog, UploadRecord
 
-MiB = 1024 * 1024
-MAX_PARTS = 10_000                 # S3: at most 10,000 parts per upload
-MIN_PART = 5 * MiB                 # S3: parts (but the last) are at least 5 MiB...
-MAX_PART = 5 * 1024 * MiB          # ...and at most 5 GiB
+MAX_PARTS = 10_000                 # S3: at most 10,000 parts per upload, each 5 MiB to 5 GiB
 MAX_OBJECT = 5 * 1024 * 1024 * MiB  # S3: objects are at most 5 TiB
 PART_ATTEMPTS = 4                  # tries per part in one run, on top of the client's own retries
 PART_RETRY_BASE = 0.5
@@ -234,22 +233,24 @@ class MultipartUploader:
             finally:
                 free.put(buf)
 
-        def part_failed() -> bool:
-            return any(f.done() and f.exception() is not None for f in futures)
+        def take_buffer() -> bytearray | None:
+            """A free buffer (a new one while fewer than ``pool_size`` exist); None once a part failed."""
+            nonlocal made
+            while True:
+                try:
+                    return free.get(timeout=0.25) if made >= pool_size else free.get_nowait()
+                except queue.Empty:
+                    if made < pool_size:
+                        made += 1
+                        return bytearray(part_size)
+                    if any(f.done() and f.exception() is not None for f in futures):
+                        return None
 
         error: BaseException | None = None
         with ThreadPoolExecutor(width, thread_name_prefix=f"part-{self.folder.name}") as pool:
             try:
                 for number in range(1, n_parts + 1):
-                    buf: bytearray | None = None
-                    while buf is None:
-                        try:
-                            buf = free.get(timeout=0.25) if made >= pool_size else free.get_nowait()
-                        except queue.Empty:
-                            if made < pool_size:
-                                buf, made = bytearray(part_size), made + 1
-                            elif part_failed():
-                                break
+                    buf = take_buffer()
                     if buf is None:
                         break  # a part failed for good: stop reading, report it below
                     length = min(part_size, size - (number - 1) * part_size)
@@ -330,11 +331,11 @@ class MultipartUploader:
                 raise
             self._log.debug("multipart.stray_check_failed", path=path, error=str(exc))
 
-    def sweep(self, has_pending: Callable[[str], bool], now: float | None = None) -> int:
+    def sweep(self, has_pending: Callable[[str], bool]) -> int:
         """Abort uploads nobody will finish: journaled ones whose change is gone, and unknown
         ones under the prefix older than ``stale_upload_age`` (a lost journal, a crash before
         an upload id was recorded, another client). Returns how many were aborted."""
-        now = time.time() if now is None else now
+        now = time.time()
         aborted = 0
         for rec in self.uploads.records():
             if not has_pending(rec.path):
@@ -342,7 +343,8 @@ class MultipartUploader:
                 aborted += 1
         for up in self.store.list_uploads(self.folder.prefix):
             # Asked per upload, not once before listing: one begun meanwhile is ours too.
-            if up.upload_id not in self.uploads.ids() and now - up.initiated >= self.folder.stale_upload_age:
+            ours = self.uploads.upload_id(up.key[len(self.folder.prefix):]) == up.upload_id
+            if not ours and now - up.initiated >= self.folder.stale_upload_age:
                 self.store.abort_upload(up.key, up.upload_id)
                 self._log.info("multipart.stale_aborted", key=up.key, upload_id=up.upload_id,
                                age_s=round(now - up.initiated))

@@ -171,7 +171,7 @@ class S3Store:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except bexc.ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            code = _code(exc)
             if code in ("404", "NoSuchBucket"):
                 raise StoreError(f"bucket {self.bucket!r} does not exist at "
                                  f"{self._folder.endpoint_url or 'AWS'}: create it or fix 'bucket' in "
@@ -260,7 +260,7 @@ class S3Store:
             pages = self._client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
                                                                      UploadId=upload_id)
             for page in pages:
-                parts.extend(Part(int(p["PartNumber"]), str(p.get("ETag", "")).strip('"'),
+                parts.extend(Part(int(p["PartNumber"]), _etag(p),
                                   str(p.get("ChecksumSHA256", "")), int(p.get("Size", 0)))
                              for p in page.get("Parts", []))
         except bexc.ClientError as exc:
@@ -286,7 +286,7 @@ class S3Store:
             if size <= S3_MAX_COPY:
                 resp = self._client.copy_object(Bucket=self.bucket, Key=key, **extra,
                                                 CopySource={"Bucket": self.bucket, "Key": key})
-                return str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+                return _etag(resp.get("CopyObjectResult", {}))
             # CopyObject stops at 5 GiB; larger objects are copied part by part (UploadPartCopy).
             self._client.copy({"Bucket": self.bucket, "Key": key}, self.bucket, key, ExtraArgs=extra,
                               Config=TransferConfig(multipart_threshold=S3_MAX_COPY,
@@ -302,7 +302,7 @@ class S3Store:
                                             CopySource={"Bucket": self.bucket, "Key": src_key}, **self._extra)
         except Exception as exc:
             raise classify(exc, dst_key, self.bucket) from exc
-        return str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+        return _etag(resp.get("CopyObjectResult", {}))
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         if not keys:
@@ -320,19 +320,19 @@ class S3Store:
         try:
             resp = self._client.head_object(Bucket=self.bucket, Key=key)
         except bexc.ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return RemoteObject(key=key, size=int(resp["ContentLength"]), etag=str(resp.get("ETag", "")).strip('"'),
+        return RemoteObject(key=key, size=int(resp["ContentLength"]), etag=_etag(resp),
                             meta=dict(resp.get("Metadata", {})))
 
     def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=str(o.get("ETag", "")).strip('"'))
+                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=_etag(o))
                        for o in page.get("Contents", [])]
         except Exception as exc:
             raise classify(exc, bucket=self.bucket) from exc

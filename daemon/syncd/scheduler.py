@@ -23,7 +23,7 @@ from .config import FolderConfig
 from .guard import DeleteGuard
 from .journal import Entry, Journal, Outcome, Pending
 from .planner import Planner
-from .store import ObjectStore, StoreError
+from .store import StoreError
 from .transfer import Result, Task, Transfers
 from .uploads import UploadLog
 
@@ -147,10 +147,6 @@ class Scheduler:
     @property
     def transfers(self) -> Transfers | None:
         return self._transfers
-
-    @property
-    def store(self) -> ObjectStore | None:
-        return self._transfers.store if self._transfers is not None else None
 
     def _safe(self, fn: Callable[[], Any]) -> None:
         try:

@@ -44,7 +44,6 @@ class Task:
     cost: int = 0                       # bytes held against the in-flight budget
     copy_from: Entry | None = None
     upload_id: str | None = None        # abort: the multipart upload to discard
-    started: float = field(default_factory=time.monotonic)
     touched: float = field(default_factory=time.monotonic)  # last sign of progress (watchdog)
 
     def touch(self) -> None:

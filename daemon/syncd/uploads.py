@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS parts(
     PRIMARY KEY(upload_id, number)
 ) WITHOUT ROWID;
 """
+_RECORD = "SELECT path, upload_id, size, mtime_ns, inode, part_size, started, completed FROM uploads"
 
 
 @dataclass
@@ -80,14 +81,9 @@ class UploadLog:
         with self._lock:
             return self._ids.get(path)
 
-    def ids(self) -> set[str]:
-        with self._lock:
-            return set(self._ids.values())
-
     def get(self, path: str) -> UploadRecord | None:
         with self._lock:
-            row = self._db.execute("SELECT path, upload_id, size, mtime_ns, inode, part_size, started, completed "
-                                   "FROM uploads WHERE path=?", (path,)).fetchone()
+            row = self._db.execute(_RECORD + " WHERE path=?", (path,)).fetchone()
             if row is None:
                 return None
             rec = UploadRecord(*row)
@@ -97,8 +93,7 @@ class UploadLog:
 
     def records(self) -> list[UploadRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT path, upload_id, size, mtime_ns, inode, part_size, started, completed "
-                                    "FROM uploads").fetchall()
+            rows = self._db.execute(_RECORD).fetchall()
         return [UploadRecord(*r) for r in rows]
 
     def begin(self, path: str, upload_id: str, size: int, mtime_ns: int, inode: int, part_size: int) -> None:
