@@ -13,10 +13,14 @@ from typing import Protocol
 
 import structlog
 from watchdog.events import (
+    DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
-    FileClosedNoWriteEvent,
-    FileOpenedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
     FileSystemMovedEvent,
@@ -27,6 +31,16 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from .paths import IgnoreRules, relpath_of
 
 log = structlog.get_logger("syncd.watcher")
+
+# The events that can change what the bucket must hold. watchdog turns this list into the
+# inotify mask, so the kernel never queues the rest: without it every file syncd reads for an
+# upload came back as IN_OPEN + IN_CLOSE_NOWRITE, and decoding those cost about 0.35 ms of CPU
+# per uploaded file (a fifth of the daemon's CPU in an initial sync). Directory modify events
+# are left out too: the files inside get their own events.
+EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+]
 
 
 class Sink(Protocol):
@@ -59,8 +73,6 @@ class FolderEvents(FileSystemEventHandler):
         return None if self.ignore.ignored_with_parents(rel) else rel
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent)):
-            return
         if isinstance(event, FileSystemMovedEvent):
             src = self._rel(event.src_path)
             dst = self._rel(event.dest_path) if event.dest_path else None
@@ -117,7 +129,7 @@ class Watcher:
     def add(self, name: str, root: str, ignore: IgnoreRules, sink: Sink) -> None:
         """Install recursive watches; returns once they are in place (READY depends on it)."""
         handler = FolderEvents(name, root, ignore, sink)
-        self._watches[name] = self._observer.schedule(handler, root, recursive=True)
+        self._watches[name] = self._observer.schedule(handler, root, recursive=True, event_filter=EVENTS)
 
     def remove(self, name: str) -> None:
         watch = self._watches.pop(name, None)
