@@ -224,6 +224,21 @@ def test_a_stalled_endpoint_never_delays_the_control_socket(proxied_syncd, s3_pr
     s3_proxy.clear_faults()
 
 
+def test_a_put_the_server_never_answers_is_given_up_after_request_timeout_and_sent_again(
+        proxied_syncd, s3_proxy, tree, s3, bucket):
+    proxied_syncd.add_folder("main", tree, bucket, request_timeout="2s")
+    proxied_syncd.start()
+    s3_proxy.stall_seconds = 300  # far beyond the test's waits: only giving up can end it
+    s3_proxy.set_faults(1.0, ["stall"], ops=["PutObject"])
+    (tree / "small.txt").write_text("hello")
+    await_condition(lambda: s3_proxy.injected().get("PutObject", {}).get("stall", 0) >= 1, 30,
+                    "a swallowed PutObject")
+    s3_proxy.clear_faults()
+    proxied_syncd.wait_idle(30)
+    assert_mirror(s3, bucket, tree)
+    assert "RequestTimeout" in proxied_syncd.log()
+
+
 def test_journald_priorities_and_no_secret_in_s3_error_lines(syncd, tree, tmp_path, s3_server):
     syncd.add_folder("main", tree, "no-such-bucket-for-journald")
     syncd.write_global(log={"level": "info", "format": "auto"})

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import re
+import threading
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+import structlog
 from awscrt.auth import (
     AwsCredentials,
     AwsCredentialsProvider,
@@ -28,10 +30,13 @@ from awscrt.auth import (
 from awscrt.exceptions import AwsCrtError
 from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
-from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType, S3ResponseError, S3RetryConfig
+from awscrt.s3 import S3Client, S3Request, S3RequestTlsMode, S3RequestType, S3ResponseError, S3RetryConfig
+
+log = structlog.get_logger("syncd.s3crt")
 
 CLIENT_RETRIES = 2   # like botocore's standard mode (3 attempts); the journal retries after that
 EVENT_LOOP_THREADS = 1
+REAP_EVERY = 0.5         # how often overdue requests are looked for (seconds)
 
 
 @dataclass
@@ -59,6 +64,10 @@ class CrtPutter:
         self._base = f"/{quote(bucket)}/" if path_style else "/"
         self._timeout = timeout
         self._credentials = credentials
+        self._lock = threading.Lock()
+        self._inflight: dict[int, _InFlight] = {}
+        self._next_token = 0
+        self._reaper: threading.Thread | None = None
         loop = EventLoopGroup(EVENT_LOOP_THREADS)
         bootstrap = ClientBootstrap(loop, DefaultHostResolver(loop))
         provider = AwsCredentialsProvider.new_delegate(self._crt_credentials)
@@ -78,31 +87,88 @@ class CrtPutter:
         access_key, secret_key, token = self._credentials()
         return AwsCredentials(access_key, secret_key, token)
 
-    def put(self, key: str, data: bytes | bytearray, headers: Mapping[str, str]) -> str:
-        """Send one PutObject; returns the ETag. Raises CrtFailure."""
+    def put(self, key: str, data: bytes | bytearray, headers: Mapping[str, str],
+            done: Callable[[str | CrtFailure], None]) -> None:
+        """Start one PutObject and return at once; ``done`` gets the ETag or a CrtFailure,
+        exactly once, on the CRT's event-loop thread (or on this one if it cannot start).
+
+        No thread waits for the answer: with one blocked worker per request, every answer
+        meant a wake-up and a GIL hand-off to that worker, about 0.15 ms of CPU per PUT."""
         head = HttpHeaders([("Host", self._host), ("Content-Length", str(len(data))), *headers.items()])
         request = HttpRequest("PUT", self._base + quote(key, safe="/~"), head, io.BytesIO(data))
-        answer: dict[str, str] = {}
+        etag = [""]
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
-            answer.update((k.lower(), v) for k, v in headers)
+            for name, value in headers:
+                if name.lower() == "etag":
+                    etag[0] = value.strip('"')
 
-        s3_request = self._client.make_request(type=S3RequestType.DEFAULT, operation_name="PutObject",
-                                               request=request, on_headers=on_headers)
+        with self._lock:
+            token = self._next_token
+            self._next_token += 1
+            self._inflight[token] = _InFlight(time.monotonic() + self._timeout)
+
+        def on_done(error: BaseException | None = None, **_: object) -> None:
+            with self._lock:
+                entry = self._inflight.pop(token, None)
+            timed_out = entry is not None and entry.timed_out
+            try:
+                done(etag[0] if error is None else self._failure(error, timed_out))
+            except Exception:  # an exception must not reach the CRT's event loop
+                log.exception("crt.callback_failed", key=key)
+
         try:
-            s3_request.finished_future.result(self._timeout)
-        except FutureTimeout:
-            # The CRT has no read timeout: a server that never answers must not hold a worker.
-            s3_request.cancel()
-            raise CrtFailure(None, "RequestTimeout", f"no answer within {self._timeout:g}s",
-                             timed_out=True) from None
-        except S3ResponseError as exc:
-            text = (exc.body or b"").decode("utf-8", "replace")
+            s3_request = self._client.make_request(type=S3RequestType.DEFAULT, operation_name="PutObject",
+                                                   request=request, on_headers=on_headers, on_done=on_done)
+        except Exception as exc:
+            with self._lock:
+                self._inflight.pop(token, None)
+            done(CrtFailure(None, "", str(exc), transport=type(exc).__name__))
+            return
+        with self._lock:
+            entry = self._inflight.get(token)
+            if entry is not None:
+                entry.request = s3_request
+                if self._reaper is None:
+                    self._reaper = threading.Thread(target=self._reap, name="crt-timeouts", daemon=True)
+                    self._reaper.start()
+
+    def _failure(self, error: BaseException, timed_out: bool) -> CrtFailure:
+        if timed_out:
+            return CrtFailure(None, "RequestTimeout", f"no answer within {self._timeout:g}s", timed_out=True)
+        if isinstance(error, S3ResponseError):
+            text = (error.body or b"").decode("utf-8", "replace")
             code = _xml(text, "Code")
-            raise CrtFailure(int(exc.status_code or 0), code, _xml(text, "Message") or code) from exc
-        except AwsCrtError as exc:
-            raise CrtFailure(None, "", exc.message, transport=exc.name) from exc
-        return answer.get("etag", "").strip('"')
+            return CrtFailure(int(error.status_code or 0), code, _xml(text, "Message") or code)
+        if isinstance(error, AwsCrtError):
+            return CrtFailure(None, "", error.message, transport=error.name)
+        return CrtFailure(None, "", str(error), transport=type(error).__name__)
+
+    def _reap(self) -> None:
+        """Cancel requests past their deadline: the CRT has no read timeout, and a server that
+        never answers must not hold a slot of the folder's in-flight limit. Runs only while
+        requests are in flight, so an idle daemon has no timer thread waking up."""
+        while True:
+            time.sleep(REAP_EVERY)
+            now = time.monotonic()
+            with self._lock:
+                if not self._inflight:
+                    self._reaper = None
+                    return
+                overdue = [e for e in self._inflight.values()
+                           if e.deadline <= now and e.request is not None and not e.timed_out]
+                for e in overdue:
+                    e.timed_out = True
+            for e in overdue:
+                assert e.request is not None
+                e.request.cancel()  # the CRT then calls on_done with an error
+
+
+@dataclass
+class _InFlight:
+    deadline: float
+    request: S3Request | None = None
+    timed_out: bool = False
 
 
 def _xml(text: str, tag: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import boto3
@@ -192,14 +192,20 @@ class S3Store:
             return {"ContentMD5": base64.b64encode(hashlib.md5(payload.data).digest()).decode()}
         return {}
 
-    def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes) -> PutResult:
+    def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes,
+            done: Callable[[PutResult | StoreError], None]) -> None:
         if self._crt is not None and body.plain:
             headers = {f"x-amz-meta-{k}": v for k, v in meta.items()}
             headers.update((_HEADERS[k], v) for k, v in {**self._extra, **self._checksum_args(body, sha256)}.items())
-            try:
-                return PutResult(etag=self._crt.put(key, body.data, headers), bytes_sent=len(body))
-            except CrtFailure as exc:
-                raise _crt_error(exc, key, self.bucket) from exc
+            size = len(body)
+
+            def finished(answer: str | CrtFailure) -> None:
+                done(_crt_error(answer, key, self.bucket) if isinstance(answer, CrtFailure)
+                     else PutResult(etag=answer, bytes_sent=size))
+
+            self._crt.put(key, body.data, headers, finished)
+            return
+        # boto3 path (a paced or watched body, or no CRT): answered before returning.
         args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=_body(body), Metadata=dict(meta),
                                     **self._extra, **self._checksum_args(body, sha256))
         if not body.plain:
@@ -207,8 +213,9 @@ class S3Store:
         try:
             resp = self._client.put_object(**args)
         except Exception as exc:
-            raise classify(exc, key, self.bucket) from exc
-        return PutResult(etag=_etag(resp), bytes_sent=len(body))
+            done(classify(exc, key, self.bucket))
+            return
+        done(PutResult(etag=_etag(resp), bytes_sent=len(body)))
 
     # ------------------------------------------------------------------ multipart
 

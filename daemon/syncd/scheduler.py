@@ -290,12 +290,11 @@ class Scheduler:
     def _submit(self, task: Task) -> None:
         assert self._transfers is not None
         self._inflight[id(task)] = task
-        future = self._pool.submit(self._transfers.run, task)
-        future.add_done_callback(self._on_done)
+        self._pool.submit(self._transfers.run, task, self._deliver)
 
-    def _on_done(self, future: Future[Result]) -> None:
-        if not future.cancelled():
-            self._results.append(future.result())
+    def _deliver(self, result: Result) -> None:
+        """A transfer ended (pool thread, or the store's thread for a small PUT)."""
+        self._results.append(result)
         self._wake.set()
 
     def _flush_deletes(self) -> None:

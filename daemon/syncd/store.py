@@ -7,7 +7,7 @@ this protocol, which keeps them testable and lets the data path change on eviden
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,8 +91,13 @@ class ObjectStore(Protocol):
     def check(self) -> None:
         """Raise StoreError(scope=FOLDER) unless the bucket is reachable with these credentials."""
 
-    def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes) -> PutResult:
-        """Store ``body`` at ``key`` in one request; ``sha256`` is the digest of its bytes."""
+    def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes,
+            done: Callable[[PutResult | StoreError], None]) -> None:
+        """Store ``body`` at ``key`` in one request; ``sha256`` is the digest of its bytes.
+
+        Asynchronous: ``done`` gets the result or the StoreError exactly once, maybe before
+        this returns, maybe later on a thread of the store's own. The many small files are
+        sent this way so that no thread sits waiting for each answer."""
 
     def create_upload(self, key: str, meta: Mapping[str, str]) -> str:
         """Start a multipart upload; returns its upload id."""

@@ -23,7 +23,7 @@ from .bandwidth import Payload, Throttle
 from .config import FolderConfig
 from .journal import Entry, Outcome, Pending
 from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
-from .store import FOLDER, META_MTIME, META_SHA256, TRANSIENT, UNREACHABLE, ObjectStore, StoreError
+from .store import FOLDER, META_MTIME, META_SHA256, TRANSIENT, UNREACHABLE, ObjectStore, PutResult, StoreError
 from .uploads import UploadLog
 
 BACKOFF_BASE = 1.0
@@ -78,26 +78,33 @@ class Transfers:
         self.throttle = Throttle(folder.bandwidth) if folder.bandwidth else None
         self.multipart = MultipartUploader(folder, store, uploads, self.throttle, self.stopping, progress)
 
-    def run(self, task: Task) -> Result:
-        """Entry point for a pool thread: never raises."""
-        log = self._log.bind(path=task.path, op=task.kind)
+    def run(self, task: Task, deliver: Callable[[Result], None]) -> None:
+        """Entry point for a pool thread: never raises. ``deliver`` gets the task's Result
+        exactly once: before this returns, or later from the store's own thread (a small
+        file's PUT is sent without a thread waiting for the answer)."""
         try:
             if task.kind == "upload":
-                return self._upload(task)
-            if task.kind == "copy":
-                return self._copy(task)
-            if task.kind == "delete":
-                return self._delete(task)
-            if task.kind == "abort":
-                return self._abort(task)
-            raise ValueError(f"unknown task kind {task.kind}")
+                result = self._upload(task, deliver)
+            elif task.kind == "copy":
+                result = self._copy(task, deliver)
+            elif task.kind == "delete":
+                result = self._delete(task)
+            elif task.kind == "abort":
+                result = self._abort(task)
+            else:
+                raise ValueError(f"unknown task kind {task.kind}")
         except StoreError as exc:
-            return self._failed(task, exc)
+            result = self._failed(task, exc)
         except Exception as exc:  # a bug must not kill the pool thread or lose the change
-            log.exception("transfer.crashed", error=str(exc))
-            p = task.items[0]
-            return Result(task, [Outcome("retry", i.path, i.gen, error=f"internal error: {exc}",
-                                         delay=backoff(p.attempts)) for i in task.items])
+            result = self._crashed(task, exc)
+        if result is not None:
+            deliver(result)
+
+    def _crashed(self, task: Task, exc: Exception) -> Result:
+        self._log.exception("transfer.crashed", path=task.path, op=task.kind, error=str(exc))
+        p = task.items[0]
+        return Result(task, [Outcome("retry", i.path, i.gen, error=f"internal error: {exc}",
+                                     delay=backoff(p.attempts)) for i in task.items])
 
     def _count(self, op: str, n: int = 1) -> None:
         with self._lock:
@@ -105,11 +112,11 @@ class Transfers:
 
     # ------------------------------------------------------------------ upload
 
-    def _upload(self, task: Task) -> Result:
+    def _upload(self, task: Task, deliver: Callable[[Result], None]) -> Result | None:
+        """Upload the file; None when the store will deliver the Result itself."""
         p = task.items[0]
         key = self.folder.key_for(p.path)
         abspath = self.root / p.path
-        started = time.monotonic()
         try:
             fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -124,15 +131,12 @@ class Transfers:
             try:
                 if before.st_size <= self.folder.multipart_threshold:
                     data, digest = self._read_whole(f, fd, before)
-                    meta = {META_MTIME: str(before.st_mtime_ns), META_SHA256: digest.hex()}
-                    put = self.store.put(key, Payload(data, self.throttle), meta, digest)
-                    sent = put.bytes_sent
-                    self._count("put")
-                    entry = Entry(p.path, before.st_size, before.st_mtime_ns, before.st_ino, digest.hex(), put.etag)
                 else:
                     entry = self.multipart.upload(Source(p.path, key, f, fd, before), task.touch)
                     self._count("multipart")
-                    sent = 0  # counted part by part through `progress`
+                    self._log.debug("upload.done", path=p.path, key=key, bytes=before.st_size, parts=True)
+                    # bytes were counted part by part through `progress`
+                    return Result(task, [Outcome("done", p.path, p.gen, entry=entry)], files=1)
             except FileChanged:
                 self._log.info("upload.file_changed", path=p.path)
                 return Result(task, [Outcome("defer", p.path, p.gen, delay=self.folder.settle)])
@@ -140,9 +144,23 @@ class Transfers:
                 return Result(task, [Outcome("defer", p.path, p.gen)])
             except OSError as exc:
                 return self._unreadable(task, exc)
-        self._log.debug("upload.done", key=key, bytes=before.st_size,
-                        ms=round((time.monotonic() - started) * 1000, 1))
-        return Result(task, [Outcome("done", p.path, p.gen, entry=entry)], bytes_sent=sent, files=1)
+
+        def finished(answer: PutResult | StoreError) -> None:
+            try:
+                if isinstance(answer, StoreError):
+                    deliver(self._failed(task, answer))
+                    return
+                self._count("put")
+                entry = Entry(p.path, before.st_size, before.st_mtime_ns, before.st_ino, digest.hex(), answer.etag)
+                self._log.debug("upload.done", path=p.path, key=key, bytes=before.st_size)
+                deliver(Result(task, [Outcome("done", p.path, p.gen, entry=entry)],
+                               bytes_sent=answer.bytes_sent, files=1))
+            except Exception as exc:  # the change must come back to the scheduler, whatever happened
+                deliver(self._crashed(task, exc))
+
+        meta = {META_MTIME: str(before.st_mtime_ns), META_SHA256: digest.hex()}
+        self.store.put(key, Payload(data, self.throttle), meta, digest, finished)
+        return None
 
     def _read_whole(self, f: BinaryIO, fd: int, before: os.stat_result) -> tuple[bytes, bytes]:
         # Read one byte past the expected size to notice a file that grew meanwhile.
@@ -167,7 +185,7 @@ class Transfers:
 
     # ------------------------------------------------------------------ copy (rename)
 
-    def _copy(self, task: Task) -> Result:
+    def _copy(self, task: Task, deliver: Callable[[Result], None]) -> Result | None:
         p = task.items[0]
         src = task.copy_from
         assert src is not None
@@ -177,13 +195,13 @@ class Transfers:
         except FileNotFoundError:
             return Result(task, [Outcome("defer", p.path, p.gen)])
         if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
-            return self._upload(task)
+            return self._upload(task, deliver)
         try:
             etag = self.store.copy(self.folder.key_for(src.path), key)
             self._count("copy")
         except StoreError as exc:
             if exc.scope != FOLDER and exc.code in ("NoSuchKey", "404", "NotFound"):
-                return self._upload(task)  # the source object is gone: upload instead
+                return self._upload(task, deliver)  # the source object is gone: upload instead
             raise
         entry = Entry(p.path, st.st_size, st.st_mtime_ns, st.st_ino, src.sha256, etag)
         self._log.debug("copy.done", key=key, source=self.folder.key_for(src.path))
