@@ -33,6 +33,7 @@ DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
 INGEST_BATCH = 20_000
 PROBE_MIN, PROBE_MAX = 2.0, 30.0
+TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
 
 
@@ -129,6 +130,10 @@ class Scheduler:
             self.last_tick = time.monotonic()
             self._wake.wait(timeout)
             self._wake.clear()
+            if self._inflight:
+                # Transfers end one by one; gathering them for a moment lets one journal
+                # transaction record several and one claim refill several slots.
+                self._stop.wait(TURN_GATHER)
         self._drain()
 
     def _drain(self) -> None:
