@@ -187,7 +187,11 @@ class Scheduler:
     def _put(self, item: tuple[str, str, Any, float]) -> None:
         self._inbox_space.acquire()
         self._inbox.append(item)
-        self._wake.set()
+        if len(self._inbox) == 1:
+            # Only the first waiting item wakes the loop, which then takes all there are (and
+            # wakes itself again if it left some). Waking it for each of a scan's thousands of
+            # submissions made it journal them a few at a time, one transaction each.
+            self._wake.set()
 
     # ------------------------------------------------------------------ the loop turn
 
