@@ -1,7 +1,8 @@
 """Transfers: carry out one planned change against the object store and say how it ended.
 
-Runs in pool threads. Never touches the journal: it returns :class:`~syncd.journal.Outcome`
-values that the scheduler records in batches, after the S3 operation succeeded.
+Runs in pool threads; a small file's PUT ends on the store's own thread (nothing waits for
+it). Never touches the journal: it delivers :class:`~syncd.journal.Outcome` values that the
+scheduler records in batches, after the S3 operation succeeded.
 """
 
 from __future__ import annotations
