@@ -290,7 +290,7 @@ def test_stale_unknown_uploads_under_the_prefix_are_swept_and_others_kept(syncd,
     assert f"event=multipart.stale_aborted folder=main key=mirror/left-by-a-crash.bin upload_id={stale}" in syncd.log()
 
 
-@pytest.mark.parametrize("checksum", ["sha256", "md5", "off"])
+@pytest.mark.parametrize("checksum", ["crc32c", "sha256", "md5", "off"])
 def test_every_checksum_mode_uploads_small_and_multipart_files_intact(syncd, tree, s3, bucket, checksum):
     write_random(tree / "large.bin", 12 * MiB + 7, seed=7)
     (tree / "small.txt").write_text("small")
@@ -301,3 +301,21 @@ def test_every_checksum_mode_uploads_small_and_multipart_files_intact(syncd, tre
     head = s3.head_object(Bucket=bucket, Key="large.bin")
     assert head["ETag"].strip('"').endswith("-3")
     assert head["Metadata"]["syncd-sha256"] == sha256_file(tree / "large.bin")
+
+
+def test_changing_the_checksum_setting_during_an_unfinished_upload_starts_it_over(
+        proxied_syncd, s3_proxy, tree, s3, bucket):
+    path = write_random(tree / "data.bin", 60 * MiB, seed=3)
+    folder = dict(multipart_threshold="5MiB", part_size="5MiB", bandwidth="10MiB/s")
+    proxied_syncd.add_folder("main", tree, bucket, checksum="sha256", **folder)
+    proxied_syncd.start()
+    await_condition(lambda: s3_proxy.counts().get("UploadPart", 0) >= 3, 60, "3 parts sent")
+    proxied_syncd.kill9()
+    assert len(incomplete_uploads(s3, bucket)) == 1
+
+    proxied_syncd.add_folder("main", tree, bucket, checksum="crc32c", **folder)
+    proxied_syncd.start()
+    proxied_syncd.wait_idle(120)
+    assert "reason=\"checksum setting changed since the upload began\"" in proxied_syncd.log()
+    assert sha256_object(s3, bucket, "data.bin") == sha256_file(path)
+    assert incomplete_uploads(s3, bucket) == []

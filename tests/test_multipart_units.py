@@ -3,6 +3,7 @@ request bodies and the journaled record of uploads in progress."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -99,22 +100,22 @@ def test_unwatched_payload_is_plain() -> None:
 def test_upload_record_survives_reopening_the_journal(tmp_path: Path) -> None:
     db = tmp_path / "j.sqlite3"
     journal = Journal(db, "id")
-    journal.uploads.begin("a/big.bin", "u1", 100, 5, 7, 16 * MiB)
+    journal.uploads.begin("a/big.bin", "u1", 100, 5, 7, 16 * MiB, "crc32c")
     journal.uploads.add_part("u1", Part(1, "e1", "c1", 16 * MiB))
     journal.uploads.add_part("u1", Part(2, "e2", "c2", 16 * MiB))
     journal.close()
 
     journal = Journal(db, "id")
     rec = journal.uploads.get("a/big.bin")
-    assert rec is not None and rec.upload_id == "u1" and rec.same_file(100, 5, 7)
+    assert rec is not None and rec.upload_id == "u1" and rec.same_file(100, 5, 7) and rec.checksum == "crc32c"
     assert [p.number for p in rec.parts] == [1, 2] and rec.parts[1].etag == "e2"
     assert journal.uploads.upload_id("a/big.bin") == "u1"
 
 
 def test_removing_an_upload_only_if_it_is_still_the_current_one(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3", "id")
-    journal.uploads.begin("f", "old", 1, 1, 1, MIN_PART)
-    journal.uploads.begin("f", "new", 2, 2, 2, MIN_PART)  # replaces the old record and its parts
+    journal.uploads.begin("f", "old", 1, 1, 1, MIN_PART, "crc32c")
+    journal.uploads.begin("f", "new", 2, 2, 2, MIN_PART, "crc32c")  # replaces the old record and its parts
     journal.uploads.remove("f", "old")
     assert journal.uploads.upload_id("f") == "new"
     journal.uploads.remove("f", "new")
@@ -124,6 +125,30 @@ def test_removing_an_upload_only_if_it_is_still_the_current_one(tmp_path: Path) 
 def test_a_journal_for_another_bucket_drops_the_uploads_of_the_old_one(tmp_path: Path) -> None:
     db = tmp_path / "j.sqlite3"
     journal = Journal(db, "endpoint|bucket-a|")
-    journal.uploads.begin("f", "u", 1, 1, 1, MIN_PART)
+    journal.uploads.begin("f", "u", 1, 1, 1, MIN_PART, "crc32c")
     journal.close()
     assert Journal(db, "endpoint|bucket-b|").uploads.get("f") is None
+
+
+def test_a_schema_2_journal_keeps_its_uploads_and_marks_their_checksum_mode_unknown(tmp_path: Path) -> None:
+    db_path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(db_path)
+    db.executescript("""
+        CREATE TABLE uploads(path TEXT PRIMARY KEY, upload_id TEXT NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, part_size INTEGER NOT NULL,
+            started REAL NOT NULL, completed TEXT) WITHOUT ROWID;
+        CREATE TABLE parts(upload_id TEXT NOT NULL, number INTEGER NOT NULL, etag TEXT NOT NULL,
+            sha256 TEXT NOT NULL, size INTEGER NOT NULL, PRIMARY KEY(upload_id, number)) WITHOUT ROWID;
+        INSERT INTO uploads VALUES ('big.bin', 'u1', 100, 5, 7, 16777216, 0, NULL);
+        INSERT INTO parts VALUES ('u1', 1, 'e1', 'c2hhMjU2', 16777216);
+    """)
+    db.close()
+
+    journal = Journal(db_path, "id")
+    rec = journal.uploads.get("big.bin")
+    assert rec is not None and rec.upload_id == "u1" and rec.checksum == ""  # so it is started over
+    assert rec.parts == [Part(1, "e1", "c2hhMjU2", 16 * MiB)]
+    journal.uploads.begin("other.bin", "u2", 1, 1, 1, MIN_PART, "crc32c")
+    journal.uploads.add_part("u2", Part(1, "e", "crc", MIN_PART))
+    new = journal.uploads.get("other.bin")  # the migrated tables take new uploads
+    assert new is not None and new.checksum == "crc32c" and new.parts == [Part(1, "e", "crc", MIN_PART)]

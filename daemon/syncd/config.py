@@ -57,7 +57,7 @@ class FolderConfig:
     storage_class: str | None = None
     sse: str | None = None
     sse_kms_key_id: str | None = None
-    checksum: str = "sha256"
+    checksum: str = "crc32c"
     settle: float = 0.5
     max_delay: float = 30.0
     workers: int = 16
@@ -237,7 +237,7 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "storage_class": _opt(_str),
     "sse": _opt(_choice("AES256", "aws:kms")),
     "sse_kms_key_id": _opt(_str),
-    "checksum": _choice("sha256", "md5", "off"),
+    "checksum": _choice("sha256", "crc32c", "md5", "off"),
     "settle": parse_duration,
     "max_delay": _positive_duration,
     "workers": _int_range(1, 256),

@@ -31,10 +31,11 @@ import structlog
 from .sql import immediate
 from .uploads import SCHEMA as UPLOADS_SCHEMA
 from .uploads import UploadLog
+from .uploads import migrate as migrate_uploads
 
 log = structlog.get_logger("syncd.journal")
 
-SCHEMA_VERSION = 2  # 2: multipart uploads in progress (tables uploads, parts)
+SCHEMA_VERSION = 3  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode
 
 # Row states in `pending`.
 READY, CLAIMED, FAILED = 0, 1, 2
@@ -169,6 +170,8 @@ class Journal:
 
     def _prepare(self) -> None:
         db = self._db
+        with self.transaction():
+            migrate_uploads(db)
         db.executescript(_SCHEMA)
         row = db.execute("PRAGMA quick_check(1)").fetchone()
         if row is None or row[0] != "ok":

@@ -127,6 +127,11 @@ class MultipartUploader:
             self._log.info("multipart.restart", path=src.path, reason="file changed since the upload began")
             self.abort(src.path, src.key, rec.upload_id)
             rec = None
+        elif rec is not None and rec.checksum != self.folder.checksum:
+            # S3 wants every part in the algorithm named when the upload was created.
+            self._log.info("multipart.restart", path=src.path, reason="checksum setting changed since the upload began")
+            self.abort(src.path, src.key, rec.upload_id)
+            rec = None
         done: dict[int, Part] = {}
         if rec is not None:
             resumed = self._resume(src, rec, head.etag if head is not None else None)
@@ -140,7 +145,8 @@ class MultipartUploader:
                 rec = None
         if rec is None:
             upload_id = self.store.create_upload(src.key, {META_MTIME: str(st.st_mtime_ns)})
-            self.uploads.begin(src.path, upload_id, st.st_size, st.st_mtime_ns, st.st_ino, part_size)
+            self.uploads.begin(src.path, upload_id, st.st_size, st.st_mtime_ns, st.st_ino, part_size,
+                               self.folder.checksum)
             self._abort_strays(src.path, src.key, upload_id)
             self._log.debug("multipart.created", path=src.path, upload_id=upload_id, part_size=part_size,
                             parts=part_count(st.st_size, part_size))
@@ -288,11 +294,10 @@ class MultipartUploader:
         return whole.digest()
 
     def _send_part(self, key: str, upload_id: str, number: int, data: bytearray) -> Part:
-        sha = hashlib.sha256(data).digest() if self.folder.checksum == "sha256" else b""
         payload = Payload(data, self.throttle)
         for attempt in range(PART_ATTEMPTS):
             try:
-                return self.store.upload_part(key, upload_id, number, payload, sha)
+                return self.store.upload_part(key, upload_id, number, payload)
             except StoreError as exc:
                 if not exc.transient or attempt == PART_ATTEMPTS - 1 or self.stopping.is_set():
                     raise

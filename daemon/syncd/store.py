@@ -62,7 +62,7 @@ class Part:
 
     number: int
     etag: str
-    sha256: str = ""   # base64 SHA-256 of the part (sent and verified when checksum: sha256)
+    checksum: str = ""  # base64 checksum of the part in the folder's algorithm ("" with md5 or off)
     size: int = 0
 
 
@@ -102,8 +102,8 @@ class ObjectStore(Protocol):
     def create_upload(self, key: str, meta: Mapping[str, str]) -> str:
         """Start a multipart upload; returns its upload id."""
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: Payload, sha256: bytes) -> Part:
-        """Send one part; ``sha256`` is the digest of its bytes (checked by the server)."""
+    def upload_part(self, key: str, upload_id: str, number: int, body: Payload) -> Part:
+        """Send one part with its checksum (the server checks it)."""
 
     def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
         """Publish the object from ``parts``; returns its ETag. NoSuchUpload raises StoreError."""

@@ -28,18 +28,32 @@ CREATE TABLE IF NOT EXISTS uploads(
     inode     INTEGER NOT NULL,
     part_size INTEGER NOT NULL,
     started   REAL NOT NULL,
-    completed TEXT                     -- the ETag, once CompleteMultipartUpload succeeded
+    completed TEXT,                    -- the ETag, once CompleteMultipartUpload succeeded
+    checksum  TEXT NOT NULL DEFAULT '' -- the folder's checksum mode when it began ('' before v3)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parts(
     upload_id TEXT NOT NULL,
     number    INTEGER NOT NULL,
     etag      TEXT NOT NULL,
-    sha256    TEXT NOT NULL,
+    checksum  TEXT NOT NULL,           -- base64, in the upload's algorithm ('' for md5 and off)
     size      INTEGER NOT NULL,
     PRIMARY KEY(upload_id, number)
 ) WITHOUT ROWID;
 """
-_RECORD = "SELECT path, upload_id, size, mtime_ns, inode, part_size, started, completed FROM uploads"
+_RECORD = "SELECT path, upload_id, size, mtime_ns, inode, part_size, started, completed, checksum FROM uploads"
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a schema-2 journal's tables to this schema (run before SCHEMA, in a transaction).
+
+    Schema 3 records each upload's checksum mode: parts sent under one mode cannot be
+    completed under another, so a changed ``checksum`` setting starts the upload over."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(uploads)")}
+    if columns and "checksum" not in columns:
+        db.execute("ALTER TABLE uploads ADD COLUMN checksum TEXT NOT NULL DEFAULT ''")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(parts)")}
+    if "sha256" in columns:
+        db.execute("ALTER TABLE parts RENAME COLUMN sha256 TO checksum")
 
 
 @dataclass
@@ -52,6 +66,7 @@ class UploadRecord:
     part_size: int
     started: float
     completed: str | None
+    checksum: str              # the folder's checksum mode when the upload began
     parts: list[Part] = field(default_factory=list)
 
     def same_file(self, size: int, mtime_ns: int, inode: int) -> bool:
@@ -88,7 +103,7 @@ class UploadLog:
                 return None
             rec = UploadRecord(*row)
             rec.parts = [Part(*r) for r in self._db.execute(
-                "SELECT number, etag, sha256, size FROM parts WHERE upload_id=? ORDER BY number", (rec.upload_id,))]
+                "SELECT number, etag, checksum, size FROM parts WHERE upload_id=? ORDER BY number", (rec.upload_id,))]
         return rec
 
     def records(self) -> list[UploadRecord]:
@@ -96,18 +111,19 @@ class UploadLog:
             rows = self._db.execute(_RECORD).fetchall()
         return [UploadRecord(*r) for r in rows]
 
-    def begin(self, path: str, upload_id: str, size: int, mtime_ns: int, inode: int, part_size: int) -> None:
+    def begin(self, path: str, upload_id: str, size: int, mtime_ns: int, inode: int, part_size: int,
+              checksum: str) -> None:
         """Durably note a new upload before its first part is sent."""
         with self._write() as db:
             self._delete(db, path)
-            db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,?,?,NULL)",
-                       (path, upload_id, size, mtime_ns, inode, part_size, time.time()))
+            db.execute("INSERT INTO uploads VALUES (?,?,?,?,?,?,?,NULL,?)",
+                       (path, upload_id, size, mtime_ns, inode, part_size, time.time(), checksum))
             self._ids[path] = upload_id
 
     def add_part(self, upload_id: str, part: Part) -> None:
         with self._write() as db:
             db.execute("INSERT OR REPLACE INTO parts VALUES (?,?,?,?,?)",
-                       (upload_id, part.number, part.etag, part.sha256, part.size))
+                       (upload_id, part.number, part.etag, part.checksum, part.size))
 
     def completed(self, path: str, etag: str) -> None:
         with self._write() as db:
