@@ -82,9 +82,19 @@ def test_walk_skips_symlinks_and_special_files(tmp_path: Path):
     assert [rel for rel, _ in walk(str(tmp_path), IgnoreRules([]))] == ["f"]
 
 
-segments = st.sampled_from(["a", "b", "build", "x.log", "keep.log", ".DS_Store", "n~", "c.swp", "dir", "日本"])
+segments = st.sampled_from(["a", "b", "build", "x.log", "keep.log", ".DS_Store", "n~", "c.swp", "dir", "日本",
+                            "#n#", "a\nb.swp", "x\n"])
 pattern_lines = st.sampled_from(["*.log", "!keep.log", "build/", "/a", "a/**/b", "dir/*", "[ab]", "?", "**/x.log",
                                  "!dir/b", "*~", "日本/", "\\#x"])
+
+
+def test_builtin_rules_ignore_editor_scratch_files_at_any_depth():
+    rules = IgnoreRules([])
+    for scratch in ("#notes.txt#", "d/#notes.txt#", "d/.notes.txt.swp", ".#notes.txt", "e/~$report.docx",
+                    "backup~", ".~lock.sheet.ods#"):
+        assert rules.ignored(scratch), scratch
+    for kept in ("notes.txt", "d/#notes.txt", "a#b#", "d/report.docx"):
+        assert not rules.ignored(kept), kept
 
 
 @settings(max_examples=200, deadline=None)
