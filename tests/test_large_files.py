@@ -69,6 +69,37 @@ def test_one_gib_file_arrives_intact_in_the_expected_number_of_parts(syncd, tree
     assert incomplete_uploads(s3, bucket) == []
 
 
+
+def test_uploading_one_gib_keeps_the_daemon_under_150_mib_of_memory(syncd, tree, s3, bucket, one_gib):
+    """Memory is bounded by the parts in flight ((part_concurrency + 1) x part_size), not by
+    the file; no layer may copy each part (botocore's CRT signer did: 160 MiB at its peak)."""
+    import psutil
+
+    source, digest = one_gib
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    assert syncd.proc is not None
+    daemon = psutil.Process(syncd.proc.pid)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.02):
+            peak = max(peak, daemon.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        os.link(source, tree / "disk.img")
+        syncd.wait_idle(300)
+    finally:
+        done.set()
+        sampler.join()
+    assert s3.head_object(Bucket=bucket, Key="disk.img")["Metadata"]["syncd-sha256"] == digest
+    print(f"peak RSS {peak / MiB:.1f} MiB")
+    assert peak <= 150 * MiB, f"peak RSS {peak / MiB:.1f} MiB"
+
 def test_kill9_mid_upload_resumes_and_resends_at_most_two_parts(proxied_syncd, s3_proxy, tree, s3, bucket, one_gib):
     source, digest = one_gib
     part = 16 * MiB

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import boto3
-import botocore.exceptions as bexc
-from awscrt.checksums import crc32c
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config as BotoConfig
+# botocore's CRT signer (used whenever awscrt is installed, as it is for our data path)
+# hands the signer every body wrapped in a BytesIO, which copies a bytearray: one 16 MiB copy
+# per part, 1 GiB of copying per GiB sent, and heap churn that raised the peak RSS of a 4 GiB
+# upload to 160 MiB. Its pure-Python signer leaves the body alone. BOTO_DISABLE_CRT is
+# botocore's own opt-out; it is read once, when botocore is first imported (by this module).
+os.environ.setdefault("BOTO_DISABLE_CRT", "true")
+
+import boto3  # noqa: E402 - after the opt-out above
+import botocore.exceptions as bexc  # noqa: E402
+from awscrt.checksums import crc32c  # noqa: E402
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+from botocore.config import Config as BotoConfig  # noqa: E402
 
 from .bandwidth import Payload
 from .config import FolderConfig

@@ -237,8 +237,3 @@ class Daemon:
                 busy = [r.folder.name for r in targets if not r.is_idle()[0]]
                 return {"idle": False, "busy": busy}
             time.sleep(0.05)
-
-
-def run(config_path: str | None) -> int:
-    config = load_config(config_path)
-    return Daemon(config).run()
