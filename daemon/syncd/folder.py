@@ -93,7 +93,7 @@ class FolderRuntime:
     def _watch(self) -> None:
         assert self._watcher is not None
         try:
-            self._watcher.add(self.folder.name, str(self.folder.path), self.ignore, self.scheduler)
+            self._watcher.add(self.folder.name, str(self.folder.path), self.ignore, self.scheduler.inbox)
             self.watch_error = None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
@@ -151,10 +151,10 @@ class FolderRuntime:
             self._blocking = False
 
     def _local(self) -> None:
-        scan = LocalScan(self.folder.name, str(self.folder.path), self.ignore, self.journal, self.scheduler)
+        scan = LocalScan(self.folder.name, str(self.folder.path), self.ignore, self.journal, self.scheduler.inbox)
         report = scan.run(self._stop)
         if not self._stop.is_set():
-            self.scheduler.barrier(timeout=60)  # what it found is journaled before we call it done
+            self.scheduler.inbox.barrier(timeout=60)  # what it found is journaled before we call it done
             self.last_scan = report
 
     def _remote(self, rebuild: bool) -> None:
@@ -165,8 +165,8 @@ class FolderRuntime:
             if transfers is None:
                 return
             try:
-                report = RemotePass(self.folder, self.journal, transfers.store, self.scheduler, self._scratch).run(
-                    self._stop, rebuild)
+                remote = RemotePass(self.folder, self.journal, transfers.store, self.scheduler.inbox, self._scratch)
+                report = remote.run(self._stop, rebuild)
             except StoreError as exc:
                 self.last_reconcile_error = str(exc)
                 self._next_reconcile = time.monotonic() + REMOTE_RETRY
@@ -178,7 +178,7 @@ class FolderRuntime:
             if self._stop.is_set():
                 return
             report.uploads_aborted = self._sweep_uploads(transfers)
-            self.scheduler.barrier(timeout=60)
+            self.scheduler.inbox.barrier(timeout=60)
             self.last_reconcile, self.last_reconcile_at, self.last_reconcile_error = report, time.time(), None
             self._next_reconcile = time.monotonic() + self.folder.reconcile_interval
             if rebuild:
@@ -238,7 +238,7 @@ class FolderRuntime:
     def is_idle(self) -> tuple[bool, int]:
         """(nothing pending, settling, being scanned or in flight; number of parked failures)."""
         pending, failed = self.journal.open_and_failed()
-        idle = (not (self._blocking and self.pass_running()) and self.scheduler.inbox_size() == 0
+        idle = (not (self._blocking and self.pass_running()) and len(self.scheduler.inbox) == 0
                 and pending == 0 and self.scheduler.in_flight() == 0)
         return idle, failed
 
@@ -258,7 +258,7 @@ class FolderRuntime:
         s = self.scheduler
         counts = self.journal.counts()
         files_rate, bytes_rate = s.rate()
-        backlog = counts["pending"] + s.inbox_size()
+        backlog = counts["pending"] + len(s.inbox)
         scan, remote = self.last_scan, self.last_reconcile
         state = self.state()
         if state in ("error", "stalled"):

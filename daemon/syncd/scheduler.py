@@ -1,8 +1,8 @@
 """The scheduler: the one thread per folder that writes its journal and feeds its pool.
 
-Each loop turn it (1) makes newly observed changes durable, (2) records finished transfers,
-(3) claims due changes, decides what each one needs (upload, server-side copy, delete, or
-nothing) and hands them to a bounded pool. Work in flight is bounded by the folder's
+Each loop turn it (1) makes newly observed changes durable (its :class:`~syncd.inbox.Inbox`),
+(2) records finished transfers, (3) claims due changes, decides what each one needs (upload,
+server-side copy, delete, or nothing) and hands them to a bounded pool. Work in flight is bounded by the folder's
 ``workers`` and by a global byte budget; deletes are batched up to 1000 per request.
 """
 
@@ -21,7 +21,8 @@ import structlog
 from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .guard import DeleteGuard
-from .journal import Entry, Journal, Outcome, Pending
+from .inbox import Inbox
+from .journal import Journal, Outcome, Pending
 from .planner import Planner
 from .store import StoreError
 from .transfer import Result, Task, Transfers
@@ -30,8 +31,6 @@ from .uploads import UploadLog
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
 DELETE_LULL = 0.25           # a partial delete batch waits this long for more keys to join it...
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
-INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
-INGEST_BATCH = 20_000
 PROBE_MIN, PROBE_MAX = 2.0, 30.0
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
@@ -61,11 +60,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-        # (kind, path, detail, due): p = path may have changed, d = directory subtree,
-        # f = forget manifest row then re-check, a = adopt an object, b = barrier
-        self._inbox: deque[tuple[str, str, Any, float]] = deque()
-        self._inbox_space = threading.Semaphore(INBOX_LIMIT)
-        self._unsaved: list[tuple[str, str, Any, float]] = []
+        self.inbox = Inbox(folder, journal, self._wake)  # what the watcher and the scans saw
         self._results: deque[Result] = deque()
         self._progress: deque[int] = deque()   # bytes of large files sent so far (pool threads)
         self._outcomes: list[Outcome] = []
@@ -143,7 +138,7 @@ class Scheduler:
             self._wake.wait(0.1)
             self._wake.clear()
             self._safe(self._collect)
-        self._safe(self._ingest)
+        self._safe(self.inbox.ingest)
         self._safe(self._collect)
         if self._inflight:
             self._log.warning("shutdown.abandoned", in_flight=len(self._inflight))
@@ -159,44 +154,10 @@ class Scheduler:
         except Exception as exc:
             self._log.error("shutdown.journal_failed", error=str(exc))
 
-    # ------------------------------------------------------------------ intake (any thread)
-
-    def submit(self, path: str, move_from: str | None = None, settle: bool = True, is_dir: bool = False) -> None:
-        """Note that ``path`` may have changed. Called by the watcher and the scans.
-
-        Blocks when INBOX_LIMIT changes are waiting, which bounds memory; the kernel then
-        queues events (and reports an overflow that triggers a rescan).
-        """
-        due = time.time() + (self.folder.settle if settle else 0.0)
-        self._put(("d" if is_dir else "p", path, move_from, due))
-
-    def submit_forget(self, path: str, mtime_ns: int, etag: str | None) -> None:
-        """The bucket no longer holds what the manifest says (reconciler): forget, re-check."""
-        self._put(("f", path, (mtime_ns, etag), time.time()))
-
-    def submit_adopt(self, entry: Entry) -> None:
-        """An object in the bucket is this file, unchanged (journal rebuild): no upload."""
-        self._put(("a", entry.path, entry, 0.0))
-
-    def barrier(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted before this call is in the journal."""
-        done = threading.Event()
-        self._put(("b", "", done, 0.0))
-        return done.wait(timeout)
-
-    def _put(self, item: tuple[str, str, Any, float]) -> None:
-        self._inbox_space.acquire()
-        self._inbox.append(item)
-        if len(self._inbox) == 1:
-            # Only the first waiting item wakes the loop, which then takes all there are (and
-            # wakes itself again if it left some). Waking it for each of a scan's thousands of
-            # submissions made it journal them a few at a time, one transaction each.
-            self._wake.set()
-
     # ------------------------------------------------------------------ the loop turn
 
     def _turn(self) -> None:
-        self._ingest()
+        self.inbox.ingest()
         self._collect()
         self._probe_results()
         if self.halt is None and time.monotonic() - self._root_checked >= 1.0:
@@ -215,29 +176,6 @@ class Scheduler:
             return
         if not self.paused and not self.rebuilding:
             self._dispatch(now)
-
-    def _ingest(self) -> None:
-        while self._inbox and len(self._unsaved) < INGEST_BATCH:
-            self._unsaved.append(self._inbox.popleft())
-            self._inbox_space.release()
-        if not self._unsaved:
-            return
-        by_kind: dict[str, list[tuple[str, str, Any, float]]] = {"f": [], "a": [], "p": [], "d": [], "b": []}
-        for item in self._unsaved:
-            by_kind[item[0]].append(item)
-        if by_kind["f"]:
-            self.journal.forget((path, mtime_ns, etag) for _, path, (mtime_ns, etag), _ in by_kind["f"])
-        if by_kind["a"]:
-            self.journal.adopt(entry for _, _, entry, _ in by_kind["a"])
-        self.journal.record([(path, move_from, due) for _, path, move_from, due in by_kind["p"]]
-                            + [(path, None, due) for _, path, _, due in by_kind["f"]], self.folder.max_delay)
-        for _, prefix, _, due in by_kind["d"]:
-            self.journal.record_dir(prefix, due, self.folder.max_delay)
-        self._unsaved.clear()
-        for _, _, done, _ in by_kind["b"]:
-            done.set()
-        if self._inbox:
-            self._wake.set()
 
     def _collect(self) -> None:
         while self._progress:
@@ -433,7 +371,7 @@ class Scheduler:
     # ------------------------------------------------------------------ helpers
 
     def _next_timeout(self) -> float:
-        if self._inbox or self._results or self._probes:
+        if self.inbox or self._results or self._probes:
             return 0.0
         if self.halt is not None or self.paused:
             return 1.0
@@ -489,9 +427,6 @@ class Scheduler:
 
     def in_flight(self) -> int:
         return len(self._inflight)
-
-    def inbox_size(self) -> int:
-        return len(self._inbox) + len(self._unsaved)
 
     def rate(self, window: float = 10.0) -> tuple[float, float]:
         """(files/s, bytes/s) over the last ``window`` seconds."""

@@ -1,0 +1,100 @@
+"""The inbox: changes seen by the watcher and the scans, on their way into the journal.
+
+Any thread may submit; only the scheduler's thread drains the inbox into the journal, in
+large batches of one transaction each, so the journal keeps its single writer. It records
+*what* changed and knows nothing about how a change is shipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from .config import FolderConfig
+from .journal import Entry, Journal
+
+INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
+INGEST_BATCH = 20_000        # changes journaled per transaction
+
+# (kind, path, detail, due): p = path may have changed, d = directory subtree,
+# f = forget manifest row then re-check, a = adopt an object, b = barrier
+Item = tuple[str, str, Any, float]
+
+
+class Inbox:
+    """Bounded hand-off from the observing threads to the scheduler's thread."""
+
+    def __init__(self, folder: FolderConfig, journal: Journal, wake: threading.Event):
+        self.folder = folder
+        self.journal = journal
+        self._wake = wake
+        self._items: deque[Item] = deque()
+        self._space = threading.Semaphore(INBOX_LIMIT)
+        self._unsaved: list[Item] = []
+
+    def __len__(self) -> int:
+        """Changes not yet durable: waiting, or taken for a journal write that has not succeeded."""
+        return len(self._items) + len(self._unsaved)
+
+    # ------------------------------------------------------------------ any thread
+
+    def submit(self, path: str, move_from: str | None = None, settle: bool = True, is_dir: bool = False) -> None:
+        """Note that ``path`` may have changed. Called by the watcher and the scans.
+
+        Blocks when INBOX_LIMIT changes are waiting, which bounds memory; the kernel then
+        queues events (and reports an overflow that triggers a rescan).
+        """
+        due = time.time() + (self.folder.settle if settle else 0.0)
+        self._put(("d" if is_dir else "p", path, move_from, due))
+
+    def submit_forget(self, path: str, mtime_ns: int, etag: str | None) -> None:
+        """The bucket no longer holds what the manifest says (reconciler): forget, re-check."""
+        self._put(("f", path, (mtime_ns, etag), time.time()))
+
+    def submit_adopt(self, entry: Entry) -> None:
+        """An object in the bucket is this file, unchanged (journal rebuild): no upload."""
+        self._put(("a", entry.path, entry, 0.0))
+
+    def barrier(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted before this call is in the journal."""
+        done = threading.Event()
+        self._put(("b", "", done, 0.0))
+        return done.wait(timeout)
+
+    def _put(self, item: Item) -> None:
+        self._space.acquire()
+        self._items.append(item)
+        if len(self._items) == 1:
+            # Only the first waiting item wakes the loop, which then takes all there are (and
+            # wakes itself again if it left some). Waking it for each of a scan's thousands of
+            # submissions made it journal them a few at a time, one transaction each.
+            self._wake.set()
+
+    # ------------------------------------------------------------------ scheduler thread
+
+    def ingest(self) -> None:
+        """Make up to INGEST_BATCH waiting changes durable. A failed write keeps them in
+        memory, and the next call tries them again."""
+        while self._items and len(self._unsaved) < INGEST_BATCH:
+            self._unsaved.append(self._items.popleft())
+            self._space.release()
+        if not self._unsaved:
+            return
+        by_kind: dict[str, list[Item]] = {"f": [], "a": [], "p": [], "d": [], "b": []}
+        for item in self._unsaved:
+            by_kind[item[0]].append(item)
+        if by_kind["f"]:
+            self.journal.forget((path, mtime_ns, etag) for _, path, (mtime_ns, etag), _ in by_kind["f"])
+        if by_kind["a"]:
+            self.journal.adopt(entry for _, _, entry, _ in by_kind["a"])
+        self.journal.record([(path, move_from, due) for _, path, move_from, due in by_kind["p"]]
+                            + [(path, None, due) for _, path, _, due in by_kind["f"]], self.folder.max_delay)
+        for _, prefix, _, due in by_kind["d"]:
+            self.journal.record_dir(prefix, due, self.folder.max_delay)
+        self._unsaved.clear()
+        for _, _, done, _ in by_kind["b"]:
+            done.set()
+        if self._items:
+            self._wake.set()
