@@ -123,15 +123,17 @@ class MultipartUploader:
             if rec is not None:
                 self.abort(src.path, src.key, rec.upload_id)
             return Entry(src.path, st.st_size, st.st_mtime_ns, st.st_ino, head.meta[META_SHA256], head.etag)
-        if rec is not None and not rec.same_file(st.st_size, st.st_mtime_ns, st.st_ino):
-            self._log.info("multipart.restart", path=src.path, reason="file changed since the upload began")
-            self.abort(src.path, src.key, rec.upload_id)
-            rec = None
-        elif rec is not None and rec.checksum != self.folder.checksum:
-            # S3 wants every part in the algorithm named when the upload was created.
-            self._log.info("multipart.restart", path=src.path, reason="checksum setting changed since the upload began")
-            self.abort(src.path, src.key, rec.upload_id)
-            rec = None
+        if rec is not None:
+            reason = None
+            if not rec.same_file(st.st_size, st.st_mtime_ns, st.st_ino):
+                reason = "file changed since the upload began"
+            elif rec.checksum != self.folder.checksum:
+                # S3 wants every part in the algorithm named when the upload was created.
+                reason = "checksum setting changed since the upload began"
+            if reason is not None:
+                self._log.info("multipart.restart", path=src.path, reason=reason)
+                self.abort(src.path, src.key, rec.upload_id)
+                rec = None
         done: dict[int, Part] = {}
         if rec is not None:
             resumed = self._resume(src, rec, head.etag if head is not None else None)

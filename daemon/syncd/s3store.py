@@ -39,8 +39,8 @@ def _code(exc: bexc.ClientError) -> str:
 
 # boto3 parameter -> HTTP header, for the requests the CRT sends.
 _HEADERS = {"ChecksumSHA256": "x-amz-checksum-sha256", "ChecksumCRC32C": "x-amz-checksum-crc32c",
-            "ContentMD5": "Content-MD5",
-            "StorageClass": "x-amz-storage-class", "ServerSideEncryption": "x-amz-server-side-encryption",
+            "ContentMD5": "Content-MD5", "StorageClass": "x-amz-storage-class",
+            "ServerSideEncryption": "x-amz-server-side-encryption",
             "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
 # CRT errors meaning no connection could be made at all.
 _UNREACHABLE = {"AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_TIMEOUT", "AWS_IO_SOCKET_NO_ROUTE_TO_HOST",
@@ -143,6 +143,8 @@ class S3Store:
     def __init__(self, folder: FolderConfig):
         self.bucket = folder.bucket
         self._folder = folder
+        # (algorithm, parameter) of a flexible checksum, or None (md5 and off have none).
+        self._flexible = _FLEXIBLE.get(folder.checksum)
         addressing = folder.addressing_style
         if addressing == "auto" and folder.endpoint_url:
             addressing = "path"  # S3-compatible servers on an IP or localhost need path style
@@ -242,9 +244,8 @@ class S3Store:
 
     def create_upload(self, key: str, meta: Mapping[str, str]) -> str:
         args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Metadata=dict(meta), **self._extra)
-        if self._folder.checksum in _FLEXIBLE:
-            # Then every part must carry a checksum of this algorithm.
-            args["ChecksumAlgorithm"] = _FLEXIBLE[self._folder.checksum][0]
+        if self._flexible is not None:
+            args["ChecksumAlgorithm"] = self._flexible[0]  # then every part must carry one of this algorithm
         try:
             return str(self._client.create_multipart_upload(**args)["UploadId"])
         except Exception as exc:
@@ -262,15 +263,14 @@ class S3Store:
 
     def _part_checksum(self, fields: Mapping[str, Any]) -> str:
         """The part's flexible checksum, as CompleteMultipartUpload must repeat it."""
-        flexible = _FLEXIBLE.get(self._folder.checksum)
-        return str(fields.get(flexible[1], "")) if flexible is not None else ""
+        return str(fields.get(self._flexible[1], "")) if self._flexible is not None else ""
 
     def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
         listed = []
         for p in sorted(parts, key=lambda p: p.number):
             item: dict[str, Any] = {"PartNumber": p.number, "ETag": f'"{p.etag}"'}
-            if p.checksum and self._folder.checksum in _FLEXIBLE:
-                item[_FLEXIBLE[self._folder.checksum][1]] = p.checksum
+            if p.checksum and self._flexible is not None:
+                item[self._flexible[1]] = p.checksum
             listed.append(item)
         try:
             resp = self._client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
