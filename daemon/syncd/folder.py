@@ -19,7 +19,7 @@ from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .journal import Journal
 from .paths import IgnoreRules
-from .reconciler import LocalScan, RemotePass, RemoteReport, ScanReport
+from .reconciler import SCAN_RULES, LocalScan, RemotePass, RemoteReport, ScanReport
 from .scheduler import Scheduler
 from .store import StoreError
 from .transfer import Transfers
@@ -154,7 +154,10 @@ class FolderRuntime:
         scan = LocalScan(self.folder.name, str(self.folder.path), self.ignore, self.journal, self.scheduler.inbox)
         report = scan.run(self._stop)
         if not self._stop.is_set():
-            self.scheduler.inbox.barrier(timeout=60)  # what it found is journaled before we call it done
+            # What it found is journaled before we call it done, and before a walk's rules
+            # may let the next scans take the fast path.
+            if self.scheduler.inbox.barrier(timeout=60) and report.rules:
+                self.journal.set_meta(SCAN_RULES, report.rules)
             self.last_scan = report
 
     def _remote(self, rebuild: bool) -> None:

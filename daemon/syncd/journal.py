@@ -65,6 +65,16 @@ CREATE TABLE IF NOT EXISTS manifest(
 CREATE INDEX IF NOT EXISTS manifest_inode ON manifest(inode);
 """ + UPLOADS_SCHEMA
 
+# A manifest row as ``find -printf syncd.tree.FIND_FORMAT`` prints the file it describes:
+# path, size, and mtime as seconds with ten fractional digits, fields ended by \x01 and the
+# record by \x00. Equal bytes mean equal size and mtime (the no-change restart's fast path).
+MANIFEST_RECORD = ("path || char(1) || size || char(1) || "
+                   "printf('%d.%09d0', mtime_ns / 1000000000, mtime_ns % 1000000000) || char(0)")
+# SQLite (3.40) has no ORDER BY inside group_concat; it concatenates in the subquery's order.
+# Were that ever not so, the blocks would only differ from the listing: slower, not wrong.
+_BLOCK = (f"SELECT group_concat(rec, ''), max(path), count(*) FROM (SELECT path, {MANIFEST_RECORD} AS rec "
+          "FROM manifest WHERE path > ? ORDER BY path LIMIT ?)")
+
 # Debounce in SQL: each event pushes `due` out to now+settle, but never past
 # first_seen+max_delay, so a file appended to forever is still uploaded periodically.
 _ON_CONFLICT = """
@@ -361,6 +371,38 @@ class Journal:
         with self.reader() as db:
             return db.execute("SELECT path, error FROM pending WHERE state=2 ORDER BY path LIMIT ?",
                               (limit,)).fetchall()
+
+    def get_meta(self, key: str) -> str | None:
+        with self.reader() as db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """From any thread: its own short connection, as the writer's belongs to the scheduler."""
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            with immediate(db):
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        finally:
+            db.close()
+
+    def manifest_blocks(self, rows: int) -> Generator[tuple[bytes, bytes, int], None, None]:
+        """The manifest in path order as (records, last path, row count) blocks of ``rows``
+        rows, printed as MANIFEST_RECORD, all from one read snapshot (see syncd.tree)."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30,
+                             isolation_level=None)
+        db.text_factory = bytes
+        try:
+            db.execute("BEGIN")
+            after = ""
+            while True:
+                blob, last, count = db.execute(_BLOCK, (after, rows)).fetchone()
+                if not count:
+                    return
+                yield blob, last, count
+                after = last.decode("utf-8")
+        finally:
+            db.close()
 
     def iter_manifest(self) -> Generator[tuple[str, int, int, int | None], None, None]:
         """All manifest rows sorted by path (byte order), streamed from a private snapshot.

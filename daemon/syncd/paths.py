@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
@@ -30,6 +31,9 @@ class IgnoreRules:
     def __init__(self, patterns: tuple[str, ...] | list[str], builtin: bool = True):
         lines = list(BUILTIN_IGNORES if builtin else ()) + list(patterns)
         self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        # What decides every verdict: equal fingerprints, equal answers (see LocalScan).
+        self.fingerprint = hashlib.sha256(
+            "\0".join([f"pathspec {pathspec.__version__}", *lines]).encode("utf-8", "surrogateescape")).hexdigest()
         # pathspec tries every pattern in turn (60% of a 100k-file scan). Most paths match
         # none, which one search over the union of pathspec's own compiled patterns proves;
         # only a possible match goes to pathspec for the exact (negation, order) verdict.
@@ -56,11 +60,13 @@ class IgnoreRules:
 
     def ignored_with_parents(self, relpath: str) -> bool:
         """For event paths: a file is also excluded when any parent directory is."""
-        parts = relpath.split("/")
-        for i in range(1, len(parts)):
-            if self._match("/".join(parts[:i]) + "/"):
-                return True
-        return self._match(relpath)
+        parent, _, _ = relpath.rpartition("/")
+        return (bool(parent) and self.dir_ignored(parent)) or self._match(relpath)
+
+    def dir_ignored(self, reldir: str) -> bool:
+        """The directory or any directory above it is excluded (a walk would not enter it)."""
+        parts = reldir.split("/")
+        return any(self._match("/".join(parts[:i]) + "/") for i in range(1, len(parts) + 1))
 
 
 def key_problem(key: str) -> str | None:

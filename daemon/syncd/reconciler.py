@@ -23,6 +23,7 @@ from typing import Protocol
 
 import structlog
 
+from . import tree
 from .config import FolderConfig
 from .journal import Entry, Journal
 from .paths import IgnoreRules
@@ -30,6 +31,9 @@ from .store import META_MTIME, META_SHA256, ObjectStore
 from .watcher import Sink
 
 log = structlog.get_logger("syncd.reconciler")
+
+SCAN_RULES = "scan_rules"  # journal meta: fingerprint of the ignore rules of the last complete walk
+BLOCK_ROWS = 1024          # manifest rows compared at once with the listing (about 50 KB)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ScanReport:
     missing: int = 0
     seconds: float = 0.0
     finished_at: float = 0.0
+    rules: str = ""  # set by a complete Python walk: the ignore rules it applied (SCAN_RULES)
 
 
 def walk(root: str, ignore: IgnoreRules, stop: threading.Event | None = None) -> Iterator[tuple[str, os.stat_result]]:
@@ -104,6 +109,50 @@ class LocalScan:
     def run(self, stop: threading.Event) -> ScanReport:
         started = time.monotonic()
         report = ScanReport()
+        if tree.available() and self.journal.get_meta(SCAN_RULES) == self.ignore.fingerprint:
+            try:
+                self._compare_listing(stop, report)
+            except tree.TreeError as exc:
+                self._log.warning("scan.listing_failed", error=str(exc), action="walking the tree in Python instead")
+                report = ScanReport()
+                self._compare_walk(stop, report)
+        else:
+            self._compare_walk(stop, report)
+        if stop.is_set():
+            return report
+        report.seconds = time.monotonic() - started
+        report.finished_at = time.time()
+        self._log.info("scan.done", files=report.files, changed=report.changed, missing=report.missing,
+                       ms=round(report.seconds * 1000), walk="python" if report.rules else "find")
+        return report
+
+    def _compare_listing(self, stop: threading.Event, report: ScanReport) -> None:
+        """GNU find's listing against the manifest in blocks (see syncd.tree): the fast path,
+        valid while the ignore rules are those of the last complete walk."""
+        diff = tree.TreeDiff(self.root, self.ignore)
+        renames: bool | None = None
+        for d in diff.run(self.journal.manifest_blocks(BLOCK_ROWS), stop):
+            if d.kind == tree.MISSING:
+                self._missing(d.path, report)
+                continue
+            report.changed += 1
+            move_from = None
+            if d.kind == tree.NEW:
+                if renames is None:  # nothing can have been renamed from an empty manifest (a new folder)
+                    renames = self.journal.manifest_count() > 0
+                if renames:
+                    try:
+                        move_from = self._renamed_from(d.path, os.lstat(os.path.join(self.root, d.path)))
+                    except OSError:
+                        pass  # gone already: its own event or the planner deals with it
+            self.sink.submit(d.path, move_from=move_from, settle=False)
+        report.files = diff.counts.files
+        for line in diff.unreadable[:5]:
+            self._log.warning("scan.unreadable_dir", error=line.decode(errors="replace"))
+
+    def _compare_walk(self, stop: threading.Event, report: ScanReport) -> None:
+        """The Python walk merged with the manifest: exact under any ignore rules, and the
+        walk that makes the rules' fingerprint valid for the fast path once journaled."""
         manifest = self.journal.iter_manifest()
         m = next(manifest, None)
         renames = m is not None  # nothing can have been renamed from an empty manifest (a new folder)
@@ -122,15 +171,11 @@ class LocalScan:
                 self.sink.submit(rel, move_from=self._renamed_from(rel, st) if renames else None, settle=False)
         if stop.is_set():
             manifest.close()  # releases its read snapshot now, not at garbage collection
-            return report
+            return
         while m is not None:
             self._missing(m[0], report)
             m = next(manifest, None)
-        report.seconds = time.monotonic() - started
-        report.finished_at = time.time()
-        self._log.info("scan.done", files=report.files, changed=report.changed, missing=report.missing,
-                       ms=round(report.seconds * 1000))
-        return report
+        report.rules = self.ignore.fingerprint
 
     def _missing(self, rel: str, report: ScanReport) -> None:
         report.missing += 1
@@ -189,6 +234,7 @@ class RemotePass:
         self.sink = sink
         self.scratch = scratch
         self.root = str(folder.path)
+        self.ignore = IgnoreRules(folder.ignore)
         self._log = log.bind(folder=folder.name)
 
     def run(self, stop: threading.Event, rebuild: bool) -> RemoteReport:
@@ -258,8 +304,12 @@ class RemotePass:
             st: os.stat_result | None = os.lstat(os.path.join(self.root, path))
         except OSError:
             st = None
-        local = st is not None and statmod.S_ISREG(st.st_mode)
-        if not local and not rebuild:
+        # An ignored file is not part of the mirror: its object is adopted as an orphan, so
+        # that the planner deletes it (delete: mirror) as a walk would, and no manifest row
+        # describes an ignored file (the scan's fast path relies on that; see LocalScan).
+        ignored = st is not None and self.ignore.ignored_with_parents(path)
+        local = st is not None and statmod.S_ISREG(st.st_mode) and not ignored
+        if not local and not rebuild and not ignored:
             return "foreign", path, None, False
         obj = self.store.head(self.folder.key_for(path))
         if obj is None or obj.meta is None or META_MTIME not in obj.meta:

@@ -1,0 +1,200 @@
+"""The startup scan's two ways of comparing the tree with the manifest: GNU find's listing
+in blocks (the fast path) must find exactly what the Python walk finds."""
+
+from __future__ import annotations
+
+import os
+import random
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from syncd import reconciler, tree
+from syncd.journal import Entry, Journal
+from syncd.paths import IgnoreRules
+from syncd.reconciler import SCAN_RULES, LocalScan, ScanReport
+
+pytestmark = pytest.mark.skipif(not tree.available(), reason="GNU find and sort are not installed")
+
+IGNORE = ("*.tmp", "build/", "/top-only.txt", "!keep.tmp")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.moves: dict[str, str] = {}
+
+    def submit(self, path: str, move_from: str | None = None, settle: bool = True, is_dir: bool = False) -> None:
+        self.paths.add(path)
+        if move_from is not None:
+            self.moves[path] = move_from
+
+
+def scan(root: Path, journal: Journal, ignore: IgnoreRules, fast: bool) -> tuple[Recorder, ScanReport]:
+    journal.set_meta(SCAN_RULES, ignore.fingerprint if fast else "other rules")
+    sink = Recorder()
+    report = LocalScan("t", str(root), ignore, journal, sink).run(threading.Event())
+    assert (report.rules == "") == fast, "the scan did not take the path the test asked for"
+    return sink, report
+
+
+def manifest_of(root: Path, journal: Journal, ignore: IgnoreRules | None = None) -> None:
+    """Record every regular file under ``root`` as synced, as the uploads would have (which
+    skip ignored files: the fast listing relies on that)."""
+    entries = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath, name)
+            st = p.lstat()
+            if stat.S_ISREG(st.st_mode):
+                rel = p.relative_to(root).as_posix()
+                try:
+                    rel.encode()
+                except UnicodeEncodeError:
+                    continue
+                if ignore is not None and ignore.ignored_with_parents(rel):
+                    continue
+                entries.append(Entry(rel, st.st_size, st.st_mtime_ns, st.st_ino, None, None))
+    journal.adopt(entries)
+
+
+def write(root: Path, rel: str | bytes, data: bytes = b"x") -> None:
+    path = os.path.join(os.fsencode(root), rel if isinstance(rel, bytes) else rel.encode())
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def tricky_tree(root: Path, rng: random.Random) -> None:
+    """Names whose byte order is easy to get wrong, plus what a walk must skip."""
+    names = ["a", "a b", "a.b", "a-b", "a/b", "a/b/c", "a0", "b/x", "b.txt", "ü/é.txt", "line\nbreak",
+             "ctl\x01name", "z" * 200, "keep.tmp", "x.tmp", "build/out.o", "src/build/deep/o.o",
+             "top-only.txt", "sub/top-only.txt", ".DS_Store", "#autosave#"]
+    for i in range(300):
+        names.append(f"d{rng.randrange(12)}/{'s/' if rng.random() < 0.3 else ''}f{i}")
+    for name in names:
+        try:
+            write(root, name, os.urandom(rng.randrange(0, 50)))
+        except (IsADirectoryError, NotADirectoryError, FileExistsError):
+            pass  # "a" as a file and as a directory cannot both exist; one of them wins
+    write(root, b"latin1-\xe9.txt")
+    os.symlink("b.txt", root / "link-to-file")
+    os.symlink("d1", root / "link-to-dir")
+    os.mkfifo(root / "fifo")
+    (root / "empty-dir").mkdir()
+
+
+def mutate(root: Path, rng: random.Random) -> None:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    for p in rng.sample(files, 40):
+        action = rng.choice(["append", "touch", "ns", "delete", "rename"])
+        if not p.exists():
+            continue
+        st = p.lstat()
+        if action == "append":
+            with p.open("ab") as f:
+                f.write(b"more")
+        elif action == "touch":
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - 10**9))
+        elif action == "ns":  # one nanosecond: only an exact comparison sees it
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+        elif action == "delete":
+            p.unlink()
+        else:
+            p.rename(p.with_name(p.name + ".renamed"))
+    for i in range(20):
+        write(root, f"new/{i}.dat")
+    write(root, "build/new.o")  # ignored
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("block_rows", [7, 1024])
+def test_the_fast_listing_submits_exactly_what_the_python_walk_submits(tmp_path, monkeypatch, seed, block_rows):
+    monkeypatch.setattr(reconciler, "BLOCK_ROWS", block_rows)  # 7: many equal and unequal blocks
+    rng = random.Random(seed)
+    root = tmp_path / "root"
+    root.mkdir()
+    tricky_tree(root, rng)
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    ignore = IgnoreRules(IGNORE)
+    manifest_of(root, journal, ignore)
+    mutate(root, rng)
+    walked, walk_report = scan(root, journal, ignore, fast=False)
+    listed, list_report = scan(root, journal, ignore, fast=True)
+    assert len(walked.paths) > 40
+    assert listed.paths == walked.paths
+    assert listed.moves == walked.moves
+    assert (list_report.files, list_report.changed, list_report.missing) == (
+        walk_report.files, walk_report.changed, walk_report.missing)
+
+
+def test_an_unchanged_tree_submits_nothing_and_counts_every_file(tmp_path):
+    root = tmp_path / "root"
+    for i in range(5000):
+        write(root, f"d{i % 50}/f{i}", b"abc")
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    manifest_of(root, journal)
+    sink, report = scan(root, journal, IgnoreRules(()), fast=True)
+    assert sink.paths == set()
+    assert (report.files, report.changed, report.missing) == (5000, 0, 0)
+
+
+def test_a_one_nanosecond_mtime_change_is_found_by_the_fast_listing(tmp_path):
+    root = tmp_path / "root"
+    for i in range(3000):
+        write(root, f"f{i:05d}")
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    manifest_of(root, journal)
+    st = (root / "f01500").lstat()
+    os.utime(root / "f01500", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    sink, _ = scan(root, journal, IgnoreRules(()), fast=True)
+    assert sink.paths == {"f01500"}
+
+
+@pytest.mark.parametrize("mtime_ns", [0, 5, 999_999_999, 1_000_000_000, 1_795_937_958_741_396_665, 10**18 + 123])
+def test_find_prints_a_file_exactly_as_the_journal_prints_its_manifest_row(tmp_path, mtime_ns):
+    root = tmp_path / "root"
+    write(root, "dir/name with space", b"12345")
+    os.utime(root / "dir/name with space", ns=(mtime_ns, mtime_ns))
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    manifest_of(root, journal)
+    listed = subprocess.run(["find", str(root), "-type", "f", "-printf", tree.FIND_FORMAT],
+                            capture_output=True, check=True).stdout
+    [(blob, last, count)] = list(journal.manifest_blocks(10))
+    assert (blob, last, count) == (listed, b"dir/name with space", 1)
+
+
+def test_changed_ignore_rules_make_the_next_scan_a_python_walk(tmp_path):
+    root = tmp_path / "root"
+    write(root, "a.log")
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    before, after = IgnoreRules(()), IgnoreRules(("*.log",))
+    report = LocalScan("t", str(root), after, journal, Recorder()).run(threading.Event())
+    assert report.rules == after.fingerprint  # a walk: what the folder records once journaled
+    journal.set_meta(SCAN_RULES, before.fingerprint)
+    sink = Recorder()
+    report = LocalScan("t", str(root), after, journal, sink).run(threading.Event())
+    assert report.rules == after.fingerprint, "rules differ from the last walk's: the scan must walk"
+    assert before.fingerprint != after.fingerprint
+
+
+def test_a_failing_sort_falls_back_to_the_python_walk(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    for i in range(50):
+        write(root, f"f{i}")
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    manifest_of(root, journal)
+    write(root, "f7", b"changed")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sort").write_text("#!/bin/sh\ncat >/dev/null\necho 'sort: cannot create temporary file' >&2\nexit 2\n")
+    (fake / "sort").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    journal.set_meta(SCAN_RULES, IgnoreRules(()).fingerprint)
+    sink = Recorder()
+    report = LocalScan("t", str(root), IgnoreRules(()), journal, sink).run(threading.Event())
+    assert report.rules != "", "the scan should have fallen back to the walk"
+    assert "f7" in sink.paths
+    assert report.files == 50
