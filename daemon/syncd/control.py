@@ -17,9 +17,14 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-import structlog
 
-log = structlog.get_logger("syncd.control")
+def _log() -> Any:
+    """The server's logger. Imported on first use: the client commands (`syncd status`,
+    `syncd wait`) share this module and should not spend 40 ms importing structlog."""
+    import structlog
+
+    return structlog.get_logger("syncd.control")
+
 
 MAX_REQUEST = 64 * 1024
 
@@ -59,7 +64,7 @@ class _RequestHandler(socketserver.StreamRequestHandler):
         pid, uid, groups = peer_credentials(self.request)
         group = self.server.allowed_group
         if uid not in self.server.allowed_uids and (group is None or group not in groups):
-            log.warning("control.refused", uid=uid, pid=pid)
+            _log().warning("control.refused", uid=uid, pid=pid)
             self._reply({"ok": False, "error": f"uid {uid} may not control this daemon", "code": 13})
             return
         line = self.rfile.readline(MAX_REQUEST)
@@ -75,7 +80,7 @@ class _RequestHandler(socketserver.StreamRequestHandler):
         except ControlError as exc:
             reply = {"ok": False, "error": str(exc), "code": exc.code}
         except Exception as exc:
-            log.exception("control.failed", cmd=request.get("cmd"), error=str(exc))
+            _log().exception("control.failed", cmd=request.get("cmd"), error=str(exc))
             reply = {"ok": False, "error": f"internal error: {exc}", "code": 1}
         self._reply(reply)
 

@@ -31,6 +31,7 @@ log = structlog.get_logger("syncd.service")
 # just before the request have crossed inotify and watchdog (which holds an unpaired
 # IN_MOVED_FROM for 0.5 s while it looks for its IN_MOVED_TO).
 EVENT_GRACE = 0.6
+WAIT_POLL = 0.02  # `syncd wait` looks this often (a count query on the journal: cheap)
 STATUS_EVERY = 2.0
 
 
@@ -224,16 +225,19 @@ class Daemon:
     def _wait(self, name: str | None, timeout: float | None) -> dict[str, Any]:
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        # Asked before the folders' watches existed: every write made before the request is
+        # older than the startup scans, which see it, so no event can still be on its way.
+        grace = 0.0 if not self._ready.is_set() else EVENT_GRACE
         if not self._ready.wait(timeout):
             return {"idle": False, "busy": ["(daemon starting)"]}
         while True:
             now = time.monotonic()
             targets = self._select(name)
-            if now - start >= EVENT_GRACE:
+            if now - start >= grace:
                 states = [r.is_idle() for r in targets]
                 if all(idle for idle, _ in states):
                     return {"idle": True, "failed": sum(f for _, f in states)}
             if deadline is not None and now >= deadline:
                 busy = [r.folder.name for r in targets if not r.is_idle()[0]]
                 return {"idle": False, "busy": busy}
-            time.sleep(0.05)
+            time.sleep(WAIT_POLL)
