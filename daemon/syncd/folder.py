@@ -20,7 +20,7 @@ from .config import FolderConfig
 from .journal import Journal
 from .paths import IgnoreRules
 from .reconciler import SCAN_RULES, LocalScan, RemotePass, RemoteReport, ScanReport
-from .scheduler import Scheduler
+from .scheduler import CONNECTING, Scheduler
 from .store import StoreError
 from .transfer import Transfers
 from .uploads import UploadLog
@@ -247,12 +247,13 @@ class FolderRuntime:
 
     def state(self) -> str:
         s = self.scheduler
-        if s.halt is not None:
-            if s.halt == "connecting to the object store":
-                return "starting"
+        connecting = s.halt == CONNECTING
+        if s.halt is not None and not connecting:
             return "stalled" if s.stalled else "error"
         if s.paused:
-            return "paused"
+            return "paused"  # what the user asked for, even before the first contact
+        if connecting:
+            return "starting"
         if self.pass_running():
             return "scanning"
         return "watching"

@@ -33,6 +33,7 @@ DELETE_LULL = 0.25           # a partial delete batch waits this long for more k
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 PROBE_MIN, PROBE_MAX = 2.0, 30.0
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
+CONNECTING = "connecting to the object store"  # the halt before the first contact succeeds
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
 
 
@@ -360,7 +361,7 @@ class Scheduler:
     def start_probe(self, hold: bool = False) -> None:
         """First contact with the store happens in the pool, never in the loop; ``hold``
         postpones it until :meth:`release_probe`."""
-        self.halt = "connecting to the object store"
+        self.halt = CONNECTING
         self._probe_at = float("inf") if hold else 0.0
 
     def release_probe(self) -> None:
