@@ -341,3 +341,27 @@ def test_daemon_refuses_to_start_while_another_owns_the_socket(syncd, tree, buck
     r = second.cli("run", timeout=30)
     assert r.returncode == 1 and "already listening" in r.stderr
     assert syncd.cli("status").returncode == 0
+
+
+def test_wait_asked_before_the_watches_exist_returns_with_the_startup_scans_findings_synced(syncd, tree, bucket, s3):
+    """Such a wait skips the event grace (every earlier write is older than the startup scan);
+    what was written before it must still be in the bucket when it returns."""
+    from syncd.control import ControlError, request
+
+    for i in range(30):
+        (tree / f"written-before-{i}.txt").write_text(f"file {i}")
+    syncd.add_folder("main", tree, bucket)
+    asked_at = time.clock_gettime(time.CLOCK_BOOTTIME)  # the user runs `syncd wait` now...
+    syncd.start(wait_ready=False)                        # ...as the daemon starts
+
+    def ask() -> dict | None:
+        try:
+            return request(syncd.socket, "wait", io_timeout=60, timeout=30, asked_at=asked_at)
+        except ControlError as exc:
+            if exc.code == 3:
+                return None  # not listening yet
+            raise
+
+    reply = await_condition(ask, 30, "the daemon to answer wait", interval=0.01)
+    assert reply["idle"] is True
+    assert assert_mirror(s3, bucket, tree) == 30

@@ -48,6 +48,7 @@ class Daemon:
         self._reload = threading.Event()
         self._signals = 0
         self._ready = threading.Event()  # folders registered: `wait` must not see an empty set as idle
+        self._watching_from: float | None = None  # CLOCK_BOOTTIME just before the first watch
         self._lock = threading.Lock()  # folder set changes (reload) vs. control reads
         usec = os.environ.get("WATCHDOG_USEC")
         self._watchdog_every = int(usec) / 2e6 if usec and usec.isdigit() else None
@@ -59,6 +60,7 @@ class Daemon:
         self._install_signals()
         self.control.start()  # fails early if another daemon owns the socket
         self.watcher.start()
+        self._watching_from = time.clock_gettime(time.CLOCK_BOOTTIME)
         for folder in self.config.folders:
             self._add_folder(folder)
         self._ready.set()
@@ -195,7 +197,9 @@ class Daemon:
                                              "uptime_s": round(time.monotonic() - self.started, 1)},
                     "folders": [r.snapshot() for r in self._select(folder)]}
         if cmd == "wait":
-            return self._wait(folder, float(request.get("timeout") or 0) or None)
+            asked_at = request.get("asked_at")
+            return self._wait(folder, float(request.get("timeout") or 0) or None,
+                              float(asked_at) if isinstance(asked_at, (int, float)) else None)
         if cmd in ("pause", "resume"):
             targets = self._select(folder)
             for r in targets:
@@ -222,12 +226,15 @@ class Daemon:
             return self.reload()
         raise ControlError(f"unknown command {cmd!r}")
 
-    def _wait(self, name: str | None, timeout: float | None) -> dict[str, Any]:
+    def _wait(self, name: str | None, timeout: float | None, asked_at: float | None = None) -> dict[str, Any]:
+        """``asked_at``: when the client ran `syncd wait` (CLOCK_BOOTTIME), if it says."""
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        # Asked before the folders' watches existed: every write made before the request is
+        # Asked before the first watch was set up: every write made before the request is
         # older than the startup scans, which see it, so no event can still be on its way.
-        grace = 0.0 if not self._ready.is_set() else EVENT_GRACE
+        watching_from = self._watching_from
+        early = asked_at is not None and (watching_from is None or asked_at < watching_from)
+        grace = 0.0 if early else EVENT_GRACE
         if not self._ready.wait(timeout):
             return {"idle": False, "busy": ["(daemon starting)"]}
         while True:
