@@ -18,7 +18,8 @@ from syncd.reconciler import SCAN_RULES, LocalScan, ScanReport
 
 pytestmark = pytest.mark.skipif(not tree.available(), reason="GNU find and sort are not installed")
 
-IGNORE = ("*.tmp", "build/", "/top-only.txt", "!keep.tmp")
+IGNORE = ("*.tmp", "build/", "/top-only.txt", "!keep.tmp", "!*.o")  # a glob negation: find prunes nothing
+IGNORE_PRUNED = ("*.tmp", "build/", "/top-only.txt", "d3/", "s", "!keep.tmp", "!x/d3")  # find skips build/, s/
 
 
 class Recorder:
@@ -111,14 +112,16 @@ def mutate(root: Path, rng: random.Random) -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("block_rows", [7, 1024])
-def test_the_fast_listing_submits_exactly_what_the_python_walk_submits(tmp_path, monkeypatch, seed, block_rows):
+@pytest.mark.parametrize("patterns", [IGNORE, IGNORE_PRUNED], ids=["negation", "pruned"])
+def test_the_fast_listing_submits_exactly_what_the_python_walk_submits(tmp_path, monkeypatch, seed, block_rows,
+                                                                       patterns):
     monkeypatch.setattr(reconciler, "BLOCK_ROWS", block_rows)  # 7: many equal and unequal blocks
     rng = random.Random(seed)
     root = tmp_path / "root"
     root.mkdir()
     tricky_tree(root, rng)
     journal = Journal(tmp_path / "j.sqlite3", "test")
-    ignore = IgnoreRules(IGNORE)
+    ignore = IgnoreRules(patterns)
     manifest_of(root, journal, ignore)
     mutate(root, rng)
     walked, walk_report = scan(root, journal, ignore, fast=False)
@@ -198,3 +201,22 @@ def test_a_failing_sort_falls_back_to_the_python_walk(tmp_path, monkeypatch):
     assert report.rules != "", "the scan should have fallen back to the walk"
     assert "f7" in sink.paths
     assert report.files == 50
+
+
+def test_only_plain_directory_names_are_pruned_and_not_those_a_negation_may_bring_back():
+    rules = IgnoreRules(("build/", "node_modules", "*.log", "/anchored", "a/b", "\\#x", "we?rd", "trailing "),
+                        builtin=False)
+    assert rules.pruned_dirs == ("build", "node_modules")
+    assert IgnoreRules(("build/", "out/", "!src/build/", "!keep.txt"), builtin=False).pruned_dirs == ("out",)
+    assert IgnoreRules(("build/", "!*.keep"), builtin=False).pruned_dirs == ()
+
+
+def test_a_root_named_like_a_pruned_directory_is_still_scanned(tmp_path):
+    root = tmp_path / "build"
+    write(root, "inside.txt")
+    write(root, "build/skipped.txt")
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    ignore = IgnoreRules(("build/",))
+    assert ignore.pruned_dirs
+    sink, report = scan(root, journal, ignore, fast=True)
+    assert sink.paths == {"inside.txt"}

@@ -23,6 +23,10 @@ MAX_KEY_BYTES = 1024
 _XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _NAMED_GROUP = re.compile(r"\(\?P<[A-Za-z_][A-Za-z0-9_]*>")  # union of patterns: names would clash
 _ANY_LEVEL = "^(?:.+/)?"  # how pathspec starts the regex of a pattern that matches at any depth
+# A pattern that is only a name (no glob, escape or slash but a trailing one) excludes every
+# directory of that name at any depth, with everything in it.
+_PLAIN_NAME = re.compile(r"([^/*?\[\]\\!#][^/*?\[\]\\]*?)/?")
+_GLOB = re.compile(r"[*?\[\]\\]")
 
 
 class IgnoreRules:
@@ -34,6 +38,7 @@ class IgnoreRules:
         # What decides every verdict: equal fingerprints, equal answers (see LocalScan).
         self.fingerprint = hashlib.sha256(
             "\0".join([f"pathspec {pathspec.__version__}", *lines]).encode("utf-8", "surrogateescape")).hexdigest()
+        self.pruned_dirs = _pruned_dirs(lines)
         # pathspec tries every pattern in turn (60% of a 100k-file scan). Most paths match
         # none, which one search over the union of pathspec's own compiled patterns proves;
         # only a possible match goes to pathspec for the exact (negation, order) verdict.
@@ -67,6 +72,21 @@ class IgnoreRules:
         """The directory or any directory above it is excluded (a walk would not enter it)."""
         parts = reldir.split("/")
         return any(self._match("/".join(parts[:i]) + "/") for i in range(1, len(parts) + 1))
+
+
+def _pruned_dirs(lines: list[str]) -> tuple[str, ...]:
+    """Directory names that the walk never enters, wherever they are (GNU find prunes them;
+    see syncd.tree). Nothing below an excluded directory is looked at, but a negation can
+    un-exclude the directory itself: one that names it blocks that name, and one with a glob
+    (which could match any name) blocks all."""
+    names = {m.group(1) for line in lines if line == line.strip() and (m := _PLAIN_NAME.fullmatch(line))}
+    for line in lines:
+        if line.startswith("!"):
+            negated = line[1:].strip()
+            if _GLOB.search(negated):
+                return ()
+            names.discard(negated.rstrip("/").rsplit("/", 1)[-1])
+    return tuple(sorted(names))
 
 
 def key_problem(key: str) -> str | None:

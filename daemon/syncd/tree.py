@@ -92,10 +92,18 @@ def parse(record: bytes) -> tuple[bytes, int, int] | None:
 class _Listing:
     """find | sort -z, read as a byte stream of records."""
 
-    def __init__(self, root: str, scratch: str | None):
+    def __init__(self, root: str, scratch: str | None, pruned: tuple[str, ...] = ()):
         env = {**os.environ, "LC_ALL": "C"}  # byte order, raw names
+        # Ignored directories by plain name are not entered, as the walk does not enter them
+        # (.git, node_modules): their files would only be listed to be thrown away.
+        prune: list[str] = []
+        for name in pruned:
+            prune += ["-o", "-name", name] if prune else ["-name", name]
+        skip = ["(", "-type", "d", "(", *prune, ")", "-prune", ")", "-o"] if prune else []
         # -H: the root may be a symlink to the folder; nothing below it is followed (-P).
-        self._find = subprocess.Popen(["find", "-H", root, "-type", "f", "-printf", FIND_FORMAT],
+        # -mindepth 1: the root itself is never pruned, whatever its name.
+        self._find = subprocess.Popen(["find", "-H", root, "-mindepth", "1", *skip, "-type", "f",
+                                       "-printf", FIND_FORMAT],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         assert self._find.stdout is not None
         sort = ["sort", "-z", "-S", SORT_BUFFER] + (["-T", scratch] if scratch else [])
@@ -190,7 +198,7 @@ class TreeDiff:
 
     def run(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event) -> Iterator[Diff]:
         """Yields every difference; the caller must exhaust it unless ``stop`` is set."""
-        listing = _Listing(self.root, self.scratch)
+        listing = _Listing(self.root, self.scratch, self.ignore.pruned_dirs)
         completed = False
         try:
             prefetched = _Prefetch(blocks)
