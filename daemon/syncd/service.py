@@ -60,7 +60,6 @@ class Daemon:
         self._install_signals()
         self.control.start()  # fails early if another daemon owns the socket
         self.watcher.start()
-        self._watching_from = time.clock_gettime(time.CLOCK_BOOTTIME)
         for folder in self.config.folders:
             self._add_folder(folder)
         self._ready.set()
@@ -88,6 +87,8 @@ class Daemon:
         runtime = FolderRuntime(folder, self.config.state_dir, self.budget)
         with self._lock:
             self.folders[folder.name] = runtime
+        if self._watching_from is None:  # the first watch is set up next
+            self._watching_from = time.clock_gettime(time.CLOCK_BOOTTIME)
         runtime.start(self.watcher)
 
     def _remove_folder(self, name: str, deadline: float) -> None:
@@ -235,6 +236,7 @@ class Daemon:
         watching_from = self._watching_from
         early = asked_at is not None and (watching_from is None or asked_at < watching_from)
         grace = 0.0 if early else EVENT_GRACE
+        log.debug("wait.asked", folder=name, grace_s=grace)
         if not self._ready.wait(timeout):
             return {"idle": False, "busy": ["(daemon starting)"]}
         while True:
