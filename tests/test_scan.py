@@ -209,6 +209,7 @@ def test_only_plain_directory_names_are_pruned_and_not_those_a_negation_may_brin
     assert rules.pruned_dirs == ("build", "node_modules")
     assert IgnoreRules(("build/", "out/", "!src/build/", "!keep.txt"), builtin=False).pruned_dirs == ("out",)
     assert IgnoreRules(("build/", "!*.keep"), builtin=False).pruned_dirs == ()
+    assert IgnoreRules(()).pruned_dirs == (), "built-in junk-file names are not worth a find test per entry"
 
 
 def test_a_root_named_like_a_pruned_directory_is_still_scanned(tmp_path):

@@ -38,7 +38,9 @@ class IgnoreRules:
         # What decides every verdict: equal fingerprints, equal answers (see LocalScan).
         self.fingerprint = hashlib.sha256(
             "\0".join([f"pathspec {pathspec.__version__}", *lines]).encode("utf-8", "surrogateescape")).hexdigest()
-        self.pruned_dirs = _pruned_dirs(lines)
+        # Only the configured patterns: the built-in ones name junk files, and each name costs
+        # find a match per entry (about 0.03 s per 100,000 entries).
+        self.pruned_dirs = _pruned_dirs(list(patterns), lines)
         # pathspec tries every pattern in turn (60% of a 100k-file scan). Most paths match
         # none, which one search over the union of pathspec's own compiled patterns proves;
         # only a possible match goes to pathspec for the exact (negation, order) verdict.
@@ -74,12 +76,12 @@ class IgnoreRules:
         return any(self._match("/".join(parts[:i]) + "/") for i in range(1, len(parts) + 1))
 
 
-def _pruned_dirs(lines: list[str]) -> tuple[str, ...]:
-    """Directory names that the walk never enters, wherever they are (GNU find prunes them;
-    see syncd.tree). Nothing below an excluded directory is looked at, but a negation can
-    un-exclude the directory itself: one that names it blocks that name, and one with a glob
-    (which could match any name) blocks all."""
-    names = {m.group(1) for line in lines if line == line.strip() and (m := _PLAIN_NAME.fullmatch(line))}
+def _pruned_dirs(candidates: list[str], lines: list[str]) -> tuple[str, ...]:
+    """Directory names among ``candidates`` that the walk never enters, wherever they are
+    (GNU find prunes them; see syncd.tree). Nothing below an excluded directory is looked at,
+    but a negation in ``lines`` can un-exclude the directory itself: one that names it blocks
+    that name, and one with a glob (which could match any name) blocks all."""
+    names = {m.group(1) for line in candidates if line == line.strip() and (m := _PLAIN_NAME.fullmatch(line))}
     for line in lines:
         if line.startswith("!"):
             negated = line[1:].strip()
