@@ -5,6 +5,7 @@ the others."""
 from __future__ import annotations
 
 import errno
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -157,7 +158,10 @@ class FolderRuntime:
             # What it found is journaled before we call it done, and before a walk's rules
             # may let the next scans take the fast path.
             if self.scheduler.inbox.barrier(timeout=60) and report.rules:
-                self.journal.set_meta(SCAN_RULES, report.rules)
+                try:
+                    self.journal.set_meta(SCAN_RULES, report.rules)
+                except sqlite3.Error as exc:  # only an optimisation is lost: the next scan walks again
+                    self._log.warning("scan.rules_not_recorded", error=str(exc))
             self.last_scan = report
 
     def _remote(self, rebuild: bool) -> None:
