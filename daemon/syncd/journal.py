@@ -68,8 +68,11 @@ CREATE INDEX IF NOT EXISTS manifest_inode ON manifest(inode);
 # A manifest row as ``find -printf syncd.tree.FIND_FORMAT`` prints the file it describes:
 # path, size, and mtime as seconds with ten fractional digits, fields ended by \x01 and the
 # record by \x00. Equal bytes mean equal size and mtime (the no-change restart's fast path).
+# find prints whole seconds rounded down and then the nanoseconds (-0.5 s is -1.5000000000);
+# SQLite's / and % round toward zero, hence the detour for times before 1970.
+_NANOS = "((mtime_ns % 1000000000 + 1000000000) % 1000000000)"
 MANIFEST_RECORD = ("path || char(1) || size || char(1) || "
-                   "printf('%d.%09d0', mtime_ns / 1000000000, mtime_ns % 1000000000) || char(0)")
+                   f"printf('%d.%09d0', (mtime_ns - {_NANOS}) / 1000000000, {_NANOS}) || char(0)")
 # SQLite (3.40) has no ORDER BY inside group_concat; it concatenates in the subquery's order.
 # Were that ever not so, the blocks would only differ from the listing: slower, not wrong.
 _BLOCK = (f"SELECT group_concat(rec, ''), max(path), count(*) FROM (SELECT path, {MANIFEST_RECORD} AS rec "

@@ -26,7 +26,6 @@ _ANY_LEVEL = "^(?:.+/)?"  # how pathspec starts the regex of a pattern that matc
 # A pattern that is only a name (no glob, escape or slash but a trailing one) excludes every
 # directory of that name at any depth, with everything in it.
 _PLAIN_NAME = re.compile(r"([^/*?\[\]\\!#][^/*?\[\]\\]*?)/?")
-_GLOB = re.compile(r"[*?\[\]\\]")
 
 
 class IgnoreRules:
@@ -78,17 +77,12 @@ class IgnoreRules:
 
 def _pruned_dirs(candidates: list[str], lines: list[str]) -> tuple[str, ...]:
     """Directory names among ``candidates`` that the walk never enters, wherever they are
-    (GNU find prunes them; see syncd.tree). Nothing below an excluded directory is looked at,
-    but a negation in ``lines`` can un-exclude the directory itself: one that names it blocks
-    that name, and one with a glob (which could match any name) blocks all."""
-    names = {m.group(1) for line in candidates if line == line.strip() and (m := _PLAIN_NAME.fullmatch(line))}
-    for line in lines:
-        if line.startswith("!"):
-            negated = line[1:].strip()
-            if _GLOB.search(negated):
-                return ()
-            names.discard(negated.rstrip("/").rsplit("/", 1)[-1])
-    return tuple(sorted(names))
+    (GNU find prunes them; see syncd.tree). With any negation, none: pathspec lets '!a'
+    match everything below ``a`` too, so it can bring back a directory of any name there."""
+    if any(line.startswith("!") for line in lines):
+        return ()
+    return tuple(sorted({m.group(1) for line in candidates
+                         if line == line.strip() and (m := _PLAIN_NAME.fullmatch(line))}))
 
 
 def key_problem(key: str) -> str | None:

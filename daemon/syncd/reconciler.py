@@ -130,8 +130,20 @@ class LocalScan:
         """GNU find's listing against the manifest in blocks (see syncd.tree): the fast path,
         valid while the ignore rules are those of the last complete walk."""
         diff = tree.TreeDiff(self.root, self.ignore)
+        blocks = self.journal.manifest_blocks(BLOCK_ROWS)
+        diffs = diff.run(blocks, stop)
+        try:
+            self._submit_diffs(diffs, report)
+        finally:
+            diffs.close()   # reaps find and sort now, even when a submit raised
+            blocks.close()  # releases its read snapshot now, not at garbage collection
+        report.files = diff.counts.files
+        for line in diff.unreadable[:5]:
+            self._log.warning("scan.unreadable_dir", error=line.decode(errors="replace"))
+
+    def _submit_diffs(self, diffs: Iterator[tree.Diff], report: ScanReport) -> None:
         renames: bool | None = None
-        for d in diff.run(self.journal.manifest_blocks(BLOCK_ROWS), stop):
+        for d in diffs:
             if d.kind == tree.MISSING:
                 self._missing(d.path, report)
                 continue
@@ -146,9 +158,6 @@ class LocalScan:
                     except OSError:
                         pass  # gone already: its own event or the planner deals with it
             self.sink.submit(d.path, move_from=move_from, settle=False)
-        report.files = diff.counts.files
-        for line in diff.unreadable[:5]:
-            self._log.warning("scan.unreadable_dir", error=line.decode(errors="replace"))
 
     def _compare_walk(self, stop: threading.Event, report: ScanReport) -> None:
         """The Python walk merged with the manifest: exact under any ignore rules, and the

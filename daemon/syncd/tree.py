@@ -20,15 +20,14 @@ while the ignore rules are those of the last full walk (see LocalScan).
 
 from __future__ import annotations
 
-import io
 import os
+import select
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
 
 import structlog
 
@@ -40,6 +39,7 @@ FIND_FORMAT = r"%P\001%s\001%T@\000"  # must print what journal.MANIFEST_RECORD 
 READ_SIZE = 256 * 1024
 SORT_BUFFER = "32M"        # sort's own memory; beyond it, it merges through temporary files
 PREFETCH_BYTES = 8 << 20   # manifest blocks read while find runs (bounds memory, not correctness)
+STOP_CHECK = 0.25          # how often a read waiting for sort looks at the stop flag (seconds)
 
 NEW, CHANGED, MISSING = "new", "changed", "missing"
 
@@ -81,10 +81,9 @@ def parse(record: bytes) -> tuple[bytes, int, int] | None:
     """(path, size, mtime_ns) of one record, or None if it is not one."""
     try:
         path, size, stamp = record.rsplit(b"\x01", 2)
-        negative = stamp.startswith(b"-")
-        seconds, _, fraction = stamp.lstrip(b"-").partition(b".")
-        ns = int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, b"0"))
-        return path, int(size), -ns if negative else ns
+        # Whole seconds rounded down, then the nanoseconds: -0.5 s is "-1.5000000000".
+        seconds, _, fraction = stamp.partition(b".")
+        return path, int(size), int(seconds) * 1_000_000_000 + int(fraction[:9].ljust(9, b"0"))
     except ValueError:
         return None
 
@@ -92,8 +91,10 @@ def parse(record: bytes) -> tuple[bytes, int, int] | None:
 class _Listing:
     """find | sort -z, read as a byte stream of records."""
 
-    def __init__(self, root: str, scratch: str | None, pruned: tuple[str, ...] = ()):
+    def __init__(self, root: str, scratch: str | None, pruned: tuple[str, ...], stop: threading.Event):
         env = {**os.environ, "LC_ALL": "C"}  # byte order, raw names
+        self._stop = stop
+        self.stopped = False
         # Ignored directories by plain name are not entered, as the walk does not enter them
         # (.git, node_modules): their files would only be listed to be thrown away.
         prune: list[str] = []
@@ -102,16 +103,27 @@ class _Listing:
         skip = ["(", "-type", "d", "(", *prune, ")", "-prune", ")", "-o"] if prune else []
         # -H: the root may be a symlink to the folder; nothing below it is followed (-P).
         # -mindepth 1: the root itself is never pruned, whatever its name.
-        self._find = subprocess.Popen(["find", "-H", root, "-mindepth", "1", *skip, "-type", "f",
-                                       "-printf", FIND_FORMAT],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        assert self._find.stdout is not None
+        try:
+            self._find = subprocess.Popen(["find", "-H", root, "-mindepth", "1", *skip, "-type", "f",
+                                           "-printf", FIND_FORMAT],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        except OSError as exc:
+            raise TreeError(f"cannot run find: {exc}") from exc
+        assert self._find.stdout is not None and self._find.stderr is not None
         sort = ["sort", "-z", "-S", SORT_BUFFER] + (["-T", scratch] if scratch else [])
-        self._sort = subprocess.Popen(sort, stdin=self._find.stdout, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=env)
+        try:
+            self._sort = subprocess.Popen(sort, stdin=self._find.stdout, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, env=env)
+        except OSError as exc:
+            self._find.kill()
+            self._find.stdout.close()
+            self._find.stderr.close()
+            self._find.wait()
+            raise TreeError(f"cannot run sort: {exc}") from exc
         self._find.stdout.close()  # sort holds the read end now
         assert self._sort.stdout is not None
-        self._out = cast(io.BufferedReader, self._sort.stdout)  # Popen's default: buffered
+        self._out = self._sort.stdout
+        self._fd = self._out.fileno()  # read with os.read after select, so a stop is noticed
         self._buf = b""
         self._pos = 0
         self._eof = False
@@ -126,9 +138,14 @@ class _Listing:
                 self._find_errors.append(line.rstrip())
 
     def _fill(self, n: int) -> bool:
-        """At least ``n`` unread bytes buffered; False if the stream ends first."""
+        """At least ``n`` unread bytes buffered; False if the stream ends first (or stop is
+        set: sort says nothing until find is done, which takes seconds on a large tree)."""
         while len(self._buf) - self._pos < n and not self._eof:
-            data = self._out.read1(READ_SIZE)
+            while not select.select([self._fd], [], [], STOP_CHECK)[0]:
+                if self._stop.is_set():
+                    self.stopped = self._eof = True
+                    return False
+            data = os.read(self._fd, READ_SIZE)
             if not data:
                 self._eof = True
                 break
@@ -171,7 +188,8 @@ class _Listing:
         self._out.close()
         find_rc, sort_rc = self._find.wait(), self._sort.wait()
         self._drain.join()
-        assert self._sort.stderr is not None
+        assert self._sort.stderr is not None and self._find.stderr is not None
+        self._find.stderr.close()
         sort_err = self._sort.stderr.read().decode(errors="replace").strip()
         self._sort.stderr.close()
         if completed and sort_rc != 0:
@@ -196,9 +214,9 @@ class TreeDiff:
         self._dir = ""
         self._dir_ignored = False
 
-    def run(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event) -> Iterator[Diff]:
+    def run(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event) -> Generator[Diff, None, None]:
         """Yields every difference; the caller must exhaust it unless ``stop`` is set."""
-        listing = _Listing(self.root, self.scratch, self.ignore.pruned_dirs)
+        listing = _Listing(self.root, self.scratch, self.ignore.pruned_dirs, stop)
         completed = False
         try:
             prefetched = _Prefetch(blocks)
@@ -212,7 +230,7 @@ class TreeDiff:
             while (record := listing.peek()) is not None:
                 listing.drop()
                 yield from self._on_disk_only(record)
-            completed = not stop.is_set()
+            completed = not (stop.is_set() or listing.stopped)
         finally:
             errors = listing.close(completed)
         self.unreadable = errors
@@ -238,6 +256,8 @@ class TreeDiff:
                 i += 1
             else:
                 yield Diff(NEW, rel, size, mtime_ns)
+        if listing.stopped:
+            return  # the rest of the listing was never read: these rows are not known missing
         for row in rows[i:]:
             yield Diff(MISSING, row[0].decode())
 
