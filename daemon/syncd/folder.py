@@ -244,8 +244,11 @@ class FolderRuntime:
 
     def is_idle(self) -> tuple[bool, int]:
         """(nothing pending, settling, being scanned or in flight; number of parked failures)."""
+        # The inbox before the journal: a change journaled between the two reads is then seen
+        # in the journal; read the other way round it could be missed by both.
+        inbox_empty = len(self.scheduler.inbox) == 0
         pending, failed = self.journal.open_and_failed()
-        idle = (not (self._blocking and self.pass_running()) and len(self.scheduler.inbox) == 0
+        idle = (not (self._blocking and self.pass_running()) and inbox_empty
                 and pending == 0 and self.scheduler.in_flight() == 0)
         return idle, failed
 
