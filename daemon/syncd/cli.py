@@ -12,11 +12,10 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
+from . import STARTED_AT, __version__
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, socket_path
 from .control import ControlError, request
 from .units import format_duration, format_size
@@ -56,18 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None)
     sub.add_parser("reload", parents=[common], help="re-read the configuration (same as SIGHUP)")
     return parser
-
-
-def started_at() -> float:
-    """When this process began (CLOCK_BOOTTIME seconds): the moment `syncd wait` was run,
-    which is what its promise is about (writes made before it). From the kernel's record of
-    the process, rounded up a clock tick, so never earlier than the truth."""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[19]) + 1) / os.sysconf("SC_CLK_TCK")  # stat(5) field 22, starttime
-    except (OSError, ValueError, IndexError):
-        return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +125,7 @@ def _client(args: argparse.Namespace, sock: Path) -> int:
         timeout = args.timeout
         wait = args.command == "wait" or args.wait
         io_timeout = (timeout + 10) if timeout else (None if wait else 10.0)
-        extra = {"asked_at": started_at()} if args.command == "wait" else {}
+        extra = {"asked_at": STARTED_AT} if args.command == "wait" else {}
         reply = request(sock, args.command, io_timeout=io_timeout, folder=folder, wait=wait, timeout=timeout,
                         **extra)
         if not wait:
