@@ -62,6 +62,15 @@ def manifest_of(root: Path, journal: Journal, ignore: IgnoreRules | None = None)
     journal.adopt(entries)
 
 
+def fake_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, script: str) -> None:
+    """Put a shell script called ``name`` first on PATH."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / name).write_text(f"#!/bin/sh\n{script}\n")
+    (fake / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+
+
 def write(root: Path, rel: str | bytes, data: bytes = b"x") -> None:
     path = os.path.join(os.fsencode(root), rel if isinstance(rel, bytes) else rel.encode())
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -192,11 +201,7 @@ def test_a_failing_sort_falls_back_to_the_python_walk(tmp_path, monkeypatch):
     journal = Journal(tmp_path / "j.sqlite3", "test")
     manifest_of(root, journal)
     write(root, "f7", b"changed")
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sort").write_text("#!/bin/sh\ncat >/dev/null\necho 'sort: cannot create temporary file' >&2\nexit 2\n")
-    (fake / "sort").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    fake_tool(tmp_path, monkeypatch, "sort", "cat >/dev/null\necho 'sort: cannot create temporary file' >&2\nexit 2")
     journal.set_meta(SCAN_RULES, IgnoreRules(()).fingerprint)
     sink = Recorder()
     report = LocalScan("t", str(root), IgnoreRules(()), journal, sink).run(threading.Event())
@@ -257,11 +262,7 @@ def test_stop_interrupts_a_listing_still_being_made_and_submits_nothing(tmp_path
         write(root, f"f{i}")
     journal = Journal(tmp_path / "j.sqlite3", "test")
     manifest_of(root, journal)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "find").write_text("#!/bin/sh\nexec sleep 30\n")  # a tree that takes long to list
-    (fake / "find").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    fake_tool(tmp_path, monkeypatch, "find", "exec sleep 30")  # a tree that takes long to list
     journal.set_meta(SCAN_RULES, IgnoreRules(()).fingerprint)
     stop = threading.Event()
     threading.Timer(0.3, stop.set).start()

@@ -172,7 +172,8 @@ class FolderRuntime:
             if transfers is None:
                 return
             try:
-                remote = RemotePass(self.folder, self.journal, transfers.store, self.scheduler.inbox, self._scratch)
+                remote = RemotePass(self.folder, self.journal, transfers.store, self.scheduler.inbox, self._scratch,
+                                    self.ignore)
                 report = remote.run(self._stop, rebuild)
             except StoreError as exc:
                 self.last_reconcile_error = str(exc)

@@ -137,7 +137,7 @@ class LocalScan:
         finally:
             diffs.close()   # reaps find and sort now, even when a submit raised
             blocks.close()  # releases its read snapshot now, not at garbage collection
-        report.files = diff.counts.files
+        report.files = diff.files
         for line in diff.unreadable[:5]:
             self._log.warning("scan.unreadable_dir", error=line.decode(errors="replace"))
 
@@ -236,14 +236,14 @@ class RemotePass:
     HEAD_WORKERS = 16
 
     def __init__(self, folder: FolderConfig, journal: Journal, store: ObjectStore, sink: Adopter,
-                 scratch: Path):
+                 scratch: Path, ignore: IgnoreRules):
         self.folder = folder
         self.journal = journal
         self.store = store
         self.sink = sink
         self.scratch = scratch
         self.root = str(folder.path)
-        self.ignore = IgnoreRules(folder.ignore)
+        self.ignore = ignore
         self._log = log.bind(folder=folder.name)
 
     def run(self, stop: threading.Event, rebuild: bool) -> RemoteReport:

@@ -29,11 +29,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-import structlog
-
 from .paths import IgnoreRules
-
-log = structlog.get_logger("syncd.tree")
 
 FIND_FORMAT = r"%P\001%s\001%T@\000"  # must print what journal.MANIFEST_RECORD prints
 READ_SIZE = 256 * 1024
@@ -48,13 +44,6 @@ NEW, CHANGED, MISSING = "new", "changed", "missing"
 class Diff:
     kind: str      # NEW, CHANGED or MISSING
     path: str
-    size: int = 0
-    mtime_ns: int = 0
-
-
-@dataclass
-class Counts:
-    files: int = 0   # regular files on disk that the mirror covers (not ignored)
 
 
 class TreeError(Exception):
@@ -91,7 +80,7 @@ def parse(record: bytes) -> tuple[bytes, int, int] | None:
 class _Listing:
     """find | sort -z, read as a byte stream of records."""
 
-    def __init__(self, root: str, scratch: str | None, pruned: tuple[str, ...], stop: threading.Event):
+    def __init__(self, root: str, pruned: tuple[str, ...], stop: threading.Event):
         env = {**os.environ, "LC_ALL": "C"}  # byte order, raw names
         self._stop = stop
         self.stopped = False
@@ -110,7 +99,7 @@ class _Listing:
         except OSError as exc:
             raise TreeError(f"cannot run find: {exc}") from exc
         assert self._find.stdout is not None and self._find.stderr is not None
-        sort = ["sort", "-z", "-S", SORT_BUFFER] + (["-T", scratch] if scratch else [])
+        sort = ["sort", "-z", "-S", SORT_BUFFER]
         try:
             self._sort = subprocess.Popen(sort, stdin=self._find.stdout, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, env=env)
@@ -205,18 +194,17 @@ class _Listing:
 class TreeDiff:
     """The differences between the tree under ``root`` and the manifest, in path order."""
 
-    def __init__(self, root: str, ignore: IgnoreRules, scratch: str | None = None):
+    def __init__(self, root: str, ignore: IgnoreRules):
         self.root = root
         self.ignore = ignore
-        self.scratch = scratch
-        self.counts = Counts()
+        self.files = 0  # regular files on disk that the mirror covers (not ignored)
         self.unreadable: list[bytes] = []
         self._dir = ""
         self._dir_ignored = False
 
     def run(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event) -> Generator[Diff, None, None]:
         """Yields every difference; the caller must exhaust it unless ``stop`` is set."""
-        listing = _Listing(self.root, self.scratch, self.ignore.pruned_dirs, stop)
+        listing = _Listing(self.root, self.ignore.pruned_dirs, stop)
         completed = False
         try:
             prefetched = _Prefetch(blocks)
@@ -224,7 +212,7 @@ class TreeDiff:
                 if stop.is_set():
                     return
                 if listing.skip_if_next(blob):
-                    self.counts.files += count
+                    self.files += count
                     continue
                 yield from self._merge(listing, blob, last)
             while (record := listing.peek()) is not None:
@@ -252,10 +240,10 @@ class TreeDiff:
                 i += 1
             if i < len(rows) and rows[i][0] == path:
                 if (rows[i][1], rows[i][2]) != (size, mtime_ns):
-                    yield Diff(CHANGED, rel, size, mtime_ns)
+                    yield Diff(CHANGED, rel)
                 i += 1
             else:
-                yield Diff(NEW, rel, size, mtime_ns)
+                yield Diff(NEW, rel)
         if listing.stopped:
             return  # the rest of the listing was never read: these rows are not known missing
         for row in rows[i:]:
@@ -264,7 +252,7 @@ class TreeDiff:
     def _on_disk_only(self, record: bytes) -> Iterator[Diff]:
         item = parse(record)
         if item is not None and (rel := self._mirrored(item[0])) is not None:
-            yield Diff(NEW, rel, item[1], item[2])
+            yield Diff(NEW, rel)
 
     def _mirrored(self, raw: bytes) -> str | None:
         """The path as the mirror knows it, or None if the walk would skip it (a name that
@@ -273,12 +261,12 @@ class TreeDiff:
             rel = raw.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        parent, _, name = rel.rpartition("/")
+        parent = rel.rpartition("/")[0]
         if parent != self._dir:  # records come sorted: one verdict per directory run
             self._dir, self._dir_ignored = parent, bool(parent) and self.ignore.dir_ignored(parent)
         if self._dir_ignored or self.ignore.ignored(rel):
             return None
-        self.counts.files += 1
+        self.files += 1
         return rel
 
 
