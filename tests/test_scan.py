@@ -71,6 +71,16 @@ def fake_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, script
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
 
 
+def synced_tree(tmp_path: Path, files: int) -> tuple[Path, Journal]:
+    """A tree of ``files`` small files, all recorded in a fresh journal's manifest."""
+    root = tmp_path / "root"
+    for i in range(files):
+        write(root, f"f{i}")
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    manifest_of(root, journal)
+    return root, journal
+
+
 def write(root: Path, rel: str | bytes, data: bytes = b"x") -> None:
     path = os.path.join(os.fsencode(root), rel if isinstance(rel, bytes) else rel.encode())
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -195,11 +205,7 @@ def test_changed_ignore_rules_make_the_next_scan_a_python_walk(tmp_path):
 
 
 def test_a_failing_sort_falls_back_to_the_python_walk(tmp_path, monkeypatch):
-    root = tmp_path / "root"
-    for i in range(50):
-        write(root, f"f{i}")
-    journal = Journal(tmp_path / "j.sqlite3", "test")
-    manifest_of(root, journal)
+    root, journal = synced_tree(tmp_path, 50)
     write(root, "f7", b"changed")
     fake_tool(tmp_path, monkeypatch, "sort", "cat >/dev/null\necho 'sort: cannot create temporary file' >&2\nexit 2")
     journal.set_meta(SCAN_RULES, IgnoreRules(()).fingerprint)
@@ -257,11 +263,7 @@ def test_a_changed_mtime_before_1970_is_found_by_the_fast_listing(tmp_path):
 
 
 def test_stop_interrupts_a_listing_still_being_made_and_submits_nothing(tmp_path, monkeypatch):
-    root = tmp_path / "root"
-    for i in range(20):
-        write(root, f"f{i}")
-    journal = Journal(tmp_path / "j.sqlite3", "test")
-    manifest_of(root, journal)
+    root, journal = synced_tree(tmp_path, 20)
     fake_tool(tmp_path, monkeypatch, "find", "exec sleep 30")  # a tree that takes long to list
     journal.set_meta(SCAN_RULES, IgnoreRules(()).fingerprint)
     stop = threading.Event()
