@@ -365,3 +365,24 @@ def test_wait_asked_before_the_watches_exist_returns_with_the_startup_scans_find
     reply = await_condition(ask, 30, "the daemon to answer wait", interval=0.01)
     assert reply["idle"] is True
     assert assert_mirror(s3, bucket, tree) == 30
+
+
+def test_wait_counts_the_event_grace_from_when_the_command_ran(syncd, tree, bucket):
+    """The grace covers events of writes made before the command; a request that arrives
+    after that window has passed does not wait it out again."""
+    from syncd.control import request
+    from syncd.service import EVENT_GRACE
+
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    syncd.wait_idle(60)
+
+    def timed_wait(**asked: float) -> float:
+        t0 = time.monotonic()
+        reply = request(syncd.socket, "wait", io_timeout=60, timeout=30, **asked)
+        assert reply["idle"] is True
+        return time.monotonic() - t0
+
+    assert timed_wait() >= EVENT_GRACE  # no time given: a whole grace from the arrival
+    assert timed_wait(asked_at=time.clock_gettime(time.CLOCK_BOOTTIME)) >= EVENT_GRACE * 0.9
+    assert timed_wait(asked_at=time.clock_gettime(time.CLOCK_BOOTTIME) - 5) < EVENT_GRACE

@@ -27,8 +27,8 @@ from .watcher import Watcher
 
 log = structlog.get_logger("syncd.service")
 
-# `syncd wait` looks at the folders only after this long, so that events of writes made
-# just before the request have crossed inotify and watchdog (which holds an unpaired
+# `syncd wait` looks at the folders only this long after the command ran, so that events of
+# writes made just before it have crossed inotify and watchdog (which holds an unpaired
 # IN_MOVED_FROM for 0.5 s while it looks for its IN_MOVED_TO).
 EVENT_GRACE = 0.6
 WAIT_POLL = 0.02  # `syncd wait` looks this often (a count query on the journal: cheap)
@@ -227,15 +227,28 @@ class Daemon:
             return self.reload()
         raise ControlError(f"unknown command {cmd!r}")
 
+    def _grace(self, asked_at: float | None) -> float:
+        """How long `wait` must let events of the writes it covers reach the journal.
+
+        The writes it covers finished before the command ran (``asked_at``), and an event is
+        in the kernel's queue when its write returns: it has reached the journal by
+        ``asked_at + EVENT_GRACE``. Only what is left of that window is waited for, not a
+        whole grace from the request's arrival (the client's start-up alone is ~0.1 s)."""
+        if asked_at is None:
+            return EVENT_GRACE
+        watching_from = self._watching_from
+        if watching_from is None or asked_at < watching_from:
+            # Asked before the first watch was set up: every write it covers is older than
+            # the startup scans, which see it, so no event can still be on its way.
+            return 0.0
+        left = asked_at + EVENT_GRACE - time.clock_gettime(time.CLOCK_BOOTTIME)
+        return min(EVENT_GRACE, max(0.0, left))  # a time from the future gets the whole grace
+
     def _wait(self, name: str | None, timeout: float | None, asked_at: float | None = None) -> dict[str, Any]:
         """``asked_at``: when the client ran `syncd wait` (CLOCK_BOOTTIME), if it says."""
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        # Asked before the first watch was set up: every write made before the request is
-        # older than the startup scans, which see it, so no event can still be on its way.
-        watching_from = self._watching_from
-        early = asked_at is not None and (watching_from is None or asked_at < watching_from)
-        grace = 0.0 if early else EVENT_GRACE
+        grace = self._grace(asked_at)
         log.debug("wait.asked", folder=name, grace_s=grace)
         if not self._ready.wait(timeout):
             return {"idle": False, "busy": ["(daemon starting)"]}
