@@ -63,6 +63,9 @@ class FolderRuntime:
         self.last_reconcile_at: float | None = None
         self.last_reconcile_error: str | None = None
         self.watch_error: str | None = None
+        # CLOCK_BOOTTIME just before the startup scan began reading the tree: `syncd wait`
+        # needs no event grace for writes older than that (the scan saw them).
+        self.first_scan_at: float | None = None
         self._next_reconcile = time.monotonic() + folder.reconcile_interval
         self._next_fallback = 0.0
         self._overflow_pending = False
@@ -152,6 +155,8 @@ class FolderRuntime:
             self._blocking = False
 
     def _local(self) -> None:
+        if self.first_scan_at is None:
+            self.first_scan_at = time.clock_gettime(time.CLOCK_BOOTTIME)
         scan = LocalScan(self.folder.name, str(self.folder.path), self.ignore, self.journal, self.scheduler.inbox)
         report = scan.run(self._stop)
         if not self._stop.is_set():

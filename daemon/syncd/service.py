@@ -48,7 +48,6 @@ class Daemon:
         self._reload = threading.Event()
         self._signals = 0
         self._ready = threading.Event()  # folders registered: `wait` must not see an empty set as idle
-        self._watching_from: float | None = None  # CLOCK_BOOTTIME just before the first watch
         self._lock = threading.Lock()  # folder set changes (reload) vs. control reads
         usec = os.environ.get("WATCHDOG_USEC")
         self._watchdog_every = int(usec) / 2e6 if usec and usec.isdigit() else None
@@ -87,8 +86,6 @@ class Daemon:
         runtime = FolderRuntime(folder, self.config.state_dir, self.budget)
         with self._lock:
             self.folders[folder.name] = runtime
-        if self._watching_from is None:  # the first watch is set up next
-            self._watching_from = time.clock_gettime(time.CLOCK_BOOTTIME)
         runtime.start(self.watcher)
 
     def _remove_folder(self, name: str, deadline: float) -> None:
@@ -227,7 +224,7 @@ class Daemon:
             return self.reload()
         raise ControlError(f"unknown command {cmd!r}")
 
-    def _grace(self, asked_at: float | None) -> float:
+    def _grace(self, asked_at: float | None, targets: list[FolderRuntime]) -> float:
         """How long `wait` must let events of the writes it covers reach the journal.
 
         The writes it covers finished before the command ran (``asked_at``), and an event is
@@ -236,10 +233,10 @@ class Daemon:
         whole grace from the request's arrival (the client's start-up alone is ~0.1 s)."""
         if asked_at is None:
             return EVENT_GRACE
-        watching_from = self._watching_from
-        if watching_from is None or asked_at < watching_from:
-            # Asked before the first watch was set up: every write it covers is older than
-            # the startup scans, which see it, so no event can still be on its way.
+        if all(r.first_scan_at is None or asked_at < r.first_scan_at for r in targets):
+            # Asked before the startup scans began reading the trees (which happens after
+            # the watches are set up): they see every write it covers, and `wait` waits
+            # for them, so no event of such a write matters.
             return 0.0
         left = asked_at + EVENT_GRACE - time.clock_gettime(time.CLOCK_BOOTTIME)
         return min(EVENT_GRACE, max(0.0, left))  # a time from the future gets the whole grace
@@ -248,10 +245,10 @@ class Daemon:
         """``asked_at``: when the client ran `syncd wait` (CLOCK_BOOTTIME), if it says."""
         start = time.monotonic()
         deadline = None if timeout is None else start + timeout
-        grace = self._grace(asked_at)
-        log.debug("wait.asked", folder=name, grace_s=grace)
         if not self._ready.wait(timeout):
             return {"idle": False, "busy": ["(daemon starting)"]}
+        grace = self._grace(asked_at, self._select(name))
+        log.debug("wait.asked", folder=name, grace_s=round(grace, 3))
         while True:
             now = time.monotonic()
             targets = self._select(name)
