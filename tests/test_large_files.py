@@ -321,6 +321,22 @@ def test_stale_unknown_uploads_under_the_prefix_are_swept_and_others_kept(syncd,
     assert f"event=multipart.stale_aborted folder=main key=mirror/left-by-a-crash.bin upload_id={stale}" in syncd.log()
 
 
+def test_a_second_upload_of_the_same_key_is_aborted_once_the_file_is_published(syncd, tree, s3, bucket):
+    """A CreateMultipartUpload whose response was lost (and retried) leaves an upload nobody
+    journaled, far younger than the stale-upload age: the upload that publishes the key
+    aborts it, and leaves other keys' uploads alone."""
+    syncd.add_folder("main", tree, bucket, multipart_threshold="5MiB", part_size="5MiB")
+    syncd.start()
+    syncd.wait_idle()
+    stray = s3.create_multipart_upload(Bucket=bucket, Key="big.bin")["UploadId"]
+    other = s3.create_multipart_upload(Bucket=bucket, Key="other.bin")["UploadId"]
+    write_random(tree / "big.bin", 11 * MiB, seed=5)
+    syncd.wait_idle(60)
+    assert_mirror(s3, bucket, tree)
+    assert [u["UploadId"] for u in incomplete_uploads(s3, bucket)] == [other]
+    assert f"event=multipart.stray_aborted folder=main path=big.bin upload_id={stray}" in syncd.log()
+
+
 @pytest.mark.parametrize("checksum", ["crc32c", "sha256", "md5", "off"])
 def test_every_checksum_mode_uploads_small_and_multipart_files_intact(syncd, tree, s3, bucket, checksum):
     write_random(tree / "large.bin", 12 * MiB + 7, seed=7)

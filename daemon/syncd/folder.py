@@ -190,12 +190,14 @@ class FolderRuntime:
                 return
             if self._stop.is_set():
                 return
-            report.uploads_aborted = self._sweep_uploads(transfers)
             self.scheduler.inbox.barrier(timeout=60)
+            if rebuild:
+                # The adoptions are journaled: uploads may start. The sweep below needs not
+                # hold them (it never aborts an upload this folder has journaled).
+                self.scheduler.set_rebuilding(False)
+            report.uploads_aborted = self._sweep_uploads(transfers)
             self.last_reconcile, self.last_reconcile_at, self.last_reconcile_error = report, time.time(), None
             self._next_reconcile = time.monotonic() + self.folder.reconcile_interval
-            if rebuild:
-                self.scheduler.set_rebuilding(False)
             return
 
     def _sweep_uploads(self, transfers: Transfers) -> int:

@@ -149,7 +149,6 @@ class MultipartUploader:
             upload_id = self.store.create_upload(src.key, {META_MTIME: str(st.st_mtime_ns)})
             self.uploads.begin(src.path, upload_id, st.st_size, st.st_mtime_ns, st.st_ino, part_size,
                                self.folder.checksum)
-            self._abort_strays(src.path, src.key, upload_id)
             self._log.debug("multipart.created", path=src.path, upload_id=upload_id, part_size=part_size,
                             parts=part_count(st.st_size, part_size))
         else:
@@ -157,7 +156,7 @@ class MultipartUploader:
             self._log.info("multipart.resumed", path=src.path, upload_id=upload_id, parts_done=len(done),
                            parts=part_count(st.st_size, part_size))
         try:
-            return self._send(src, upload_id, part_size, done, touch)
+            entry = self._send(src, upload_id, part_size, done, touch)
         except FileChanged:
             self.abort(src.path, src.key, upload_id)
             raise
@@ -169,6 +168,10 @@ class MultipartUploader:
             if not exc.transient and exc.scope != "folder":
                 self.abort(src.path, src.key, upload_id)  # it cannot succeed: leave nothing behind
             raise
+        # After the upload, not before its first part: one request less on the way to the
+        # first byte. Until then a stray costs only storage.
+        self._abort_strays(src.path, src.key, upload_id)
+        return entry
 
     def _resume(self, src: Source, rec: UploadRecord, head_etag: str | None) -> dict[int, Part] | str | None:
         """Which journaled parts the server still holds; "published" if the upload was
@@ -327,16 +330,16 @@ class MultipartUploader:
     def _abort_strays(self, path: str, key: str, keep: str) -> None:
         """Abort other uploads of this very key: they are ours, from a CreateMultipartUpload
         whose response was lost (the client retried it) or a journal lost meanwhile. Best
-        effort; the periodic sweep catches what this misses."""
+        effort, after the file is published: a failure here must not fail that upload, and
+        the periodic sweep catches what this misses."""
         try:
             for up in self.store.list_uploads(key):
                 if up.key == key and up.upload_id != keep:
                     self.store.abort_upload(key, up.upload_id)
                     self._log.info("multipart.stray_aborted", path=path, upload_id=up.upload_id)
         except StoreError as exc:
-            if not exc.transient:
-                raise
-            self._log.debug("multipart.stray_check_failed", path=path, error=str(exc))
+            (self._log.debug if exc.transient else self._log.warning)("multipart.stray_check_failed",
+                                                                      path=path, error=str(exc))
 
     def sweep(self, has_pending: Callable[[str], bool]) -> int:
         """Abort uploads nobody will finish: journaled ones whose change is gone, and unknown
