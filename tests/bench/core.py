@@ -415,6 +415,10 @@ class Bench:
         """Run ``runner`` once, verify the bucket, record the time (with request counts via ``proxy``)."""
         if proxy is not None:
             proxy.reset_counts()
+        # The previous run's writes (SeaweedFS's volumes, a peer's files) are written back by
+        # the kernel about 30 s later, on whichever tool runs then: flush them first, so that
+        # every run starts with the same (clean) page cache.
+        os.sync()
         result = runner.run(self.timeout_for(len(dataset.files)))
         extra = dict(result.info)
         if proxy is not None:

@@ -98,6 +98,7 @@ def _live_large(bench: Bench, ds: Dataset, rep: int) -> Sample:
     if started.error is not None:
         runner.stop()
         return sample(None, False, started.error)
+    os.sync()  # as before every timed run (Bench.measure)
     t0 = time.monotonic()
     os.link(ds.root / "large.bin", watched / "large.bin")
     r = runner.daemon.cli("wait", "--timeout", "600", timeout=630)
