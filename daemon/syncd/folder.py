@@ -192,7 +192,7 @@ class FolderRuntime:
                 return
             self.scheduler.inbox.barrier(timeout=60)
             if rebuild:
-                # The adoptions are journaled: uploads may start. The sweep below needs not
+                # The adoptions are journaled: uploads may start. The sweep below need not
                 # hold them (it never aborts an upload this folder has journaled).
                 self.scheduler.set_rebuilding(False)
             report.uploads_aborted = self._sweep_uploads(transfers)
