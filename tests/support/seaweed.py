@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -146,8 +146,10 @@ def find_weed() -> str:
     return found
 
 
-def start_seaweed(workdir: Path, weed: str | None = None, timeout: float = 60) -> SeaweedServer:
+def start_seaweed(workdir: Path, weed: str | None = None, timeout: float = 60,
+                  extra_args: Sequence[str] = ()) -> SeaweedServer:
     """Start ``weed server`` with the S3 gateway under ``workdir``; return once S3 answers.
+    ``extra_args`` go to ``weed server`` as well (e.g. ``-cpuprofile=FILE``).
 
     Retries with other ports when weed exits early (typically "bind: address already in use"
     because someone took a port after we checked it).
@@ -180,7 +182,7 @@ def start_seaweed(workdir: Path, weed: str | None = None, timeout: float = 60) -
     deadline = time.monotonic() + timeout
     failures: list[str] = []
     for attempt in range(1, START_ATTEMPTS + 1):
-        server = _launch(weed, workdir, attempt, s3_config, access_key, secret_key)
+        server = _launch(weed, workdir, attempt, s3_config, access_key, secret_key, extra_args)
         server.readonly_access_key, server.readonly_secret_key = readonly_access_key, readonly_secret_key
         try:
             _wait_ready(server, deadline)
@@ -200,7 +202,8 @@ class _EarlyExit(RuntimeError):
     """weed exited before it became ready."""
 
 
-def _launch(weed: str, workdir: Path, attempt: int, s3_config: Path, access_key: str, secret_key: str) -> SeaweedServer:
+def _launch(weed: str, workdir: Path, attempt: int, s3_config: Path, access_key: str, secret_key: str,
+            extra_args: Sequence[str]) -> SeaweedServer:
     ports = dict(zip(SERVICES, pick_free_ports(len(SERVICES)), strict=True))
     data_dir = workdir / f"data-{attempt}"
     data_dir.mkdir()
@@ -224,6 +227,7 @@ def _launch(weed: str, workdir: Path, attempt: int, s3_config: Path, access_key:
         f"-volume.max={VOLUME_MAX}",
         # The default waits 10 s after deregistering before a volume server exits.
         "-volume.preStopSeconds=0",
+        *extra_args,
     ]
     log_file = log_path.open("wb")
     try:
