@@ -7,6 +7,7 @@ from scratch (burst).
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import subprocess
@@ -183,6 +184,7 @@ def _burst_syncd(bench: Bench, runner: SyncdRunner, archive: Path, watched: Path
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
+    os.sync()  # as before every timed run (Bench.measure): the previous run's write-back is not ours
     t0 = time.monotonic()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(watched)], check=True)
     unpacked = time.monotonic() - t0
