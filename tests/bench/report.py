@@ -271,7 +271,7 @@ def write_report(samples: list[Sample], facts: dict[str, str], settings: dict[st
         parts += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in charts] + [""]
     parts += ["## How each tool was run", "", markdown([["tool", "settings"], *map(list, settings.items())]), "",
               "## Machine", "", markdown([["fact", "value"], *map(list, facts.items())]), "",
-              f"Raw samples: `{raw.relative_to(outdir)}` (not committed).", ""]
+              f"Raw samples: `{raw.relative_to(outdir)}`.", ""]
     path = outdir / "results.md"
     path.write_text("\n".join(parts))
     return path, rows

@@ -149,7 +149,7 @@ def profile_upload(tool: str, data: Dataset, work: Path, timeout: float) -> Path
 
 def report(tool: str, profile: Profile, top: int) -> None:
     seconds, flat, cumulative = profile
-    total = sum(flat.values()) or 1
+    total = seconds * 1e9 or 1
     print(f"\n== SeaweedFS CPU while {tool} uploaded: {seconds:.2f} s")
     # Cumulative: SeaweedFS's own functions only (the HTTP server's frames are in every sample).
     ours = collections.Counter({k: v for k, v in cumulative.items() if k.startswith(SEAWEED_PACKAGE)})
