@@ -114,19 +114,31 @@ def test_refuses_to_replace_a_regular_file_at_the_socket_path(syncd, tree, bucke
     assert "not a socket" in syncd.log()
 
 
-def test_access_denied_on_upload_is_parked_with_its_reason(syncd, tree, bucket, s3_server, tmp_path):
+def test_access_denied_on_upload_is_parked_with_its_reason(proxied_syncd, s3_proxy, tree, bucket):
+    # A bucket policy that denies some keys: the server answers AccessDenied to their PUT only.
+    s3_proxy.set_faults(1.0, ["403"], ops=["PutObject"])
+    proxied_syncd.add_folder("main", tree, bucket)
+    (tree / "a.txt").write_text("a")
+    proxied_syncd.start()
+    r = proxied_syncd.cli("wait", "--timeout", "60")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    status = proxied_syncd.folder_status("main")
+    assert status["failed"] == 1
+    assert status["failures"][0]["path"] == "a.txt"
+    assert "AccessDenied" in status["failures"][0]["error"] and "a.txt" in status["failures"][0]["error"]
+
+
+def test_read_only_credentials_put_the_folder_in_error_naming_the_owner_marker(syncd, tree, bucket, s3_server,
+                                                                                tmp_path):
     creds = tmp_path / "credentials"
     creds.write_text(f"[reader]\naws_access_key_id = {s3_server.readonly_access_key}\n"
                      f"aws_secret_access_key = {s3_server.readonly_secret_key}\n")
     syncd.add_folder("main", tree, bucket, profile="reader")  # may read the bucket, not write it
     (tree / "a.txt").write_text("a")
     syncd.start(AWS_SHARED_CREDENTIALS_FILE=str(creds), AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
-    r = syncd.cli("wait", "--timeout", "60")
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    status = syncd.folder_status("main")
-    assert status["failed"] == 1
-    assert status["failures"][0]["path"] == "a.txt"
-    assert "AccessDenied" in status["failures"][0]["error"] and "a.txt" in status["failures"][0]["error"]
+    status = await_condition(lambda: (s := syncd.folder_status("main"))["state"] == "error" and s, 60,
+                             "the folder in error")
+    assert "AccessDenied" in status["last_error"] and ".syncd/owner" in status["last_error"]
 
 
 def test_throttling_and_server_errors_are_retried_until_the_mirror_converges(proxied_syncd, s3_proxy, tree, s3,

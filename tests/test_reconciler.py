@@ -164,7 +164,8 @@ def test_deletion_wave_above_max_delete_pauses_until_resume(proxied_syncd, s3_pr
     assert proxied_syncd.folder_status("main")["state"] == "watching"
 
 
-def test_reconcile_of_an_unchanged_folder_makes_only_list_requests(proxied_syncd, s3_proxy, tree, bucket):
+def test_reconcile_of_an_unchanged_folder_makes_only_list_requests_and_one_owner_check(proxied_syncd, s3_proxy,
+                                                                                     tree, bucket):
     _populate(tree, 3000, size=64)
     proxied_syncd.add_folder("main", tree, bucket)
     proxied_syncd.start()
@@ -172,10 +173,11 @@ def test_reconcile_of_an_unchanged_folder_makes_only_list_requests(proxied_syncd
     s3_proxy.reset_counts()
     assert proxied_syncd.cli("reconcile", "--wait", "--timeout", "120").returncode == 0
     counts = s3_proxy.counts()
-    assert set(counts) == {"ListObjectsV2", "ListMultipartUploads"}, counts
-    assert counts["ListObjectsV2"] == 3  # 1000 keys per page
+    assert set(counts) == {"ListObjectsV2", "ListMultipartUploads", "OwnerMarker"}, counts
+    assert counts["ListObjectsV2"] == 4  # 3000 files + the owner marker, 1000 keys per page
+    assert counts["OwnerMarker"] == 1  # the prefix is still this folder's (one GET of the marker)
     assert counts["ListMultipartUploads"] == 1  # the sweep for abandoned uploads
-    assert "reconcile.done" in proxied_syncd.log() and "lists=3 heads=0" in proxied_syncd.log()
+    assert "reconcile.done" in proxied_syncd.log() and "lists=4 heads=0" in proxied_syncd.log()
 
 
 def test_foreign_keys_are_reported_and_kept_unless_the_folder_opts_in(syncd, tree, s3, bucket):

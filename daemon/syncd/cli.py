@@ -46,9 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("wait", parents=[common], help="block until every folder is idle")
     p.add_argument("folder", nargs="?")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
-    for name, text in (("pause", "stop transfers (changes are still journaled)"), ("resume", "restart transfers"),
+    for name, text in (("pause", "stop transfers (changes are still journaled)"),
                        ("retry", "requeue permanently failed changes")):
         sub.add_parser(name, parents=[common], help=text).add_argument("folder", nargs="?")
+    p = sub.add_parser("resume", parents=[common], help="restart transfers; confirm what a guard held")
+    p.add_argument("folder", nargs="?")
+    p.add_argument("--take-over", action="store_true",
+                   help="claim the folder's prefix although another syncd owns it (needs FOLDER)")
     p = sub.add_parser("reconcile", parents=[common], help="compare the folder with the journal now")
     p.add_argument("folder", nargs="?")
     p.add_argument("--wait", action="store_true", help="wait until the folder is idle afterwards")
@@ -142,6 +146,13 @@ def _client(args: argparse.Namespace, sock: Path) -> int:
     if args.command == "reload":
         reply = request(sock, "reload", io_timeout=120)
         print(f"reloaded: added {reply['added'] or 'none'}, removed {reply['removed'] or 'none'}")
+        return 0
+    if args.command == "resume" and args.take_over:
+        if folder is None:
+            print("syncd: resume --take-over needs the FOLDER whose prefix to claim", file=sys.stderr)
+            return EXIT_USAGE
+        reply = request(sock, "resume", folder=folder, take_over=True)
+        print(f"resumed: {folder}; taking over its prefix")
         return 0
     reply = request(sock, args.command, folder=folder)
     if args.command == "retry":

@@ -19,6 +19,7 @@ import structlog
 from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .journal import Journal
+from .owner import OWNED_ELSEWHERE
 from .paths import IgnoreRules
 from .reconciler import SCAN_RULES, LocalScan, RemotePass, RemoteReport, ScanReport
 from .scheduler import CONNECTING, Scheduler
@@ -177,8 +178,15 @@ class FolderRuntime:
             if transfers is None:
                 return
             try:
+                # The prefix may have been taken over since the probe claimed it.
+                self.scheduler.ownership.claim(transfers.store)
+            except StoreError as exc:
+                if exc.code == OWNED_ELSEWHERE:
+                    self.scheduler.folder_error(exc)
+                    return
+            try:
                 remote = RemotePass(self.folder, self.journal, transfers.store, self.scheduler.inbox, self._scratch,
-                                    self.ignore)
+                                    self.ignore, self.scheduler.ownership.own_ids())
                 report = remote.run(self._stop, rebuild)
             except StoreError as exc:
                 self.last_reconcile_error = str(exc)
@@ -301,6 +309,7 @@ class FolderRuntime:
             "rate_bytes_per_s": round(bytes_rate),
             "eta_s": round(backlog / files_rate, 1) if files_rate > 0 and backlog else None,
             "objects": counts["manifest"],
+            "owner": s.ownership.owner,
             "last_scan": None if scan is None else {
                 "at": _iso(scan.finished_at), "seconds": round(scan.seconds, 3), "files": scan.files,
                 "changed": scan.changed, "missing": scan.missing},

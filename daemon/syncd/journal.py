@@ -8,6 +8,15 @@ Two tables carry the durability model:
   bumped by every upsert: a transfer that finishes removes the row only if no newer event
   arrived while it ran, so a file that changed during its upload is processed again.
 * ``manifest`` — what the bucket holds for each path (size, mtime_ns, inode, sha256, ETag).
+* ``intents`` — paths whose key syncd is writing or may have written (a PUT, a multipart
+  upload, a copy) without the outcome being recorded yet. A row is committed before the
+  request is sent and removed in the transaction that records the confirmed result in the
+  manifest (or the key's deletion). After kill -9 or a lost answer, every key syncd may have
+  written is therefore in the manifest or here, and the planner deletes the key of an
+  intent whose file is gone, exactly as it deletes a manifest key (DESIGN.md, "No object
+  outlives its file").
+* ``foreign`` — keys under the prefix known not to be syncd's (by their ETag), so the
+  remote pass need not HEAD them again.
 
 Replaying after kill -9 is safe because every operation derived from a row is idempotent:
 re-uploading the same bytes, re-copying, or deleting an absent key leaves the same bucket.
@@ -35,7 +44,8 @@ from .uploads import migrate as migrate_uploads
 
 log = structlog.get_logger("syncd.journal")
 
-SCHEMA_VERSION = 3  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode
+SCHEMA_VERSION = 4  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
+                    # 4: write intents and the foreign-key cache (tables intents, foreign)
 
 # Row states in `pending`.
 READY, CLAIMED, FAILED = 0, 1, 2
@@ -63,6 +73,15 @@ CREATE TABLE IF NOT EXISTS manifest(
     etag     TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS manifest_inode ON manifest(inode);
+CREATE TABLE IF NOT EXISTS intents(
+    path  TEXT PRIMARY KEY,
+    op    TEXT NOT NULL,      -- put, multipart or copy: what may have reached the key
+    since REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS foreign_keys(
+    path TEXT PRIMARY KEY,
+    etag TEXT NOT NULL
+) WITHOUT ROWID;
 """ + UPLOADS_SCHEMA
 
 # A manifest row as ``find -printf syncd.tree.FIND_FORMAT`` prints the file it describes:
@@ -128,6 +147,7 @@ class Outcome:
     kind: ``done`` (row finished; ``entry`` upserted or ``forget`` removes the manifest row),
     ``retry`` (transient error: back off ``delay``), ``defer`` (not ready: look again after
     ``delay`` without counting an attempt), ``park`` (permanent error, needs the user).
+    A ``done`` with ``entry`` or ``forget`` (or ``settled``) also ends the path's write intent.
     """
 
     kind: str
@@ -137,6 +157,7 @@ class Outcome:
     forget: bool = False
     error: str | None = None
     delay: float = 0.0
+    settled: bool = False  # the key needs nothing more (delete: keep): drop its write intent
 
 
 class JournalCorrupt(Exception):
@@ -201,6 +222,9 @@ class Journal:
                 db.execute("DELETE FROM manifest")
                 db.execute("DELETE FROM parts")
                 db.execute("DELETE FROM uploads")  # they belong to the old bucket
+                db.execute("DELETE FROM intents")
+                db.execute("DELETE FROM foreign_keys")
+                db.execute("DELETE FROM meta WHERE key='owner'")  # the old prefix's owner id
                 self.fresh = True
                 self.fresh_reason = "target changed"
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
@@ -271,6 +295,9 @@ class Journal:
                                    (e.path, e.size, e.mtime_ns, e.inode, e.sha256, e.etag))
                     if o.forget:
                         db.execute("DELETE FROM manifest WHERE path=?", (o.path,))
+                    if o.entry is not None or o.forget or o.settled:
+                        # The key's content is now known (recorded, or deleted): no longer "may have written".
+                        db.execute("DELETE FROM intents WHERE path=?", (o.path,))
                     cur = db.execute("DELETE FROM pending WHERE path=? AND gen=?", (o.path, o.gen))
                     if cur.rowcount == 0:
                         # Changed again while we worked on it: look again after it settles.
@@ -289,6 +316,23 @@ class Journal:
                         db.execute("UPDATE pending SET state=0 WHERE path=?", (o.path,))
                 else:
                     raise ValueError(f"unknown outcome kind {o.kind!r}")
+
+    def intend(self, items: Iterable[tuple[str, str]]) -> None:
+        """Durably note ``(path, op)``: a write to the path's key is about to be sent."""
+        now = time.time()
+        rows = [(path, op, now) for path, op in items]
+        if rows:
+            with self.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO intents VALUES (?, ?, ?)", rows)
+
+    def intent(self, path: str) -> str | None:
+        """The op of the path's unresolved write intent, or None."""
+        row = self._db.execute("SELECT op FROM intents WHERE path=?", (path,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def intent_count(self) -> int:
+        with self.reader() as db:
+            return int(db.execute("SELECT COUNT(*) FROM intents").fetchone()[0])
 
     def release_claims(self) -> None:
         """Put claimed rows back (pause, or shutdown with work still queued)."""
@@ -386,6 +430,16 @@ class Journal:
         try:
             with immediate(db):
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        finally:
+            db.close()
+
+    def replace_foreign(self, rows: Iterable[tuple[str, str]]) -> None:
+        """From the remote pass's thread: the keys its pass found foreign, with their ETags."""
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            with immediate(db):
+                db.execute("DELETE FROM foreign_keys")
+                db.executemany("INSERT OR REPLACE INTO foreign_keys VALUES (?, ?)", rows)
         finally:
             db.close()
 

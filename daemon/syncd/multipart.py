@@ -28,7 +28,7 @@ from .config import S3_MAX_PART as MAX_PART
 from .config import S3_MIN_PART as MIN_PART
 from .config import FolderConfig, MiB
 from .journal import Entry
-from .store import META_MTIME, META_SHA256, TRANSIENT, ObjectStore, Part, StoreError, multipart_etag
+from .store import META_MTIME, META_OWNER, META_SHA256, TRANSIENT, ObjectStore, Part, StoreError, multipart_etag
 from .uploads import UploadLog, UploadRecord
 
 MAX_PARTS = 10_000                 # S3: at most 10,000 parts per upload, each 5 MiB to 5 GiB
@@ -100,6 +100,7 @@ class MultipartUploader:
         self.stopping = stopping
         self.progress = progress
         self._log = structlog.get_logger("syncd.multipart").bind(folder=folder.name)
+        self.owner = ""  # the folder's owner id (syncd.owner), set once the prefix is claimed
 
     # ------------------------------------------------------------------ one file
 
@@ -146,7 +147,7 @@ class MultipartUploader:
             else:
                 rec = None
         if rec is None:
-            upload_id = self.store.create_upload(src.key, {META_MTIME: str(st.st_mtime_ns)})
+            upload_id = self.store.create_upload(src.key, {META_MTIME: str(st.st_mtime_ns), META_OWNER: self.owner})
             self.uploads.begin(src.path, upload_id, st.st_size, st.st_mtime_ns, st.st_ino, part_size,
                                self.folder.checksum)
             self._log.debug("multipart.created", path=src.path, upload_id=upload_id, part_size=part_size,
@@ -314,7 +315,7 @@ class MultipartUploader:
     def _finish(self, src: Source, digest: bytes) -> Entry:
         """Give the complete object its content hash (S3 fixes metadata at creation)."""
         st = src.before
-        meta = {META_MTIME: str(st.st_mtime_ns), META_SHA256: digest.hex()}
+        meta = {META_MTIME: str(st.st_mtime_ns), META_SHA256: digest.hex(), META_OWNER: self.owner}
         etag = self.store.set_meta(src.key, meta, st.st_size)
         self.uploads.remove(src.path)
         return Entry(src.path, st.st_size, st.st_mtime_ns, st.st_ino, digest.hex(), etag)
@@ -327,16 +328,20 @@ class MultipartUploader:
         self.uploads.remove(path, upload_id)
         self._log.info("multipart.aborted", path=path, upload_id=upload_id)
 
+    def abort_strays(self, path: str, key: str, keep: str | None) -> None:
+        """Abort every upload of this very key but ``keep``: they are ours, from a
+        CreateMultipartUpload whose response was lost (the client retried it), a crash before
+        its upload id was journaled, or a journal lost meanwhile."""
+        for up in self.store.list_uploads(key):
+            if up.key == key and up.upload_id != keep:
+                self.store.abort_upload(key, up.upload_id)
+                self._log.info("multipart.stray_aborted", path=path, upload_id=up.upload_id)
+
     def _abort_strays(self, path: str, key: str, keep: str) -> None:
-        """Abort other uploads of this very key: they are ours, from a CreateMultipartUpload
-        whose response was lost (the client retried it) or a journal lost meanwhile. Best
-        effort, after the file is published: a failure here must not fail that upload, and
-        the periodic sweep catches what this misses."""
+        """Best effort, after the file is published: a failure here must not fail that
+        upload, and the periodic sweep catches what this misses."""
         try:
-            for up in self.store.list_uploads(key):
-                if up.key == key and up.upload_id != keep:
-                    self.store.abort_upload(key, up.upload_id)
-                    self._log.info("multipart.stray_aborted", path=path, upload_id=up.upload_id)
+            self.abort_strays(path, key, keep)
         except StoreError as exc:
             (self._log.debug if exc.transient else self._log.warning)("multipart.stray_check_failed",
                                                                       path=path, error=str(exc))

@@ -17,6 +17,16 @@ BUILTIN_IGNORES: tuple[str, ...] = (
     ".*.sw?", "*.crdownload", ".goutputstream-*", ".syncd-*",
 )
 
+# Top-level names under a folder's prefix that hold syncd's own bookkeeping (the owner
+# marker, the trash): never mirror content, and never uploaded over from a local file.
+RESERVED_NAMES = frozenset({".syncd", ".syncd-trash"})
+
+
+def reserved(rel: str) -> bool:
+    """True if ``rel`` (a folder-relative path or key) lies in syncd's bookkeeping namespace."""
+    return rel.partition("/")[0] in RESERVED_NAMES
+
+
 # S3 keys are at most 1024 bytes of UTF-8. XML 1.0 (the listing format) cannot carry most
 # C0 control characters, so such keys can be written but never listed back correctly.
 MAX_KEY_BYTES = 1024

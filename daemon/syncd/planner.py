@@ -15,7 +15,7 @@ import structlog
 from .config import FolderConfig
 from .journal import Journal, Outcome, Pending
 from .multipart import part_size_for
-from .paths import IgnoreRules, key_problem
+from .paths import IgnoreRules, key_problem, reserved
 from .transfer import Task
 
 SKIPPED_LOG_LIMIT = 10_000  # paths remembered so a skipped symlink is logged once, not per event
@@ -36,6 +36,11 @@ class Planner:
         problem = key_problem(self.folder.key_for(rel))
         if problem is not None:
             return Outcome("park", rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}")
+        if reserved(rel):
+            return Outcome("park", rel, p.gen, error=(
+                f"{os.path.join(self.root, rel)}: '{rel.partition('/')[0]}' at the top of the folder collides with "
+                "syncd's own bookkeeping keys under the prefix (the owner marker, the trash); it is not "
+                "uploaded: rename it, or ignore it with an 'ignore' pattern"))
         try:
             st: os.stat_result | None = os.lstat(os.path.join(self.root, rel))
         except (FileNotFoundError, NotADirectoryError):
@@ -46,9 +51,12 @@ class Planner:
             return self._plan_file(p, st, now)
         if st is not None and not statmod.S_ISDIR(st.st_mode) and not statmod.S_ISREG(st.st_mode):
             self._note_skipped(rel, st)
-        # Absent from the mirror's point of view: remove the key if we put one there.
-        if self.journal.entry(rel) is None or self.folder.delete == "keep":
+        # Absent from the mirror's point of view: remove the key if we put one there, or may
+        # have (a write whose answer was lost, or that a crash interrupted: its intent).
+        if self.journal.entry(rel) is None and self.journal.intent(rel) is None:
             return Outcome("done", rel, p.gen)
+        if self.folder.delete == "keep":
+            return Outcome("done", rel, p.gen, settled=True)
         if rel in copy_sources or self.journal.has_mover(rel):
             # A renamed file still needs this key as its copy source: delete it afterwards.
             return Outcome("defer", rel, p.gen, delay=max(self.folder.settle, 0.2))
@@ -61,7 +69,9 @@ class Planner:
             # Written moments ago (its events may still be on the way): let it settle.
             return Outcome("defer", rel, p.gen, delay=self.folder.settle - age)
         entry = self.journal.entry(rel)
-        if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns):
+        if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns) \
+                and self.journal.intent(rel) is None:
+            # (With an intent the key may hold another version, written after this entry's.)
             return Outcome("done", rel, p.gen)
         source = None
         if p.move_from:

@@ -26,12 +26,14 @@ import structlog
 from . import tree
 from .config import FolderConfig
 from .journal import Entry, Journal
-from .paths import IgnoreRules
-from .store import META_MTIME, META_SHA256, ObjectStore
+from .paths import IgnoreRules, reserved
+from .store import META_MTIME, META_OWNER, META_SHA256, ObjectStore
 from .watcher import Sink
 
 log = structlog.get_logger("syncd.reconciler")
 
+# Verdicts of the remote pass on an object the manifest does not know.
+ADOPT, ORPHAN, OURS, FOREIGN, SKIP = "adopt", "orphan", "ours", "foreign", "skip"
 SCAN_RULES = "scan_rules"  # journal meta: fingerprint of the ignore rules of the last complete walk
 BLOCK_ROWS = 1024          # manifest rows compared at once with the listing (about 50 KB)
 
@@ -211,6 +213,8 @@ class RemoteReport:
     heads: int = 0
     drift: int = 0           # objects missing or different from what syncd wrote
     adopted: int = 0         # objects recognised as unchanged files (journal rebuild)
+    orphans: int = 0         # objects of this folder's own id whose file is gone: deleted
+    unconfirmed: int = 0     # objects of unrecorded writes (intents): checked by the planner
     foreign: int = 0         # keys under the prefix that syncd did not write
     foreign_examples: list[str] = field(default_factory=list)
     uploads_aborted: int = 0  # incomplete multipart uploads swept (abandoned or stale)
@@ -236,8 +240,9 @@ class RemotePass:
     HEAD_WORKERS = 16
 
     def __init__(self, folder: FolderConfig, journal: Journal, store: ObjectStore, sink: Adopter,
-                 scratch: Path, ignore: IgnoreRules):
+                 scratch: Path, ignore: IgnoreRules, owners: frozenset[str]):
         self.folder = folder
+        self.owners = owners  # ids whose objects are this folder's own (syncd.owner)
         self.journal = journal
         self.store = store
         self.sink = sink
@@ -266,7 +271,8 @@ class RemotePass:
             self.scratch.unlink(missing_ok=True)
         report.seconds = time.monotonic() - started
         self._log.info("reconcile.done", objects=report.objects, lists=report.lists, heads=report.heads,
-                       drift=report.drift, adopted=report.adopted, foreign=report.foreign,
+                       drift=report.drift, adopted=report.adopted, orphans=report.orphans,
+                       unconfirmed=report.unconfirmed, foreign=report.foreign,
                        ms=round(report.seconds * 1000))
         if report.foreign:
             self._log.warning("reconcile.foreign_keys", count=report.foreign, examples=report.foreign_examples,
@@ -278,9 +284,10 @@ class RemotePass:
         cut = len(self.folder.prefix)
         for page in self.store.list(self.folder.prefix):
             report.lists += 1
-            report.objects += len(page)
-            db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)",
-                           [(o.key[cut:], o.size, o.etag) for o in page])
+            # syncd's bookkeeping keys (owner marker, trash) are not mirror content.
+            rows = [(o.key[cut:], o.size, o.etag) for o in page if not reserved(o.key[cut:])]
+            report.objects += len(rows)
+            db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)", rows)
             if stop.is_set():
                 return
         db.commit()
@@ -295,20 +302,32 @@ class RemotePass:
             self.sink.submit_forget(path, mtime_ns, etag)
 
     def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, rebuild: bool) -> None:
-        """Objects the manifest does not know: ours from a lost journal, or foreign."""
-        rows = db.execute("SELECT r.path, r.size, r.etag FROM remote r LEFT JOIN j.manifest m ON m.path = r.path "
-                          "WHERE m.path IS NULL")
+        """Objects the manifest does not know: ours (a write intent, a lost journal, an
+        orphan of our own id) or foreign."""
+        rows = db.execute(
+            "SELECT r.path, r.size, r.etag, i.op IS NOT NULL, f.path IS NOT NULL FROM remote r "
+            "LEFT JOIN j.manifest m ON m.path = r.path LEFT JOIN j.intents i ON i.path = r.path "
+            "LEFT JOIN j.foreign_keys f ON f.path = r.path AND f.etag = r.etag WHERE m.path IS NULL")
+        foreign: list[tuple[str, str]] = []
         with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool:
             while not stop.is_set():
                 batch = rows.fetchmany(512)
                 if not batch:
                     break
-                for result in pool.map(lambda r: self._classify(r, rebuild), batch):
+                for row, result in zip(batch, pool.map(lambda r: self._classify(r, rebuild), batch), strict=True):
                     self._record(result, report)
+                    if result[0] == FOREIGN:
+                        foreign.append((row[0], row[2]))
+        if not stop.is_set():
+            self.journal.replace_foreign(foreign)
 
-    def _classify(self, row: tuple[str, int, str], rebuild: bool) -> tuple[str, str, Entry | None, bool]:
-        """(verdict, path, entry, headed): verdict is adopt, orphan, foreign or skip."""
-        path, size, etag = row
+    def _classify(self, row: tuple[str, int, str, int, int], rebuild: bool) -> tuple[str, str, Entry | None, bool]:
+        """(verdict, path, entry, headed): verdict is adopt, orphan, ours, foreign or skip."""
+        path, size, etag, intended, known_foreign = row
+        if intended:
+            # We may have written it (the outcome was never recorded): the listing decides,
+            # and the planner deletes it if its file is gone or uploads the file if it differs.
+            return OURS, path, None, False
         try:
             st: os.stat_result | None = os.lstat(os.path.join(self.root, path))
         except OSError:
@@ -318,27 +337,36 @@ class RemotePass:
         # describes an ignored file (the scan's fast path relies on that; see LocalScan).
         ignored = st is not None and self.ignore.ignored_with_parents(path)
         local = st is not None and statmod.S_ISREG(st.st_mode) and not ignored
-        if not local and not rebuild and not ignored:
-            return "foreign", path, None, False
+        if known_foreign and not local:
+            return FOREIGN, path, None, False  # seen in an earlier pass with this very ETag
         obj = self.store.head(self.folder.key_for(path))
-        if obj is None or obj.meta is None or META_MTIME not in obj.meta:
-            return ("skip" if local else "foreign"), path, None, True
-        mtime_ns = int(obj.meta[META_MTIME])
-        if local and st is not None and (st.st_size, st.st_mtime_ns) == (obj.size, mtime_ns):
-            return "adopt", path, Entry(path, obj.size, mtime_ns, st.st_ino, obj.meta.get(META_SHA256), etag), True
-        if not local:  # written by syncd, file gone meanwhile: adopt so the delete propagates
-            return "orphan", path, Entry(path, obj.size, mtime_ns, None, obj.meta.get(META_SHA256), etag), True
-        return "skip", path, None, True  # a changed file: the local scan uploads it
+        if obj is None:
+            return SKIP, path, None, True
+        meta = obj.meta or {}
+        mtime = meta.get(META_MTIME)
+        if local and st is not None and mtime is not None and (st.st_size, st.st_mtime_ns) == (obj.size, int(mtime)):
+            return ADOPT, path, Entry(path, obj.size, int(mtime), st.st_ino, meta.get(META_SHA256), etag), True
+        if local:
+            return SKIP, path, None, True  # a changed file: the local scan uploads it
+        if meta.get(META_OWNER) in self.owners:
+            # Our own object whose file is gone (its write was never recorded, or the journal
+            # was lost): adopt it so that the delete propagates.
+            return ORPHAN, path, Entry(path, obj.size, int(mtime or 0), None, meta.get(META_SHA256), etag), True
+        return FOREIGN, path, None, True
 
     def _record(self, result: tuple[str, str, Entry | None, bool], report: RemoteReport) -> None:
         verdict, path, entry, headed = result
         report.heads += headed
-        if verdict in ("adopt", "orphan") and entry is not None:
-            report.adopted += verdict == "adopt"
+        if verdict in (ADOPT, ORPHAN) and entry is not None:
+            report.adopted += verdict == ADOPT
             self.sink.submit_adopt(entry)
-            if verdict == "orphan":
+            if verdict == ORPHAN:
+                report.orphans += 1
                 self.sink.submit(path, settle=False)
-        elif verdict == "foreign":
+        elif verdict == OURS:
+            report.unconfirmed += 1
+            self.sink.submit(path, settle=False)
+        elif verdict == FOREIGN:
             report.foreign += 1
             if len(report.foreign_examples) < 5:
                 report.foreign_examples.append(path)

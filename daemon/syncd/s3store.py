@@ -350,6 +350,34 @@ class S3Store:
             raise classify(exc, bucket=self.bucket) from exc
         return {e.get("Key", ""): f"{e.get('Code')}: {e.get('Message')}" for e in resp.get("Errors", [])}
 
+    def read(self, key: str) -> bytes | None:
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            return bytes(resp["Body"].read())
+        except bexc.ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise classify(exc, key, self.bucket) from exc
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
+
+    def write(self, key: str, body: bytes, *, if_absent: bool) -> bool:
+        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
+                                    **self._extra)
+        if if_absent:
+            args["IfNoneMatch"] = "*"
+        try:
+            self._client.put_object(**args)
+        except bexc.ClientError as exc:
+            # 412: an object exists. 409 ConditionalRequestConflict: a concurrent conditional
+            # write to the same key is in progress (S3 asks to retry; the other one wins).
+            if if_absent and _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise classify(exc, key, self.bucket) from exc
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
+        return True
+
     def head(self, key: str) -> RemoteObject | None:
         try:
             resp = self._client.head_object(Bucket=self.bucket, Key=key)

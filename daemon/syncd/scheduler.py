@@ -23,6 +23,7 @@ from .config import FolderConfig
 from .guard import DeleteGuard
 from .inbox import Inbox
 from .journal import Journal, Outcome, Pending
+from .owner import Ownership
 from .planner import Planner
 from .store import StoreError
 from .transfer import Result, Task, Transfers
@@ -35,6 +36,7 @@ PROBE_MIN, PROBE_MAX = 2.0, 30.0
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 CONNECTING = "connecting to the object store"  # the halt before the first contact succeeds
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
+WRITE_OPS = {"upload": "put", "copy": "copy"}  # task kinds that write a key: journaled as intents first
 
 
 @dataclass
@@ -90,6 +92,10 @@ class Scheduler:
         self._halted_on_root = False
         self.guard = DeleteGuard(folder, journal)
         self._root_checked = 0.0
+        self.ownership = Ownership(folder, journal)
+        self._take_over = False
+        self._folder_errors: deque[StoreError] = deque()  # found by other threads (the remote pass)
+        self._drain_deadline = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -134,7 +140,7 @@ class Scheduler:
 
     def _drain(self) -> None:
         """Shutdown: wait for in-flight transfers (until the deadline) and record them."""
-        deadline = getattr(self, "_drain_deadline", time.monotonic())
+        deadline = self._drain_deadline
         while self._inflight and time.monotonic() < deadline:
             self._wake.wait(0.1)
             self._wake.clear()
@@ -161,6 +167,8 @@ class Scheduler:
         self.inbox.ingest()
         self._collect()
         self._probe_results()
+        while self._folder_errors:
+            self._halt(str(self._folder_errors.popleft()))
         if self.halt is None and time.monotonic() - self._root_checked >= 1.0:
             # A root moved away or unmounted sends no event for the files below it.
             self._root_checked = time.monotonic()
@@ -208,6 +216,7 @@ class Scheduler:
         assert self._transfers is not None
         free = self.folder.workers - len(self._inflight)
         exhausted = False  # nothing more is due right now
+        starting: list[Task] = []
         while free > 0:
             if not self._ready and not exhausted:
                 claimed = self.journal.claim_due(now, max(2 * free, 32))
@@ -224,8 +233,9 @@ class Scheduler:
             if not self.budget.try_acquire(task.cost):
                 break
             self._ready.popleft()
-            self._submit(task)
+            starting.append(task)
             free -= 1
+        self._start(starting)
         if self._deletes and free > 0 and (len(self._deletes) >= DELETE_BATCH or (exhausted and self._deletes_ripe())):
             self._flush_deletes()
 
@@ -234,6 +244,13 @@ class Scheduler:
         flush a partial batch only after a lull, so one request carries many keys."""
         now = time.monotonic()
         return now - self._delete_grew >= DELETE_LULL or now - self._delete_since >= DELETE_MAX_WAIT
+
+    def _start(self, tasks: list[Task]) -> None:
+        """Journal the write intents of ``tasks`` in one transaction, then send them: after a
+        crash or a lost answer, every key that may have been written is known (see Journal)."""
+        self.journal.intend((t.path, WRITE_OPS[t.kind]) for t in tasks if t.kind in WRITE_OPS)
+        for t in tasks:
+            self._submit(t)
 
     def _submit(self, task: Task) -> None:
         assert self._transfers is not None
@@ -277,8 +294,9 @@ class Scheduler:
         decision = self.planner.plan(p, now, self._copy_sources)
         if not (isinstance(decision, Task) and decision.kind == "upload"):
             upload_id = self.journal.uploads.upload_id(p.path)
-            if upload_id is not None:
-                # A large upload was under way for a file that is gone or no longer needs it.
+            if upload_id is not None or (isinstance(decision, Task) and self.journal.intent(p.path) == "put"):
+                # A large upload was under way for a file that is gone or no longer needs it
+                # (None: a crash may have come before its upload id was journaled).
                 self._ready.append(Task("abort", [p], upload_id=upload_id))
         if isinstance(decision, Outcome):
             self._outcomes.append(decision)
@@ -318,7 +336,22 @@ class Scheduler:
             raise StoreError(problem, scope="folder")
         transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
+        take_over = self._take_over
+        transfers.owner = self.ownership.claim(transfers.store, take_over=take_over)
+        if take_over:
+            self._take_over = False
         return transfers
+
+    def folder_error(self, exc: StoreError) -> None:
+        """Any thread: the folder cannot work (e.g. the remote pass found the prefix taken over)."""
+        self._folder_errors.append(exc)
+        self._wake.set()
+
+    def take_over(self) -> None:
+        """``syncd resume FOLDER --take-over``: claim the prefix even though another owner holds it."""
+        self._take_over = True
+        self._probe_at = 0.0
+        self._wake.set()
 
     def _on_probe(self, future: Future[Transfers]) -> None:
         self._probes.append(future)

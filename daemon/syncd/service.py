@@ -202,6 +202,8 @@ class Daemon:
             targets = self._select(folder)
             for r in targets:
                 r.scheduler.set_paused(cmd == "pause")
+                if cmd == "resume" and request.get("take_over"):
+                    r.scheduler.take_over()
             log.info(f"folder.{cmd}d", folders=[r.folder.name for r in targets])
             return {"folders": [r.folder.name for r in targets]}
         if cmd == "retry":

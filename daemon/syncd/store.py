@@ -17,7 +17,9 @@ from .bandwidth import Payload
 # without re-uploading unchanged files (DESIGN.md, "Semantics").
 META_MTIME = "syncd-mtime-ns"
 META_SHA256 = "syncd-sha256"
-
+# The owner id of the folder that wrote the object (see syncd.owner): only objects carrying a
+# folder's own id are ever treated as that folder's leftovers.
+META_OWNER = "syncd-owner"
 
 
 # Error scopes: how far a failure reaches.
@@ -125,6 +127,13 @@ class ObjectStore(Protocol):
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Delete up to 1000 keys in one request; returns ``{key: error}`` for failures."""
+
+    def read(self, key: str) -> bytes | None:
+        """A small object's bytes (syncd's own bookkeeping keys), or None if absent."""
+
+    def write(self, key: str, body: bytes, *, if_absent: bool) -> bool:
+        """Store a small bookkeeping object. With ``if_absent`` it is created only if no
+        object is at ``key`` (``If-None-Match: *``); returns False when one already was."""
 
     def head(self, key: str) -> RemoteObject | None:
         """The object's size, ETag and metadata, or None if absent."""

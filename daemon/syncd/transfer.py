@@ -24,7 +24,17 @@ from .bandwidth import Payload, Throttle
 from .config import FolderConfig
 from .journal import Entry, Outcome, Pending
 from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
-from .store import FOLDER, META_MTIME, META_SHA256, TRANSIENT, UNREACHABLE, ObjectStore, PutResult, StoreError
+from .store import (
+    FOLDER,
+    META_MTIME,
+    META_OWNER,
+    META_SHA256,
+    TRANSIENT,
+    UNREACHABLE,
+    ObjectStore,
+    PutResult,
+    StoreError,
+)
 from .uploads import UploadLog
 
 BACKOFF_BASE = 1.0
@@ -78,6 +88,15 @@ class Transfers:
         self.stopping = threading.Event()  # shutdown: large uploads stop between parts
         self.throttle = Throttle(folder.bandwidth) if folder.bandwidth else None
         self.multipart = MultipartUploader(folder, store, uploads, self.throttle, self.stopping, progress)
+
+    @property
+    def owner(self) -> str:
+        """The folder's owner id (syncd.owner), carried by every object written."""
+        return self.multipart.owner
+
+    @owner.setter
+    def owner(self, owner: str) -> None:
+        self.multipart.owner = owner
 
     def run(self, task: Task, deliver: Callable[[Result], None]) -> None:
         """Entry point for a pool thread: never raises. ``deliver`` gets the task's Result
@@ -159,7 +178,7 @@ class Transfers:
             except Exception as exc:  # the change must come back to the scheduler, whatever happened
                 deliver(self._crashed(task, exc))
 
-        meta = {META_MTIME: str(before.st_mtime_ns), META_SHA256: digest.hex()}
+        meta = {META_MTIME: str(before.st_mtime_ns), META_SHA256: digest.hex(), META_OWNER: self.owner}
         self.store.put(key, Payload(data, self.throttle), meta, digest, finished)
         return None
 
@@ -226,9 +245,12 @@ class Transfers:
     def _abort(self, task: Task) -> Result:
         """Discard the upload of a file that no longer needs it. The change itself is handled
         by its own decision, so a failure here only waits for the reconcile pass's sweep."""
-        assert task.upload_id is not None
+        key = self.folder.key_for(task.path)
         try:
-            self.multipart.abort(task.path, self.folder.key_for(task.path), task.upload_id)
+            if task.upload_id is not None:
+                self.multipart.abort(task.path, key, task.upload_id)
+            else:  # an unfinished write of unknown kind: any upload of this key is a stray of ours
+                self.multipart.abort_strays(task.path, key, keep=None)
         except StoreError as exc:
             self._log.warning("multipart.abort_failed", path=task.path, error=str(exc),
                               hint="the next reconcile pass sweeps it")

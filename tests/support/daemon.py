@@ -152,11 +152,15 @@ def local_tree(root: Path, skip: Iterable[str] = ()) -> dict[str, str]:
     return out
 
 
-def bucket_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
-    """Every key under ``prefix``, all pages."""
+BOOKKEEPING = (".syncd/", ".syncd-trash/")  # syncd's own keys under a prefix: not mirror content
+
+
+def bucket_keys(s3: Any, bucket: str, prefix: str = "", bookkeeping: bool = False) -> list[str]:
+    """Every key under ``prefix``, all pages; syncd's bookkeeping keys only if asked for."""
     keys: list[str] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
+        keys += [o["Key"] for o in page.get("Contents", [])
+                 if bookkeeping or not o["Key"][len(prefix):].startswith(BOOKKEEPING)]
     return keys
 
 

@@ -27,17 +27,21 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from types import TracebackType
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 from xml.sax.saxutils import escape
 
-FAULT_KINDS = frozenset({"503", "500", "reset", "reset-request", "reset-response", "stall"})
+FAULT_KINDS = frozenset({"503", "500", "403", "reset", "reset-request", "reset-response", "stall", "lose-response"})
 OPERATIONS = frozenset(
     """
     PutObject CopyObject UploadPart UploadPartCopy CreateMultipartUpload CompleteMultipartUpload
     AbortMultipartUpload ListParts ListMultipartUploads DeleteObjects DeleteObject GetObject
     HeadObject HeadBucket ListObjectsV2 ListObjects ListBuckets CreateBucket DeleteBucket Other
+    OwnerMarker
     """.split()
 )
+# syncd's owner marker (``<prefix>.syncd/owner``): its reads and writes are bookkeeping, counted
+# apart so that tests can count the requests made for the mirrored files exactly.
+MARKER_SUFFIX = ".syncd/owner"
 CHUNK = 64 * 1024
 MAX_LINE = 64 * 1024
 MAX_HEADERS = 200
@@ -59,6 +63,7 @@ OBJECT_PARAMS = frozenset({"versionId", "partNumber", "x-id"}) | {
 ERRORS = {
     "503": (503, "Slow Down", "SlowDown", "Please reduce your request rate."),
     "500": (500, "Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    "403": (403, "Forbidden", "AccessDenied", "Access Denied"),
 }
 
 
@@ -72,6 +77,8 @@ def classify(method: str, target: str, headers: dict[str, str]) -> str:
         return "ListBuckets" if method == "GET" and not query else "Other"
     if not key:
         return _classify_bucket(method, query)
+    if unquote(key) == MARKER_SUFFIX or unquote(key).endswith("/" + MARKER_SUFFIX):
+        return "OwnerMarker"
     return _classify_object(method, query, "x-amz-copy-source" in headers)
 
 
@@ -354,7 +361,9 @@ class S3Proxy:
         (RST part-way through the request body, so upstream never completes it); "reset-response"
         (forward, then RST part-way through the response: the operation happened but the client
         cannot tell); "reset" (either, at random); "stall" (swallow the request and answer
-        nothing; the connection is closed after ``stall_seconds``).
+        nothing; the connection is closed after ``stall_seconds``); "lose-response" (forward,
+        then drop the whole answer: the operation happened, and the client hears nothing until
+        the connection is closed after ``stall_seconds``); "403" (AccessDenied, not forwarded).
         """
         kinds = list(kinds)
         op_set = None if ops is None else frozenset(ops)
@@ -582,6 +591,14 @@ class S3Proxy:
             client.sendall(response.raw + first[: len(first) // 2] if first else response.raw[: len(response.raw) // 2])
             upstream.close()
             raise _Aborted
+        if fault == "lose-response":
+            # The operation took effect upstream, and its answer never arrives: the client
+            # waits, then sees the connection close (or times out first).
+            for _ in pieces:
+                pass
+            upstream.close()
+            self._stopped.wait(self.stall_seconds)
+            return False
         client.sendall(response.raw)
         for piece in pieces:
             client.sendall(piece)
