@@ -20,7 +20,7 @@ import structlog
 
 from .bandwidth import ByteBudget
 from .config import FolderConfig
-from .guard import DeleteGuard
+from .guard import DeleteGuard, RootProblem
 from .inbox import Inbox
 from .journal import Journal, Outcome, Pending
 from .planner import Planner
@@ -189,6 +189,8 @@ class Scheduler:
             self.budget.release(r.task.cost)
             if r.task.copy_from is not None:
                 self._copy_sources.discard(r.task.copy_from.path)
+                if any(o.kind == "done" for o in r.outcomes):
+                    self.guard.moved()
             self._outcomes.extend(r.outcomes)
             if r.files or r.bytes_sent:
                 self.done.files += r.files
@@ -265,7 +267,7 @@ class Scheduler:
             self._halt(reason)
         else:
             if self.pause_reason is None:
-                self._log.error("folder.delete_wave_paused", error=reason)
+                self._log.error("folder.delete_wave_held", error=reason)
             self.paused = True
             self.pause_reason = reason
             self.last_error = reason
@@ -315,7 +317,7 @@ class Scheduler:
         """Pool thread: can the folder work again (root present, store reachable)?"""
         problem = self.guard.root_problem(check_empty=self._halted_on_root)
         if problem is not None:
-            raise StoreError(problem, scope="folder")
+            raise RootProblem(problem)
         transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
         return transfers
@@ -347,6 +349,12 @@ class Scheduler:
                 self.last_error = None
                 continue
             message = str(exc) if isinstance(exc, StoreError) else f"internal error: {exc!r}"
+            if isinstance(exc, RootProblem):
+                self._halted_on_root = True  # also at startup: watched and rescanned once it is back
+            elif self._halted_on_root:
+                # The root passed the probe's check: that hold is over, the store is the problem now.
+                self._halted_on_root = False
+                self.root_recovered.set()
             if self._first_probe or self.halt != message:
                 self._log.error("folder.error", error=message)
             else:
@@ -395,6 +403,13 @@ class Scheduler:
             self._log.warning(event, **kw)
 
     # ------------------------------------------------------------------ control
+
+    def held(self) -> str | None:
+        """Why a guard holds the folder (a deletion wave over max_delete; a missing, replaced
+        or emptied root) until the root is back or `syncd resume` confirms, or None."""
+        if self.pause_reason is not None:
+            return self.pause_reason
+        return self.halt if self._halted_on_root else None
 
     def set_paused(self, paused: bool) -> None:
         """``syncd pause`` / ``syncd resume``. Resuming also confirms what a guard paused for:
