@@ -17,6 +17,8 @@ from .config import FolderConfig
 from .journal import Journal
 from .store import FOLDER, StoreError
 
+LOOKAHEAD = 20_000  # open changes a deletion wave's check looks at (one lstat each), at most
+
 
 class RootProblem(StoreError):
     """The folder root cannot be trusted (missing, replaced, emptied): a guard hold."""
@@ -75,9 +77,29 @@ class DeleteGuard:
         limit = self.folder.delete_limit(self.journal.manifest_count())
         wave = self.wave_deletes + deleting - self.wave_moves
         if wave <= limit:
+            # An `rm -rf` is journaled faster than its first batch is due: judge the whole
+            # wave before that batch goes, or up to `limit` objects would go first.
+            wave += self._deletions_ahead(limit - wave + 1)
+        if wave <= limit:
             return None
         return (f"deletion wave of {wave}+ objects exceeds max_delete={self.folder.max_delete} (limit {limit}): "
                 f"held; run 'syncd resume {self.folder.name}' to delete them")
+
+    def _deletions_ahead(self, enough: int) -> int:
+        """Unclaimed changes of mirrored files that are gone from disk and not renamed away:
+        the rest of the wave. Stops counting at ``enough``; looks at most LOOKAHEAD rows."""
+        with self.journal.reader() as db:
+            rows = db.execute(
+                "SELECT p.path FROM pending p JOIN manifest m ON m.path = p.path WHERE p.state = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM pending q WHERE q.move_from = p.path) LIMIT ?",
+                (LOOKAHEAD,)).fetchall()
+        gone = 0
+        for (path,) in rows:
+            if not os.path.lexists(os.path.join(self.root, path)):
+                gone += 1
+                if gone >= enough:
+                    break
+        return gone
 
     def counted(self, n: int) -> None:
         self.wave_deletes += n
@@ -90,6 +112,11 @@ class DeleteGuard:
         """The folder went idle: the next wave is counted (and guarded) afresh."""
         self.wave_deletes = self.wave_moves = 0
         self.wave_confirmed = False
+
+    @property
+    def judged(self) -> bool:
+        """This wave already had a batch checked and sent (or confirmed by `syncd resume`)."""
+        return bool(self.wave_deletes or self.wave_confirmed)
 
     @property
     def in_wave(self) -> bool:

@@ -31,6 +31,7 @@ from .uploads import UploadLog
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
 DELETE_LULL = 0.25           # a partial delete batch waits this long for more keys to join it...
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
+WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first full batch waits for a pause in events
 PROBE_MIN, PROBE_MAX = 2.0, 30.0
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 CONNECTING = "connecting to the object store"  # the halt before the first contact succeeds
@@ -216,7 +217,7 @@ class Scheduler:
                 exhausted = len(claimed) < max(2 * free, 32)
                 for p in claimed:
                     self._plan(p, now)
-                if len(self._deletes) >= DELETE_BATCH:
+                if len(self._deletes) >= DELETE_BATCH and self._wave_observed():
                     self._flush_deletes()
                     free -= 1
                     continue
@@ -228,7 +229,8 @@ class Scheduler:
             self._ready.popleft()
             self._submit(task)
             free -= 1
-        if self._deletes and free > 0 and (len(self._deletes) >= DELETE_BATCH or (exhausted and self._deletes_ripe())):
+        if self._deletes and free > 0 and self._wave_observed() and (
+                len(self._deletes) >= DELETE_BATCH or (exhausted and self._deletes_ripe())):
             self._flush_deletes()
 
     def _deletes_ripe(self) -> bool:
@@ -236,6 +238,14 @@ class Scheduler:
         flush a partial batch only after a lull, so one request carries many keys."""
         now = time.monotonic()
         return now - self._delete_grew >= DELETE_LULL or now - self._delete_since >= DELETE_MAX_WAIT
+
+    def _wave_observed(self) -> bool:
+        """The first batch of a deletion wave waits until events pause (an `rm -rf` still
+        running), so the guard judges the wave whole, not only its first thousand keys."""
+        if self.guard.judged:
+            return True
+        now = time.monotonic()
+        return now - self.inbox.last_submit >= WAVE_QUIET or now - self._delete_since >= WAVE_QUIET_MAX
 
     def _submit(self, task: Task) -> None:
         assert self._transfers is not None
