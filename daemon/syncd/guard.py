@@ -76,7 +76,7 @@ class DeleteGuard:
             return None
         limit = self.folder.delete_limit(self.journal.manifest_count())
         wave = self.wave_deletes + deleting - self.wave_moves
-        if wave <= limit:
+        if wave <= limit and not self.judged:
             # An `rm -rf` is journaled faster than its first batch is due: judge the whole
             # wave before that batch goes, or up to `limit` objects would go first.
             wave += self._deletions_ahead(limit - wave + 1)

@@ -31,7 +31,7 @@ from .uploads import UploadLog
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
 DELETE_LULL = 0.25           # a partial delete batch waits this long for more keys to join it...
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
-WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first full batch waits for a pause in events
+WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first batch waits for a pause in events
 PROBE_MIN, PROBE_MAX = 2.0, 30.0
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 CONNECTING = "connecting to the object store"  # the halt before the first contact succeeds
