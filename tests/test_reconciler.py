@@ -107,13 +107,15 @@ def test_root_moved_away_or_replaced_by_an_empty_directory_deletes_nothing(proxi
     away = tree.with_name("tree.away")
 
     tree.rename(away)  # the disk is gone
-    status = await_condition(lambda: (f := proxied_syncd.folder_status("main"))["state"] == "error" and f, 30,
+    status = await_condition(lambda: (f := proxied_syncd.folder_status("main"))["state"] == "held" and f, 30,
                              "the folder to report its missing root")
     assert "unavailable" in status["last_error"]
+    r = proxied_syncd.cli("wait", "--timeout", "60")
+    assert r.returncode == 5 and "unavailable" in r.stderr
     tree.mkdir()  # an empty mount point appears in its place
     status = await_condition(lambda: "replaced" in ((f := proxied_syncd.folder_status("main"))["last_error"] or "")
                              and f, 30, "the folder to report a replaced root")
-    assert status["state"] == "error"
+    assert status["state"] == "held"
 
     tree.rmdir()
     away.rename(tree)  # the disk is back
@@ -135,7 +137,7 @@ def test_emptied_root_deletes_nothing_until_confirmed(proxied_syncd, s3_proxy, t
         for f in child.iterdir():
             f.unlink()
         child.rmdir()
-    status = await_condition(lambda: (f := proxied_syncd.folder_status("main"))["state"] == "error" and f, 30,
+    status = await_condition(lambda: (f := proxied_syncd.folder_status("main"))["state"] == "held" and f, 30,
                              "the emptied root to be refused")
     assert "is empty" in status["last_error"]
     assert s3_proxy.counts().get("DeleteObjects", 0) == 0
@@ -144,7 +146,7 @@ def test_emptied_root_deletes_nothing_until_confirmed(proxied_syncd, s3_proxy, t
     assert bucket_tree(s3, bucket) == {}
 
 
-def test_deletion_wave_above_max_delete_pauses_until_resume(proxied_syncd, s3_proxy, tree, s3, bucket):
+def test_deletion_wave_above_max_delete_is_held_until_resume(proxied_syncd, s3_proxy, tree, s3, bucket):
     _populate(tree, 40)
     proxied_syncd.add_folder("main", tree, bucket, max_delete=10)
     proxied_syncd.start()
@@ -153,11 +155,14 @@ def test_deletion_wave_above_max_delete_pauses_until_resume(proxied_syncd, s3_pr
     victims = sorted(tree.rglob("*.txt"))[:25]
     for path in victims:
         path.unlink()
-    status = await_condition(lambda: (f := proxied_syncd.folder_status("main"))["state"] == "paused" and f, 30,
-                             "the deletion wave to pause the folder")
+    status = await_condition(lambda: (f := proxied_syncd.folder_status("main"))["state"] == "held" and f, 30,
+                             "the deletion wave to hold the folder")
     assert "max_delete=10" in status["last_error"] and "syncd resume main" in status["last_error"]
     assert s3_proxy.counts().get("DeleteObjects", 0) == 0
-    assert proxied_syncd.cli("wait", "--timeout", "1").returncode == 1
+    t0 = time.monotonic()
+    r = proxied_syncd.cli("wait", "--timeout", "60")
+    assert r.returncode == 5 and time.monotonic() - t0 < 10  # at once, not at the timeout
+    assert "main is held" in r.stderr and "max_delete=10" in r.stderr
     assert proxied_syncd.cli("resume", "main").returncode == 0
     proxied_syncd.wait_idle()
     assert_mirror(s3, bucket, tree)

@@ -1,7 +1,8 @@
 """The ``syncd`` command line. ``run`` starts the daemon; the rest talk to it.
 
-Exit codes: 0 success; 1 failure or ``wait`` timeout; 2 ``wait``: idle but some changes
-failed permanently; 3 no daemon running; 4 rejected request (e.g. unknown folder);
+Exit codes (:class:`~syncd.exitcodes.ExitCode`): 0 success; 1 failure or ``wait`` timeout;
+2 ``wait``: idle but some changes failed permanently; 3 no daemon answered (``wait``: within
+its timeout); 4 rejected request (e.g. unknown folder); 5 ``wait``: a folder is held by a guard;
 13 permission denied on the socket; 64 usage error; 78 invalid configuration.
 """
 
@@ -12,22 +13,26 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import STARTED_AT, __version__
 from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, socket_path
-from .control import ControlError, request
+from .control import CONNECT_POLL, ControlError, DaemonGone, connect, exchange, request
+from .exitcodes import ExitCode
 from .units import format_duration, format_size
 
-EXIT_USAGE = 64
-EXIT_CONFIG = 78
+# `syncd wait` without --timeout waits this long for a daemon to answer (one starting, or
+# systemd restarting one after a crash: RestartSec=5s) before it exits 3; with --timeout it
+# waits for the daemon within that timeout.
+CONNECT_WAIT = 30.0
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output (stable, versioned)")
     p = sub.add_parser("wait", parents=[common], help="block until every folder is idle")
     p.add_argument("folder", nargs="?")
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="give up after this many seconds (exit 1; exit 3 if no daemon answered by then). "
+                        f"Without it: wait up to {CONNECT_WAIT:.0f}s for a daemon, then as long as it takes")
     for name, text in (("pause", "stop transfers (changes are still journaled)"),
                        ("retry", "requeue permanently failed changes")):
         sub.add_parser(name, parents=[common], help=text).add_argument("folder", nargs="?")
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: str | None) -> Config | None:
-    """The validated config, or None after printing every problem (exit with EXIT_CONFIG)."""
+    """The validated config, or None after printing every problem (exit with ExitCode.CONFIG)."""
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -87,20 +94,22 @@ def _load(path: str | None) -> Config | None:
 def _check_config(path: str | None) -> int:
     config = _load(path)
     if config is None:
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     print(f"{config.source}: OK, {len(config.folders)} folder(s)")
     for f in config.folders:
         print(f"  {f.name}: {f.path} -> s3://{f.bucket}/{f.prefix}")
-    return 0
+    return ExitCode.OK
 
 
 def _run(path: str | None) -> int:
-    from . import logs, service
+    from . import logs
 
     config = _load(path)
     if config is None:
-        return EXIT_CONFIG
+        return ExitCode.CONFIG
     logs.setup(config.log.level, config.log.format)
+    from . import service  # after logs.setup: warnings raised while importing libraries are logged too
+
     try:
         code = service.Daemon(config).run()
     except ControlError as exc:
@@ -124,42 +133,66 @@ def _client(args: argparse.Namespace, sock: Path) -> int:
             print(json.dumps(reply, indent=2))
         else:
             print(render_status(reply))
-        return 0
-    if args.command in ("wait", "reconcile"):
+        return ExitCode.OK
+    if args.command == "wait":
+        return _idle_exit(_wait(sock, folder, args.timeout), args.timeout)
+    if args.command == "reconcile":
         timeout = args.timeout
-        wait = args.command == "wait" or args.wait
-        io_timeout = (timeout + 10) if timeout else (None if wait else 10.0)
-        extra = {"asked_at": STARTED_AT} if args.command == "wait" else {}
-        reply = request(sock, args.command, io_timeout=io_timeout, folder=folder, wait=wait, timeout=timeout,
-                        **extra)
-        if not wait:
+        io_timeout = (timeout + 10) if timeout else (None if args.wait else 10.0)
+        reply = request(sock, "reconcile", io_timeout=io_timeout, folder=folder, wait=args.wait, timeout=timeout)
+        if not args.wait:
             print(f"reconcile started: {', '.join(reply['started']) or 'already running'}")
-            return 0
-        if not reply["idle"]:
-            print(f"syncd: not idle after {timeout}s: {', '.join(reply.get('busy', []))}", file=sys.stderr)
-            return 1
-        if reply["failed"]:
-            print(f"syncd: idle, but {reply['failed']} change(s) failed permanently "
-                  "(see 'syncd status'; 'syncd retry' requeues them)", file=sys.stderr)
-            return 2
-        return 0
+            return ExitCode.OK
+        return _idle_exit(reply, timeout)
     if args.command == "reload":
         reply = request(sock, "reload", io_timeout=120)
         print(f"reloaded: added {reply['added'] or 'none'}, removed {reply['removed'] or 'none'}")
-        return 0
+        return ExitCode.OK
     if args.command == "resume" and args.take_over:
         if folder is None:
             print("syncd: resume --take-over needs the FOLDER whose prefix to claim", file=sys.stderr)
-            return EXIT_USAGE
+            return ExitCode.USAGE
         reply = request(sock, "resume", folder=folder, take_over=True)
         print(f"resumed: {folder}; taking over its prefix")
-        return 0
+        return ExitCode.OK
     reply = request(sock, args.command, folder=folder)
     if args.command == "retry":
         print(f"requeued {reply['requeued']} change(s)")
     else:
         print(f"{args.command}d: {', '.join(reply['folders'])}")
-    return 0
+    return ExitCode.OK
+
+
+def _wait(sock: Path, folder: str | None, timeout: float | None) -> dict[str, Any]:
+    """`syncd wait`: the daemon's answer, waiting for a daemon to listen first (and again if
+    it goes away mid-wait, e.g. a crash and systemd's restart), all within ``timeout``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        within = CONNECT_WAIT if deadline is None else max(0.0, deadline - time.monotonic())
+        conn = connect(sock, within)
+        # Asked with what is left: a daemon that took 10 s to come up has 10 s less to get idle.
+        left = None if deadline is None else max(0.05, deadline - time.monotonic())
+        conn.settimeout(None if left is None else left + 10)
+        try:
+            return exchange(conn, "wait", folder=folder, timeout=left, asked_at=STARTED_AT)
+        except DaemonGone:
+            time.sleep(CONNECT_POLL)  # it died (or restarts): wait for the next one
+
+
+def _idle_exit(reply: dict[str, Any], timeout: float | None) -> int:
+    """The exit code of a `wait` (or `reconcile --wait`) reply, its reasons on stderr."""
+    if reply.get("held"):
+        for held in reply["held"]:
+            print(f"syncd: {held['folder']} is held: {held['reason']}", file=sys.stderr)
+        return ExitCode.HELD
+    if not reply["idle"]:
+        print(f"syncd: not idle after {timeout}s: {', '.join(reply.get('busy', []))}", file=sys.stderr)
+        return ExitCode.FAILURE
+    if reply["failed"]:
+        print(f"syncd: idle, but {reply['failed']} change(s) failed permanently "
+              "(see 'syncd status'; 'syncd retry' requeues them)", file=sys.stderr)
+        return ExitCode.FAILED_CHANGES
+    return ExitCode.OK
 
 
 def render_status(reply: dict[str, Any]) -> str:

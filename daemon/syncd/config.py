@@ -27,7 +27,11 @@ GiB = 1024 * MiB
 # S3 limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html)
 S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * GiB
-MIN_DELETE_WAVE = 20
+# In percent form, a deletion wave this small is never held: routine tools delete hundreds
+# of files at once (`git gc` prunes every loose object it packed, `make clean`, cache
+# cleanups), while the mistakes the guard is for either empty or replace the root (caught by
+# the root checks, whatever the size) or delete thousands (an `rm -rf` of most of a large tree).
+MIN_DELETE_WAVE = 1000
 
 
 class ConfigError(Exception):
@@ -75,7 +79,7 @@ class FolderConfig:
         """How many deletions one wave may make before the folder pauses for confirmation.
 
         A percentage applies to the objects syncd holds for the folder, but never holds back
-        a wave of 20 deletions or fewer (small folders would otherwise pause constantly)."""
+        a wave of MIN_DELETE_WAVE deletions or fewer; a count is exact."""
         if self.max_delete.endswith("%"):
             return max(MIN_DELETE_WAVE, int(objects * float(self.max_delete[:-1]) / 100))
         return int(self.max_delete)

@@ -14,8 +14,11 @@ import socketserver
 import stat as statmod
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from .exitcodes import ExitCode
 
 
 def _log() -> Any:
@@ -32,7 +35,7 @@ MAX_REQUEST = 64 * 1024
 class ControlError(Exception):
     """A request the daemon refused; ``code`` becomes the CLI's exit code."""
 
-    def __init__(self, message: str, code: int = 4):
+    def __init__(self, message: str, code: int = ExitCode.REJECTED):
         super().__init__(message)
         self.code = code
 
@@ -65,7 +68,7 @@ class _RequestHandler(socketserver.StreamRequestHandler):
         group = self.server.allowed_group
         if uid not in self.server.allowed_uids and (group is None or group not in groups):
             _log().warning("control.refused", uid=uid, pid=pid)
-            self._reply({"ok": False, "error": f"uid {uid} may not control this daemon", "code": 13})
+            self._reply({"ok": False, "error": f"uid {uid} may not control this daemon", "code": ExitCode.PERMISSION})
             return
         line = self.rfile.readline(MAX_REQUEST)
         try:
@@ -73,7 +76,7 @@ class _RequestHandler(socketserver.StreamRequestHandler):
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ValueError("expected an object with a 'cmd' string")
         except ValueError as exc:
-            self._reply({"ok": False, "error": f"bad request: {exc}", "code": 4})
+            self._reply({"ok": False, "error": f"bad request: {exc}", "code": ExitCode.REJECTED})
             return
         try:
             reply = {"ok": True, **self.server.handler.handle_command(request)}
@@ -81,7 +84,7 @@ class _RequestHandler(socketserver.StreamRequestHandler):
             reply = {"ok": False, "error": str(exc), "code": exc.code}
         except Exception as exc:
             _log().exception("control.failed", cmd=request.get("cmd"), error=str(exc))
-            reply = {"ok": False, "error": f"internal error: {exc}", "code": 1}
+            reply = {"ok": False, "error": f"internal error: {exc}", "code": ExitCode.FAILURE}
         self._reply(reply)
 
     def _reply(self, reply: dict[str, Any]) -> None:
@@ -110,7 +113,7 @@ def _claim_socket_path(path: Path) -> None:
         return
     if not statmod.S_ISSOCK(st.st_mode):
         raise ControlError(f"{path} exists and is not a socket; refusing to remove it. "
-                           "Remove it yourself or set 'socket' to another path", code=1)
+                           "Remove it yourself or set 'socket' to another path", code=ExitCode.FAILURE)
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -118,14 +121,14 @@ def _claim_socket_path(path: Path) -> None:
     except (ConnectionRefusedError, FileNotFoundError):
         if st.st_uid != os.getuid():
             raise ControlError(f"{path} is a stale socket owned by uid {st.st_uid}; refusing to remove it",
-                               code=1) from None
+                               code=ExitCode.FAILURE) from None
         os.unlink(path)  # stale socket of ours: the previous daemon died
         return
     except OSError:
         pass
     finally:
         probe.close()
-    raise ControlError(f"another syncd is already listening on {path}", code=1)
+    raise ControlError(f"another syncd is already listening on {path}", code=ExitCode.FAILURE)
 
 
 class ControlServer:
@@ -169,30 +172,62 @@ class ControlServer:
         self._server = None
 
 
-def request(path: Path, cmd: str, io_timeout: float | None = 10.0, **args: Any) -> dict[str, Any]:
-    """Send one command to the daemon; raises ControlError (code 3 when no daemon runs)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(io_timeout)
-    try:
-        sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError):
-        sock.close()
-        raise ControlError(f"syncd is not running (no daemon listening on {path}); start it with "
-                           "'syncd run' or 'systemctl start syncd'", code=3) from None
-    except PermissionError:
-        sock.close()
-        raise ControlError(f"permission denied on {path}: run as the daemon's user or root", code=13) from None
+CONNECT_POLL = 0.1  # how often a client waiting for the daemon tries its socket again
+
+
+class DaemonGone(ControlError):
+    """The daemon closed the connection without answering: it died or is restarting."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code=ExitCode.FAILURE)
+
+
+def connect(path: Path, within: float = 0.0, io_timeout: float | None = 10.0) -> socket.socket:
+    """A socket connected to the daemon. ``within``: keep trying this many seconds while no
+    daemon listens (one still starting, or restarting after a crash left its socket file
+    behind); then raise ControlError with code 3."""
+    deadline = time.monotonic() + within
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(io_timeout)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" within {within:.0f}s" if within > 0 else ""
+                raise ControlError(f"syncd is not running (no daemon listening on {path}{waited}); start it with "
+                                   "'syncd run' or 'systemctl start syncd'", code=ExitCode.NO_DAEMON) from None
+            time.sleep(min(CONNECT_POLL, left))
+        except PermissionError:
+            sock.close()
+            raise ControlError(f"permission denied on {path}: run as the daemon's user or root",
+                               code=ExitCode.PERMISSION) from None
+
+
+def exchange(sock: socket.socket, cmd: str, **args: Any) -> dict[str, Any]:
+    """Send one command on a connected socket (closed afterwards) and return the reply."""
+    io_timeout = sock.gettimeout()
     try:
         sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         with sock.makefile("rb") as f:
             line = f.readline()
     except TimeoutError:
-        raise ControlError(f"syncd did not answer within {io_timeout:.0f}s", code=1) from None
+        raise ControlError(f"syncd did not answer within {io_timeout or 0:.0f}s", code=ExitCode.FAILURE) from None
+    except (ConnectionResetError, BrokenPipeError):
+        line = b""
     finally:
         sock.close()
     if not line:
-        raise ControlError("syncd closed the connection without an answer", code=1)
+        raise DaemonGone("syncd closed the connection without an answer")
     reply: dict[str, Any] = json.loads(line)
     if not reply.get("ok"):
-        raise ControlError(str(reply.get("error")), code=int(reply.get("code", 1)))
+        raise ControlError(str(reply.get("error")), code=int(reply.get("code", ExitCode.FAILURE)))
     return reply
+
+
+def request(path: Path, cmd: str, io_timeout: float | None = 10.0, **args: Any) -> dict[str, Any]:
+    """Send one command to the daemon; raises ControlError (code 3 when no daemon runs)."""
+    return exchange(connect(path, io_timeout=io_timeout), cmd, **args)

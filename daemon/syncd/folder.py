@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,18 @@ from .watcher import Watcher
 FALLBACK_SCAN_EVERY = 30.0             # without inotify watches, look this often
 OVERFLOW_BACKOFF = (5.0, 300.0)        # rescans after inotify overflows: min, max spacing
 REMOTE_RETRY = 60.0                    # a failed remote pass is tried again this soon
+
+
+class FolderState(StrEnum):
+    """A folder's state as `syncd status` shows it (DESIGN.md, command table)."""
+
+    STARTING = "starting"    # first contact with the store
+    SCANNING = "scanning"    # a reconcile pass is running
+    WATCHING = "watching"
+    PAUSED = "paused"        # `syncd pause`
+    HELD = "held"            # a guard: deletion wave over max_delete, root missing/replaced/emptied
+    ERROR = "error"          # the folder cannot work until its configuration or the store is fixed
+    STALLED = "stalled"      # the endpoint cannot be reached; resumes by itself
 
 
 def make_transfers(folder: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:
@@ -268,18 +281,25 @@ class FolderRuntime:
                 and pending == 0 and self.scheduler.in_flight() == 0)
         return idle, failed
 
-    def state(self) -> str:
+    def held(self) -> str | None:
+        """Why a guard holds the folder, or None: `syncd wait` cannot end while it lasts."""
+        return self.scheduler.held()
+
+    def state(self) -> FolderState:
+        """The one place a folder's state is derived from the scheduler's flags."""
         s = self.scheduler
+        if s.held() is not None:
+            return FolderState.HELD  # needs the root back or `syncd resume`, whatever else is going on
         connecting = s.halt == CONNECTING
         if s.halt is not None and not connecting:
-            return "stalled" if s.stalled else "error"
+            return FolderState.STALLED if s.stalled else FolderState.ERROR
         if s.paused:
-            return "paused"  # what the user asked for, even before the first contact
+            return FolderState.PAUSED  # what the user asked for, even before the first contact
         if connecting:
-            return "starting"
+            return FolderState.STARTING
         if self.pass_running():
-            return "scanning"
-        return "watching"
+            return FolderState.SCANNING
+        return FolderState.WATCHING
 
     def snapshot(self) -> dict[str, Any]:
         s = self.scheduler
@@ -288,7 +308,9 @@ class FolderRuntime:
         backlog = counts["pending"] + len(s.inbox)
         scan, remote = self.last_scan, self.last_reconcile
         state = self.state()
-        if state in ("error", "stalled"):
+        if state is FolderState.HELD:
+            last_error = s.held()
+        elif state in (FolderState.ERROR, FolderState.STALLED):
             last_error = s.halt
         else:
             last_error = s.pause_reason or self.watch_error or s.last_error or self.last_reconcile_error

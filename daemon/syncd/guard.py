@@ -3,7 +3,9 @@
 An unmounted disk, a vanished or replaced root directory, and an emptied folder all look like
 "everything was deleted" to a mirror (Maestral issues 295/452: a stale view deleted a user's
 files). The guard refuses deletions in those cases, and counts deletion waves so that one
-larger than ``max_delete`` waits for a human (``syncd resume``).
+larger than ``max_delete`` waits for a human (``syncd resume``). A rename keeps its content
+under the new key (a server-side copy), so a wave counts deletions net of the copies made in
+it: moving a large directory is not a deletion wave.
 """
 
 from __future__ import annotations
@@ -13,6 +15,16 @@ import stat as statmod
 
 from .config import FolderConfig
 from .journal import Journal
+from .store import FOLDER, StoreError
+
+LOOKAHEAD = 20_000  # open changes a deletion wave's check looks at (one lstat each), at most
+
+
+class RootProblem(StoreError):
+    """The folder root cannot be trusted (missing, replaced, emptied): a guard hold."""
+
+    def __init__(self, message: str):
+        super().__init__(message, scope=FOLDER, code="RootProblem")
 
 
 class DeleteGuard:
@@ -26,6 +38,7 @@ class DeleteGuard:
         self.empty_confirmed = False   # `syncd resume` after "root is empty"
         self.wave_confirmed = False    # `syncd resume` after a max_delete pause
         self.wave_deletes = 0
+        self.wave_moves = 0            # server-side copies (renames) in the same wave
 
     def _current_root_id(self) -> tuple[int, int] | None:
         try:
@@ -62,23 +75,52 @@ class DeleteGuard:
         if self.wave_confirmed:
             return None
         limit = self.folder.delete_limit(self.journal.manifest_count())
-        wave = self.wave_deletes + deleting
+        wave = self.wave_deletes + deleting - self.wave_moves
+        if wave <= limit and not self.judged:
+            # An `rm -rf` is journaled faster than its first batch is due: judge the whole
+            # wave before that batch goes, or up to `limit` objects would go first.
+            wave += self._deletions_ahead(limit - wave + 1)
         if wave <= limit:
             return None
         return (f"deletion wave of {wave}+ objects exceeds max_delete={self.folder.max_delete} (limit {limit}): "
-                f"paused; run 'syncd resume {self.folder.name}' to delete them")
+                f"held; run 'syncd resume {self.folder.name}' to delete them")
+
+    def _deletions_ahead(self, enough: int) -> int:
+        """Unclaimed changes of mirrored files that are gone from disk and not renamed away:
+        the rest of the wave. Stops counting at ``enough``; looks at most LOOKAHEAD rows."""
+        with self.journal.reader() as db:
+            rows = db.execute(
+                "SELECT p.path FROM pending p JOIN manifest m ON m.path = p.path WHERE p.state = 0 "
+                "AND NOT EXISTS (SELECT 1 FROM pending q WHERE q.move_from = p.path) LIMIT ?",
+                (LOOKAHEAD,)).fetchall()
+        gone = 0
+        for (path,) in rows:
+            if not os.path.lexists(os.path.join(self.root, path)):
+                gone += 1
+                if gone >= enough:
+                    break
+        return gone
 
     def counted(self, n: int) -> None:
         self.wave_deletes += n
 
+    def moved(self) -> None:
+        """A server-side copy (a rename's new key) finished: one later deletion is not a loss."""
+        self.wave_moves += 1
+
     def wave_over(self) -> None:
         """The folder went idle: the next wave is counted (and guarded) afresh."""
-        self.wave_deletes = 0
+        self.wave_deletes = self.wave_moves = 0
         self.wave_confirmed = False
 
     @property
-    def in_wave(self) -> bool:
+    def judged(self) -> bool:
+        """This wave already had a batch checked and sent (or confirmed by `syncd resume`)."""
         return bool(self.wave_deletes or self.wave_confirmed)
+
+    @property
+    def in_wave(self) -> bool:
+        return bool(self.wave_deletes or self.wave_moves or self.wave_confirmed)
 
     def confirm_wave(self) -> None:
         self.wave_confirmed = True

@@ -33,6 +33,7 @@ class Inbox:
         self._items: deque[Item] = deque()
         self._space = threading.Semaphore(INBOX_LIMIT)
         self._unsaved: list[Item] = []
+        self.last_submit = 0.0  # monotonic time of the latest observed change (deletion waves wait for a pause)
 
     def __len__(self) -> int:
         """Changes not yet durable: waiting, or taken for a journal write that has not succeeded."""
@@ -47,6 +48,7 @@ class Inbox:
         queues events (and reports an overflow that triggers a rescan).
         """
         due = time.time() + (self.folder.settle if settle else 0.0)
+        self.last_submit = time.monotonic()
         self._put(("d" if is_dir else "p", path, move_from, due))
 
     def submit_forget(self, path: str, mtime_ns: int, etag: str | None) -> None:

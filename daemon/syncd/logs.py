@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import sys
+import threading
+import warnings
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -21,6 +23,42 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 # Presigned URLs and SigV4 headers must never reach a log line.
 _SECRETS = re.compile(r"(X-Amz-Signature=|X-Amz-Credential=|Signature=|Credential=|aws_secret_access_key=?)"
                       r"[^\s&,\"']+", re.IGNORECASE)
+
+
+# What makes two warnings "the same message": the text with its variable parts (quoted
+# names, numbers) blanked. watchdog's "Callback with id '…' already exists for watch …"
+# names a different watch each time and would otherwise repeat once per directory.
+_VARIABLE = re.compile(r"'[^']*'|\"[^\"]*\"|0x[0-9a-fA-F]+|\d+")
+MAX_WARNINGS = 1000  # distinct warnings remembered; beyond that new ones are dropped (said once)
+
+
+class _WarningsToLog:
+    """Replaces :func:`warnings.showwarning`: each distinct warning becomes one structured
+    ``python.warning`` event instead of raw multi-line text on stderr."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+        self._dropping = False
+        self._lock = threading.Lock()  # libraries warn from their own threads (watchdog's observer)
+
+    def __call__(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+        text = str(message)
+        key = (category.__name__, _VARIABLE.sub("…", text))
+        with self._lock:
+            if key in self._seen or (self._dropping and len(self._seen) >= MAX_WARNINGS):
+                return
+            first_dropped = len(self._seen) >= MAX_WARNINGS
+            if first_dropped:
+                self._dropping = True
+            else:
+                self._seen.add(key)
+        log = structlog.get_logger("syncd.warnings")
+        if first_dropped:
+            log.warning("python.warnings_dropped", limit=MAX_WARNINGS,
+                        error="too many distinct library warnings: further new ones are not logged")
+        else:
+            log.warning("python.warning", category=category.__name__, message=text, source=f"{filename}:{lineno}")
 
 
 def journald_attached() -> bool:
@@ -94,4 +132,7 @@ def setup(level: str = "info", fmt: str = "auto") -> str:
     # Libraries stay quiet: botocore at debug level would print signed request headers.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Library warnings (Python `warnings`) go through the log too, once per distinct message.
+    # Which warnings are shown is still up to the filters (-W, PYTHONWARNINGS).
+    warnings.showwarning = _WarningsToLog()
     return fmt

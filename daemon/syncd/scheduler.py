@@ -20,7 +20,7 @@ import structlog
 
 from .bandwidth import ByteBudget
 from .config import FolderConfig
-from .guard import DeleteGuard
+from .guard import DeleteGuard, RootProblem
 from .inbox import Inbox
 from .journal import Journal, Outcome, Pending
 from .owner import Ownership
@@ -32,6 +32,7 @@ from .uploads import UploadLog
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
 DELETE_LULL = 0.25           # a partial delete batch waits this long for more keys to join it...
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
+WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first batch waits for a pause in events
 PROBE_MIN, PROBE_MAX = 2.0, 30.0
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 CONNECTING = "connecting to the object store"  # the halt before the first contact succeeds
@@ -197,6 +198,8 @@ class Scheduler:
             self.budget.release(r.task.cost)
             if r.task.copy_from is not None:
                 self._copy_sources.discard(r.task.copy_from.path)
+                if any(o.kind == "done" for o in r.outcomes):
+                    self.guard.moved()
             self._outcomes.extend(r.outcomes)
             if r.files or r.bytes_sent:
                 self.done.files += r.files
@@ -223,7 +226,7 @@ class Scheduler:
                 exhausted = len(claimed) < max(2 * free, 32)
                 for p in claimed:
                     self._plan(p, now)
-                if len(self._deletes) >= DELETE_BATCH:
+                if len(self._deletes) >= DELETE_BATCH and self._wave_observed():
                     self._flush_deletes()
                     free -= 1
                     continue
@@ -236,7 +239,8 @@ class Scheduler:
             starting.append(task)
             free -= 1
         self._start(starting)
-        if self._deletes and free > 0 and (len(self._deletes) >= DELETE_BATCH or (exhausted and self._deletes_ripe())):
+        if self._deletes and free > 0 and self._wave_observed() and (
+                len(self._deletes) >= DELETE_BATCH or (exhausted and self._deletes_ripe())):
             self._flush_deletes()
 
     def _deletes_ripe(self) -> bool:
@@ -251,6 +255,14 @@ class Scheduler:
         self.journal.intend((t.path, WRITE_OPS[t.kind]) for t in tasks if t.kind in WRITE_OPS)
         for t in tasks:
             self._submit(t)
+
+    def _wave_observed(self) -> bool:
+        """The first batch of a deletion wave waits until events pause (an `rm -rf` still
+        running), so the guard judges the wave whole, not only its first thousand keys."""
+        if self.guard.judged:
+            return True
+        now = time.monotonic()
+        return now - self.inbox.last_submit >= WAVE_QUIET or now - self._delete_since >= WAVE_QUIET_MAX
 
     def _submit(self, task: Task) -> None:
         assert self._transfers is not None
@@ -282,7 +294,7 @@ class Scheduler:
             self._halt(reason)
         else:
             if self.pause_reason is None:
-                self._log.error("folder.delete_wave_paused", error=reason)
+                self._log.error("folder.delete_wave_held", error=reason)
             self.paused = True
             self.pause_reason = reason
             self.last_error = reason
@@ -333,7 +345,7 @@ class Scheduler:
         """Pool thread: can the folder work again (root present, store reachable)?"""
         problem = self.guard.root_problem(check_empty=self._halted_on_root)
         if problem is not None:
-            raise StoreError(problem, scope="folder")
+            raise RootProblem(problem)
         transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
         take_over = self._take_over
@@ -380,6 +392,12 @@ class Scheduler:
                 self.last_error = None
                 continue
             message = str(exc) if isinstance(exc, StoreError) else f"internal error: {exc!r}"
+            if isinstance(exc, RootProblem):
+                self._halted_on_root = True  # also at startup: watched and rescanned once it is back
+            elif self._halted_on_root:
+                # The root passed the probe's check: that hold is over, the store is the problem now.
+                self._halted_on_root = False
+                self.root_recovered.set()
             if self._first_probe or self.halt != message:
                 self._log.error("folder.error", error=message)
             else:
@@ -428,6 +446,13 @@ class Scheduler:
             self._log.warning(event, **kw)
 
     # ------------------------------------------------------------------ control
+
+    def held(self) -> str | None:
+        """Why a guard holds the folder (a deletion wave over max_delete; a missing, replaced
+        or emptied root) until the root is back or `syncd resume` confirms, or None."""
+        if self.pause_reason is not None:
+            return self.pause_reason
+        return self.halt if self._halted_on_root else None
 
     def set_paused(self, paused: bool) -> None:
         """``syncd pause`` / ``syncd resume``. Resuming also confirms what a guard paused for:

@@ -21,7 +21,8 @@ from . import __version__
 from .bandwidth import ByteBudget
 from .config import Config, ConfigError, load_config
 from .control import ControlError, ControlServer
-from .folder import FolderRuntime
+from .exitcodes import ExitCode
+from .folder import FolderRuntime, FolderState
 from .units import format_size
 from .watcher import Watcher
 
@@ -131,7 +132,8 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload.invalid", error=str(exc))
             self._notify("READY=1")
-            raise ControlError(f"new configuration rejected, still running the old one:\n{exc}", code=78) from None
+            raise ControlError(f"new configuration rejected, still running the old one:\n{exc}",
+                               code=ExitCode.CONFIG) from None
         old = {f.name: f for f in self.config.folders}
         fresh = {f.name: f for f in new.folders}
         removed = [n for n in old if n not in fresh or fresh[n] != old[n]]
@@ -170,8 +172,8 @@ class Daemon:
             pending += counts["pending"]
             failed += counts["failed"]
             in_flight += r.scheduler.in_flight()
-            if r.state() != "watching":
-                parts.append(f"{r.folder.name}:{r.state()}")
+            if (state := r.state()) is not FolderState.WATCHING:
+                parts.append(f"{r.folder.name}:{state}")
         rate = sum(r.scheduler.rate()[1] for r in list(self.folders.values()))
         text = (f"{len(self.folders)} folders, {pending} pending, {in_flight} in flight, {failed} failed, "
                 f"{format_size(rate)}/s")
@@ -254,6 +256,9 @@ class Daemon:
         while True:
             now = time.monotonic()
             targets = self._select(name)
+            held = [{"folder": r.folder.name, "reason": reason} for r in targets if (reason := r.held())]
+            if held:  # it cannot become idle without `syncd resume`: say so now, not at the timeout
+                return {"idle": False, "held": held}
             if now - start >= grace:
                 states = [r.is_idle() for r in targets]
                 if all(idle for idle, _ in states):
