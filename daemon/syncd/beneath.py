@@ -252,6 +252,15 @@ class RootDir:
             raise NotBeneath(err, "goes through a symlink: not followed", rel)
         if err == errno.EAGAIN:  # a concurrent rename or mount during resolution: walk instead
             return self._fallback(root, rel, flags)
+        if err == errno.ENOTDIR and flags & os.O_DIRECTORY:
+            # O_DIRECTORY | O_NOFOLLOW says ENOTDIR for a symlink too: which is it?
+            link = self._openat2(_SYS_OPENAT2, root, os.fsencode(rel), *_how(_PATH_FLAGS))
+            if link >= 0:
+                try:
+                    if statmod.S_ISLNK(os.fstat(link).st_mode):
+                        raise NotBeneath(errno.ELOOP, "a symlink: not followed", rel)
+                finally:
+                    os.close(link)
         raise OSError(err, os.strerror(err), rel)
 
     def _fallback(self, root: int, rel: str, flags: int) -> int:
