@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from syncd import beneath
+from syncd import beneath, statedir
 from syncd.beneath import NotBeneath, RootDir
 from syncd.config import ConfigError, load_config
 from syncd.paths import IgnoreRules
@@ -413,3 +413,13 @@ def test_a_loose_state_dir_from_before_is_tightened(syncd, tree, bucket):
     assert stat.S_IMODE(syncd.state_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE(folders.stat().st_mode) == 0o700
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folders.iterdir())
+
+
+def test_a_shared_state_dir_is_left_alone_but_the_journals_directory_is_private(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    (shared / "someone-else.txt").write_text("not syncd's")
+    folders = statedir.prepare(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # not ours to change
+    assert stat.S_IMODE(folders.stat().st_mode) == 0o700

@@ -77,6 +77,8 @@ def _load_openat2() -> _Syscall | None:
     return fn  # type: ignore[no-any-return]
 
 
+for _flags in (FILE_FLAGS, _PATH_FLAGS, _DIR_FLAGS, LIST_FLAGS):
+    _how(_flags)  # built before any thread shares the table
 _openat2: _Syscall | None = _load_openat2()
 
 

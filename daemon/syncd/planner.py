@@ -90,7 +90,8 @@ class Planner:
             return
         self._skipped_logged.add(rel)
         if st is None:  # NotBeneath: a parent directory is a symlink (or another filesystem)
-            self._log.warning("path.skipped", path=rel, reason=f"{why}: nothing is read through it")
+            self._log.warning("path.skipped", path=rel, reason=f"{why}; nothing is read through it and its "
+                              "object, if any, goes as a deleted file's would")
             return
         kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
         self._log.info("path.skipped", path=rel, reason=f"{kind}: not followed or mirrored")
