@@ -52,6 +52,11 @@ def assert_no_secret(s3: Any, bucket: str) -> None:
         assert SECRET.encode() not in body, f"{key} holds bytes from outside the folder"
 
 
+def file_keys(s3: Any, bucket: str) -> list[str]:
+    """The bucket's keys that mirror files (syncd's own markers under .syncd/ are not files)."""
+    return sorted(k for k in bucket_keys(s3, bucket) if not k.startswith(".syncd/"))
+
+
 def swap_for_symlink(tree: Path, victim: str, target: Path) -> None:
     """mv victim victim.moved && ln -s target victim"""
     (tree / victim).rename(tree / f"{victim}.moved")
@@ -263,7 +268,7 @@ def test_a_parent_swapped_while_a_small_upload_is_in_flight_leaks_nothing(proxie
     s3_proxy.set_delay(0)
     assert_no_secret(s3, bucket)
     assert_mirror(s3, bucket, tree)
-    assert "u/x/secret.txt" not in bucket_keys(s3, bucket)  # its object went as a deleted file's would
+    assert "u/x/secret.txt" not in file_keys(s3, bucket)  # its object went as a deleted file's would
 
 
 def test_a_parent_swapped_between_the_parts_of_a_large_upload_leaks_nothing(proxied_syncd, s3_proxy, tree, s3,
@@ -328,7 +333,7 @@ def test_a_root_replaced_by_a_symlink_is_never_read_through(syncd, tree, s3, buc
     await_condition(lambda: (f := syncd.folder_status("main"))["state"] == "error"
                     and "symlink" in (f["last_error"] or ""), 30, "the folder to stay in error")
     assert_no_secret(s3, bucket)
-    assert sorted(bucket_keys(s3, bucket)) == ["a.txt"]
+    assert file_keys(s3, bucket) == ["a.txt"]
 
     tree.unlink()
     away.rename(tree)
@@ -336,6 +341,21 @@ def test_a_root_replaced_by_a_symlink_is_never_read_through(syncd, tree, s3, buc
     (tree / "b.txt").write_text("normal work again")
     syncd.wait_idle()
     assert_mirror(s3, bucket, tree)
+
+
+def test_a_root_swapped_for_a_symlink_while_stopped_is_refused_at_start(syncd, tree, s3, bucket, tmp_path):
+    (tree / "a.txt").write_text("inside")
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    syncd.wait_idle()
+    assert syncd.stop() == 0
+    tree.rename(tree.with_name("tree.away"))
+    os.symlink(private_dir(tmp_path), tree)
+    syncd.start(wait_ready=False)
+    assert syncd.proc is not None and syncd.proc.wait(30) == 78  # EX_CONFIG, naming the real path
+    assert "goes through a symlink" in syncd.log()
+    assert_no_secret(s3, bucket)
+    assert file_keys(s3, bucket) == ["a.txt"]
 
 
 @needs_mount
@@ -372,7 +392,7 @@ def test_one_file_system_leaves_mounts_inside_the_folder_out(syncd, tree, s3, bu
         (tree / "mnt" / "later.txt").write_text("an event from across the mount")
         (tree / "later.txt").write_text("an event from this side")
         syncd.wait_idle()
-        assert sorted(bucket_keys(s3, bucket)) == ["later.txt", "top.txt"]
+        assert file_keys(s3, bucket) == ["later.txt", "top.txt"]
     finally:
         syncd.stop()
         subprocess.run(["umount", str(tree / "mnt")], check=True)
@@ -380,7 +400,7 @@ def test_one_file_system_leaves_mounts_inside_the_folder_out(syncd, tree, s3, bu
 
 # ---------------------------------------------------------------------- state permissions
 
-@pytest.mark.parametrize("umask", [0o000, 0o022])
+@pytest.mark.parametrize("umask", [0o000, 0o022], ids=["umask-000", "umask-022"])
 def test_state_dir_and_journals_are_private_whatever_the_umask(syncd, tree, bucket, umask):
     (tree / "a.txt").write_text("x")
     syncd.add_folder("main", tree, bucket)
