@@ -74,6 +74,7 @@ class FolderConfig:
     request_timeout: float = 60.0
     delete_foreign: bool = False
     max_delete: str = "50%"
+    one_file_system: bool = False       # true: mount points inside the folder are not crossed
 
     def delete_limit(self, objects: int) -> int:
         """How many deletions one wave may make before the folder pauses for confirmation.
@@ -254,6 +255,7 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "request_timeout": _positive_duration,
     "delete_foreign": _bool,
     "max_delete": _max_delete,
+    "one_file_system": _bool,
 }
 _REQUIRED_FOLDER_KEYS = ("path", "bucket")
 _GLOBAL_KEYS = ("state_dir", "socket", "socket_group", "folders_dir", "log", "defaults", "max_inflight_bytes",
@@ -413,7 +415,12 @@ def load_folder(file: Path, defaults: Mapping[str, Any]) -> tuple[FolderConfig |
         if not root.is_dir():
             problems.add("path", f"expected an existing directory, {root} "
                          + ("is not a directory" if root.exists() else "does not exist"))
-        values["path"] = root.resolve() if root.is_dir() else root
+        elif (real := os.path.realpath(root)) != os.path.normpath(root):
+            # syncd never reads through a symlink; one in the root's path could be swapped
+            # for another while the daemon is stopped, redirecting the whole folder.
+            problems.add("path", f"{root} goes through a symlink (it leads to {real}); syncd never "
+                         f"reads through symlinks: set path to {real}")
+        values["path"] = Path(os.path.normpath(root)) if root.is_dir() else root
     if problems.items:
         return None, problems.items
     known = {f.name for f in fields(FolderConfig)}

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from . import beneath, statedir
 from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .journal import Journal
@@ -63,8 +64,10 @@ class FolderRuntime:
         self.folder = folder
         self._log = structlog.get_logger("syncd.folder").bind(folder=folder.name)
         identity = f"{folder.endpoint_url or 'aws'}|{folder.bucket}|{folder.prefix}"
-        self.journal = Journal(state_dir / "folders" / f"{folder.name}.sqlite3", identity)
-        self._scratch = state_dir / "folders" / f"{folder.name}.listing.sqlite3"
+        db_path = state_dir / statedir.FOLDERS / f"{folder.name}.sqlite3"
+        statedir.secure_journal(db_path)
+        self.journal = Journal(db_path, identity)
+        self._scratch = state_dir / statedir.FOLDERS / f"{folder.name}.listing.sqlite3"
         self.scheduler = Scheduler(folder, self.journal, budget, make_transfers)
         self.ignore = IgnoreRules(folder.ignore)
         self._watcher: Watcher | None = None
@@ -133,6 +136,7 @@ class FolderRuntime:
     def stop(self, deadline: float) -> None:
         self.scheduler.stop(deadline)
         self.journal.close()
+        beneath.release(self.folder)
 
     # ------------------------------------------------------------------ passes
 
@@ -171,7 +175,8 @@ class FolderRuntime:
     def _local(self) -> None:
         if self.first_scan_at is None:
             self.first_scan_at = time.clock_gettime(time.CLOCK_BOOTTIME)
-        scan = LocalScan(self.folder.name, str(self.folder.path), self.ignore, self.journal, self.scheduler.inbox)
+        scan = LocalScan(self.folder.name, beneath.folder_root(self.folder), self.ignore, self.journal,
+                         self.scheduler.inbox)
         report = scan.run(self._stop)
         if not self._stop.is_set():
             # What it found is journaled before we call it done, and before a walk's rules

@@ -6,6 +6,11 @@ files). The guard refuses deletions in those cases, and counts deletion waves so
 larger than ``max_delete`` waits for a human (``syncd resume``). A rename keeps its content
 under the new key (a server-side copy), so a wave counts deletions net of the copies made in
 it: moving a large directory is not a deletion wave.
+
+A root replaced by a symlink, another directory or a mount is also a root problem: every read
+goes through the directory fd held by :class:`~syncd.beneath.RootDir`, so nothing is read
+through the replacement, and the folder is held in ``error`` until the old root is back or
+``syncd resume`` accepts the new one (which reopens the fd).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 import stat as statmod
 
+from .beneath import folder_root
 from .config import FolderConfig
 from .journal import Journal
 from .store import FOLDER, StoreError
@@ -34,35 +40,37 @@ class DeleteGuard:
         self.folder = folder
         self.journal = journal
         self.root = str(folder.path)
-        self.root_id = self._current_root_id()
+        self.rootdir = folder_root(folder)
         self.empty_confirmed = False   # `syncd resume` after "root is empty"
         self.wave_confirmed = False    # `syncd resume` after a max_delete pause
         self.wave_deletes = 0
         self.wave_moves = 0            # server-side copies (renames) in the same wave
 
-    def _current_root_id(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.root)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino) if statmod.S_ISDIR(st.st_mode) else None
-
     def root_problem(self, check_empty: bool = False) -> str | None:
         """Why the root cannot be trusted right now, or None. ``check_empty`` costs a
         directory read and a manifest count: it is done before deleting, not every second."""
         try:
-            st = os.stat(self.root)
+            st = os.lstat(self.root)
         except OSError as exc:
             return f"folder root {self.root} is unavailable ({exc.strerror}): no remote deletions until it is back"
+        if statmod.S_ISLNK(st.st_mode):
+            return (f"folder root {self.root} was replaced by a symlink: nothing is read through it and no remote "
+                    f"deletions; put the directory back (syncd never follows a symlinked root)")
         if not statmod.S_ISDIR(st.st_mode):
             return f"folder root {self.root} is not a directory: no remote deletions until it is fixed"
-        if self.root_id is not None and (st.st_dev, st.st_ino) != self.root_id:
+        if self.rootdir.identity is None and not self.rootdir.reopen():
+            return f"{self.rootdir.open_error}: no remote deletions until it is fixed"
+        if (st.st_dev, st.st_ino) != self.rootdir.identity:
             return (f"folder root {self.root} was replaced or unmounted (another directory or device is there now): "
                     f"no remote deletions; restore it, or run 'syncd resume {self.folder.name}' to accept the new one")
         if not check_empty:
             return None
-        with os.scandir(self.root) as it:
-            empty = next(it, None) is None
+        fd = self.rootdir.open_dir("")  # the directory that is read, not whatever the path names
+        try:
+            with os.scandir(fd) as it:
+                empty = next(it, None) is None
+        finally:
+            os.close(fd)
         if not empty:
             self.empty_confirmed = False  # refilled: guard the next emptying again
         elif not self.empty_confirmed and (objects := self.journal.manifest_count()) > 0:
@@ -128,4 +136,5 @@ class DeleteGuard:
     def confirm_root(self) -> None:
         """``syncd resume`` after a root problem: accept the root as it is now."""
         self.empty_confirmed = True
-        self.root_id = self._current_root_id() or self.root_id
+        if not self.rootdir.still_there():
+            self.rootdir.reopen()  # the new root: reads go through it from now on

@@ -12,6 +12,7 @@ import stat as statmod
 
 import structlog
 
+from .beneath import NotBeneath, folder_root
 from .config import FolderConfig
 from .journal import Journal, Outcome, Pending
 from .multipart import part_size_for
@@ -25,7 +26,7 @@ class Planner:
     def __init__(self, folder: FolderConfig, journal: Journal):
         self.folder = folder
         self.journal = journal
-        self.root = str(folder.path)
+        self.root = folder_root(folder)
         self.ignore = IgnoreRules(folder.ignore)
         self._log = structlog.get_logger("syncd.planner").bind(folder=folder.name)
         self._skipped_logged: set[str] = set()
@@ -38,11 +39,14 @@ class Planner:
             return Outcome("park", rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}")
         if reserved(rel):
             return Outcome("park", rel, p.gen, error=(
-                f"{os.path.join(self.root, rel)}: '{rel.partition('/')[0]}' at the top of the folder collides with "
+                f"{os.path.join(self.folder.path, rel)}: '{rel.partition('/')[0]}' at the top of the folder collides with "
                 "syncd's own bookkeeping keys under the prefix (the owner marker, the trash); it is not "
                 "uploaded: rename it, or ignore it with an 'ignore' pattern"))
         try:
-            st: os.stat_result | None = os.lstat(os.path.join(self.root, rel))
+            st: os.stat_result | None = self.root.lstat(rel)
+        except NotBeneath as exc:
+            st = None  # for the mirror the file is gone: its object goes as a deleted file's would
+            self._note_skipped(rel, None, exc.strerror)
         except (FileNotFoundError, NotADirectoryError):
             st = None
         except OSError as exc:
@@ -91,9 +95,13 @@ class Planner:
             part = self.folder.part_size  # too large for S3: the transfer parks it with the reason
         return Task("upload", [p], cost=min(st.st_size, (self.folder.part_concurrency + 1) * part))
 
-    def _note_skipped(self, rel: str, st: os.stat_result) -> None:
+    def _note_skipped(self, rel: str, st: os.stat_result | None, why: str | None = None) -> None:
         if rel in self._skipped_logged or len(self._skipped_logged) > SKIPPED_LOG_LIMIT:
             return
         self._skipped_logged.add(rel)
+        if st is None:  # NotBeneath: a parent directory is a symlink (or another filesystem)
+            self._log.warning("path.skipped", path=rel, reason=f"{why}; nothing is read through it and its "
+                              "object, if any, goes as a deleted file's would")
+            return
         kind = "symlink" if statmod.S_ISLNK(st.st_mode) else "special file"
         self._log.info("path.skipped", path=rel, reason=f"{kind}: not followed or mirrored")

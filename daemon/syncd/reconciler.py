@@ -24,6 +24,7 @@ from typing import Protocol
 import structlog
 
 from . import tree
+from .beneath import LIST_FLAGS, RootDir, folder_root
 from .config import FolderConfig
 from .journal import Entry, Journal
 from .paths import IgnoreRules, reserved
@@ -37,6 +38,8 @@ ADOPT, ORPHAN, OURS, FOREIGN, SKIP = "adopt", "orphan", "ours", "foreign", "skip
 SCAN_RULES = "scan_rules"  # journal meta: fingerprint of the ignore rules of the last complete walk
 BLOCK_ROWS = 1024          # manifest rows compared at once with the listing (about 50 KB)
 
+Listing = list[tuple[str, os.DirEntry[str], bool]]  # a directory's entries: (sort key, entry, is_dir)
+
 
 @dataclass
 class ScanReport:
@@ -48,13 +51,19 @@ class ScanReport:
     rules: str = ""  # set by a complete Python walk: the ignore rules it applied (SCAN_RULES)
 
 
-def walk(root: str, ignore: IgnoreRules, stop: threading.Event | None = None) -> Iterator[tuple[str, os.stat_result]]:
-    """Regular files below ``root`` as (relative path, lstat) in byte order of the path."""
+def walk(root: str | RootDir, ignore: IgnoreRules,
+         stop: threading.Event | None = None) -> Iterator[tuple[str, os.stat_result]]:
+    """Regular files below ``root`` as (relative path, lstat) in byte order of the path.
 
-    def listing(rel_dir: str) -> list[tuple[str, os.DirEntry[str], bool]]:
+    Each directory is opened from its parent's fd with O_NOFOLLOW, so a directory swapped
+    for a symlink mid-walk is never entered (syncd.beneath)."""
+    rootdir = root if isinstance(root, RootDir) else RootDir(root)
+    device = rootdir.device if rootdir.one_file_system else None
+
+    def listing(fd: int, rel_dir: str) -> Listing:
         entries = []
         try:
-            with os.scandir(os.path.join(root, rel_dir) if rel_dir else root) as it:
+            with os.scandir(fd) as it:
                 for e in it:
                     try:
                         is_dir = e.is_dir(follow_symlinks=False)
@@ -68,41 +77,61 @@ def walk(root: str, ignore: IgnoreRules, stop: threading.Event | None = None) ->
         entries.sort(reverse=True)  # popped from the end: ascending
         return entries
 
-    stack: list[tuple[str, list[tuple[str, os.DirEntry[str], bool]]]] = [("", listing(""))]
+    def enter(parent: int, name: str, rel: str) -> int | None:
+        try:
+            fd = os.open(name, LIST_FLAGS, dir_fd=parent)
+        except OSError as exc:  # ENOTDIR/ELOOP: swapped for a symlink since it was listed
+            log.warning("scan.unreadable_dir", path=rel, error=exc.strerror)
+            return None
+        if device is not None and os.fstat(fd).st_dev != device:
+            os.close(fd)  # a mount point (one_file_system): not entered
+            return None
+        return fd
+
+    top = rootdir.open_dir("")
+    stack: list[tuple[str, int, Listing]] = [("", top, listing(top, ""))]
     match = ignore.ignored
-    while stack:
-        if stop is not None and stop.is_set():
-            return
-        rel_dir, entries = stack[-1]
-        prefix = rel_dir + "/" if rel_dir else ""
-        while entries:  # this directory's entries, until a subdirectory takes over
-            _, entry, is_dir = entries.pop()
-            rel = prefix + entry.name
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                continue  # not representable as a key; the watcher reports such names
-            if match(rel, is_dir):
-                continue
-            if is_dir:
-                stack.append((rel, listing(rel)))
-                break
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if statmod.S_ISREG(st.st_mode):
-                yield rel, st
-        else:
-            stack.pop()
+    try:
+        while stack:
+            if stop is not None and stop.is_set():
+                return
+            rel_dir, dir_fd, entries = stack[-1]
+            prefix = rel_dir + "/" if rel_dir else ""
+            while entries:  # this directory's entries, until a subdirectory takes over
+                _, entry, is_dir = entries.pop()
+                rel = prefix + entry.name
+                try:
+                    rel.encode("utf-8")
+                except UnicodeEncodeError:
+                    continue  # not representable as a key; the watcher reports such names
+                if match(rel, is_dir):
+                    continue
+                if is_dir:
+                    sub = enter(dir_fd, entry.name, rel)
+                    if sub is None:
+                        continue
+                    stack.append((rel, sub, listing(sub, rel)))
+                    break
+                try:
+                    st = entry.stat(follow_symlinks=False)  # fstatat on dir_fd
+                except OSError:
+                    continue
+                if statmod.S_ISREG(st.st_mode) and (device is None or st.st_dev == device):
+                    yield rel, st
+            else:
+                os.close(stack.pop()[1])
+    finally:
+        for _, fd, _ in stack:
+            os.close(fd)
 
 
 class LocalScan:
     """Compares the local tree with the manifest and submits every difference."""
 
-    def __init__(self, name: str, root: str, ignore: IgnoreRules, journal: Journal, sink: Sink):
+    def __init__(self, name: str, root: str | RootDir, ignore: IgnoreRules, journal: Journal, sink: Sink):
         self.name = name
-        self.root = root
+        self.rootdir = root if isinstance(root, RootDir) else RootDir(root)
+        self.root = self.rootdir.path
         self.ignore = ignore
         self.journal = journal
         self.sink = sink
@@ -111,6 +140,11 @@ class LocalScan:
     def run(self, stop: threading.Event) -> ScanReport:
         started = time.monotonic()
         report = ScanReport()
+        if not self.rootdir.still_there():
+            # The path leads elsewhere now (the guard holds the folder): a listing of it
+            # would describe another directory.
+            self._log.warning("scan.skipped", reason=f"folder root {self.root} was moved, replaced or unmounted")
+            return report
         if tree.available() and self.journal.get_meta(SCAN_RULES) == self.ignore.fingerprint:
             try:
                 self._compare_listing(stop, report)
@@ -131,7 +165,7 @@ class LocalScan:
     def _compare_listing(self, stop: threading.Event, report: ScanReport) -> None:
         """GNU find's listing against the manifest in blocks (see syncd.tree): the fast path,
         valid while the ignore rules are those of the last complete walk."""
-        diff = tree.TreeDiff(self.root, self.ignore)
+        diff = tree.TreeDiff(self.root, self.ignore, self.rootdir.one_file_system)
         blocks = self.journal.manifest_blocks(BLOCK_ROWS)
         diffs = diff.run(blocks, stop)
         try:
@@ -156,7 +190,7 @@ class LocalScan:
                     renames = self.journal.manifest_count() > 0
                 if renames:
                     try:
-                        move_from = self._renamed_from(d.path, os.lstat(os.path.join(self.root, d.path)))
+                        move_from = self._renamed_from(d.path, self.rootdir.lstat(d.path))
                     except OSError:
                         pass  # gone already: its own event or the planner deals with it
             self.sink.submit(d.path, move_from=move_from, settle=False)
@@ -167,7 +201,7 @@ class LocalScan:
         manifest = self.journal.iter_manifest()
         m = next(manifest, None)
         renames = m is not None  # nothing can have been renamed from an empty manifest (a new folder)
-        for rel, st in walk(self.root, self.ignore, stop):
+        for rel, st in walk(self.rootdir, self.ignore, stop):
             report.files += 1
             while m is not None and m[0] < rel:
                 self._missing(m[0], report)
@@ -198,7 +232,7 @@ class LocalScan:
         if entry is None:
             return None
         try:
-            old = os.lstat(os.path.join(self.root, entry))
+            old = self.rootdir.lstat(entry)
             if old.st_ino == st.st_ino:
                 return None  # a hard link: both names exist; the copy happens anyway
         except OSError:
@@ -248,6 +282,7 @@ class RemotePass:
         self.sink = sink
         self.scratch = scratch
         self.root = str(folder.path)
+        self.rootdir = folder_root(folder)
         self.ignore = ignore
         self._log = log.bind(folder=folder.name)
 
@@ -329,7 +364,7 @@ class RemotePass:
             # and the planner deletes it if its file is gone or uploads the file if it differs.
             return OURS, path, None, False
         try:
-            st: os.stat_result | None = os.lstat(os.path.join(self.root, path))
+            st: os.stat_result | None = self.rootdir.lstat(path)
         except OSError:
             st = None
         # An ignored file is not part of the mirror: its object is adopted as an orphan, so

@@ -17,7 +17,7 @@ from typing import Any
 import sdnotify
 import structlog
 
-from . import __version__
+from . import __version__, statedir
 from .bandwidth import ByteBudget
 from .config import Config, ConfigError, load_config
 from .control import ControlError, ControlServer
@@ -56,9 +56,10 @@ class Daemon:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        statedir.prepare(self.config.state_dir)
         self._install_signals()
         self.control.start()  # fails early if another daemon owns the socket
+        statedir.restrict_umask()
         self.watcher.start()
         for folder in self.config.folders:
             self._add_folder(folder)

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import structlog
 
 from .bandwidth import Payload, Throttle
+from .beneath import NotBeneath, folder_root
 from .config import FolderConfig
 from .journal import Entry, Outcome, Pending
 from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
@@ -82,6 +83,7 @@ class Transfers:
         self.folder = folder
         self.store = store
         self.root = Path(folder.path)
+        self.rootdir = folder_root(folder)  # every read resolves beneath it (syncd.beneath)
         self._log = structlog.get_logger("syncd.transfer").bind(folder=folder.name)
         self._lock = threading.Lock()
         self.ops = {"put": 0, "copy": 0, "delete": 0, "multipart": 0}
@@ -136,11 +138,11 @@ class Transfers:
         """Upload the file; None when the store will deliver the Result itself."""
         p = task.items[0]
         key = self.folder.key_for(p.path)
-        abspath = self.root / p.path
         try:
-            fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            # Gone since it was planned: look again now (it becomes a delete or nothing).
+            fd = self.rootdir.open_file(p.path)
+        except (FileNotFoundError, NotADirectoryError, NotBeneath):
+            # Gone since it was planned, or now behind a symlink: look again now (it
+            # becomes a delete or nothing).
             return Result(task, [Outcome("defer", p.path, p.gen)])
         except OSError as exc:
             return self._unreadable(task, exc)
@@ -211,8 +213,10 @@ class Transfers:
         assert src is not None
         key = self.folder.key_for(p.path)
         try:
-            st = os.lstat(self.root / p.path)
-        except FileNotFoundError:
+            st = self.rootdir.lstat(p.path)
+        except (FileNotFoundError, NotADirectoryError, NotBeneath):
+            return Result(task, [Outcome("defer", p.path, p.gen)])
+        if not statmod.S_ISREG(st.st_mode):
             return Result(task, [Outcome("defer", p.path, p.gen)])
         if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
             return self._upload(task, deliver)

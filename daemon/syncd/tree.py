@@ -80,7 +80,7 @@ def parse(record: bytes) -> tuple[bytes, int, int] | None:
 class _Listing:
     """find | sort -z, read as a byte stream of records."""
 
-    def __init__(self, root: str, pruned: tuple[str, ...], stop: threading.Event):
+    def __init__(self, root: str, pruned: tuple[str, ...], stop: threading.Event, one_file_system: bool = False):
         env = {**os.environ, "LC_ALL": "C"}  # byte order, raw names
         self._stop = stop
         self.stopped = False
@@ -90,10 +90,13 @@ class _Listing:
         for name in pruned:
             prune += ["-o", "-name", name] if prune else ["-name", name]
         skip = ["(", "-type", "d", "(", *prune, ")", "-prune", ")", "-o"] if prune else []
-        # -H: the root may be a symlink to the folder; nothing below it is followed (-P).
-        # -mindepth 1: the root itself is never pruned, whatever its name.
+        # -P: no symlink is followed, not even a root swapped for one (config refuses a
+        # symlinked root, so the folder's own path never is one). The listing only says which
+        # paths to look at; what is read is resolved beneath the root's fd (syncd.beneath).
+        # -xdev: one_file_system (rsync -x). -mindepth 1: the root is never pruned.
+        xdev = ["-xdev"] if one_file_system else []
         try:
-            self._find = subprocess.Popen(["find", "-H", root, "-mindepth", "1", *skip, "-type", "f",
+            self._find = subprocess.Popen(["find", "-P", root, *xdev, "-mindepth", "1", *skip, "-type", "f",
                                            "-printf", FIND_FORMAT],
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         except OSError as exc:
@@ -194,9 +197,10 @@ class _Listing:
 class TreeDiff:
     """The differences between the tree under ``root`` and the manifest, in path order."""
 
-    def __init__(self, root: str, ignore: IgnoreRules):
+    def __init__(self, root: str, ignore: IgnoreRules, one_file_system: bool = False):
         self.root = root
         self.ignore = ignore
+        self.one_file_system = one_file_system
         self.files = 0  # regular files on disk that the mirror covers (not ignored)
         self.unreadable: list[bytes] = []
         self._dir = ""
@@ -204,7 +208,7 @@ class TreeDiff:
 
     def run(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event) -> Generator[Diff, None, None]:
         """Yields every difference; the caller must exhaust it unless ``stop`` is set."""
-        listing = _Listing(self.root, self.ignore.pruned_dirs, stop)
+        listing = _Listing(self.root, self.ignore.pruned_dirs, stop, self.one_file_system)
         completed = False
         try:
             prefetched = _Prefetch(blocks)
