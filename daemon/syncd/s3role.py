@@ -19,6 +19,8 @@ those near their expiry are replaced first. What is ours:
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import boto3
 import botocore.exceptions as bexc
 import botocore.session
+import structlog
 from botocore.config import Config as BotoConfig
 from botocore.credentials import (
     AssumeRoleCredentialFetcher,
@@ -38,9 +41,20 @@ from botocore.utils import parse_timestamp
 from .config import FolderConfig
 from .store import FOLDER, TRANSIENT, UNREACHABLE, StoreError
 
+log = structlog.get_logger("syncd.s3role")
+
 ADVISORY_REFRESH = 15 * 60   # botocore's defaults, kept for sessions of an hour and more
 MANDATORY_REFRESH = 10 * 60
 STS_TIMEOUT = 30
+
+
+def _not_ours(record: logging.LogRecord) -> bool:
+    """botocore logs every failed refresh with a traceback, and in the advisory window it tries
+    again on every request: we log the failure ourselves, once per outage (see ``fetch``)."""
+    return not str(record.msg).startswith("Refreshing temporary credentials failed")
+
+
+logging.getLogger("botocore.credentials").addFilter(_not_ours)
 
 
 class _NoCache(dict[str, Any]):
@@ -96,21 +110,37 @@ def assume_role_session(folder: FolderConfig, clock: Callable[[], datetime] | No
     fetcher = AssumeRoleCredentialFetcher(sts_client, source, role, extra_args=extra, cache=_NoCache(),
                                           expiry_window_seconds=advisory)
 
+    failing = threading.Event()  # logged once per streak of failed refreshes
+
     def fetch() -> dict[str, Any]:
         try:
-            return fetcher.fetch_credentials()
+            fresh = fetcher.fetch_credentials()
         except Exception as exc:
-            raise _role_error(exc, folder) from exc
+            error = _role_error(exc, folder)
+            if not failing.is_set():
+                failing.set()
+                log.warning("role.refresh_failed", folder=folder.name, role=role, error=str(error),
+                            hint="the current credentials are used until they expire; retried on the next request")
+            raise error from exc
+        if failing.is_set():
+            failing.clear()
+            log.info("role.refreshed", folder=folder.name, role=role)
+        return fresh
 
-    first = fetch()
+    try:  # the first failure is the probe's to report (folder error or stalled)
+        first = fetcher.fetch_credentials()
+    except Exception as exc:
+        raise _role_error(exc, folder) from exc
     faked: dict[str, Any] = {} if clock is None else {"time_fetcher": clock}
     credentials = RefreshableCredentials(
         access_key=first["access_key"], secret_key=first["secret_key"], token=first["token"],
         expiry_time=parse_timestamp(first["expiry_time"]),
         refresh_using=fetch, method=_Provider.METHOD, advisory_timeout=advisory, mandatory_timeout=mandatory,
         **faked)
-    base.register_component("credential_provider", CredentialResolver([_Provider(credentials)]))
-    return boto3.session.Session(botocore_session=base, region_name=folder.region)
+    # A session of its own: `base` has cached the source credentials it resolved.
+    assumed = botocore.session.Session(profile=folder.profile)
+    assumed.register_component("credential_provider", CredentialResolver([_Provider(credentials)]))
+    return boto3.session.Session(botocore_session=assumed, region_name=folder.region)
 
 
 def _role_error(exc: Exception, folder: FolderConfig) -> StoreError:
