@@ -19,6 +19,8 @@ from typing import Any
 
 import boto3
 
+from .seaweed import _die_with_parent
+
 ACCOUNT = "123456789012"   # moto's default account
 ALLOWED_ROLE = f"arn:aws:iam::{ACCOUNT}:role/Uploader"
 DENIED_ROLE = f"arn:aws:iam::{ACCOUNT}:role/SomeoneElses"
@@ -66,7 +68,8 @@ def start_moto(workdir: Path, timeout: float = 60) -> MotoSTS:
     log_path = workdir / "moto.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([_moto_server(), "-H", "127.0.0.1", "-p", str(port)], stdin=subprocess.DEVNULL,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent())  # no orphan if the test run dies
     endpoint = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(endpoint, process, log_path, timeout)
