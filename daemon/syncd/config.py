@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,29 @@ S3_MAX_PART = 5 * GiB
 MIN_DELETE_WAVE = 1000
 
 
+# Object headers a `headers:` rule may set (canonical spelling; names match case-insensitively).
+# Only these: the rest are either S3's own (ETag, x-amz-*) or not stored by S3 at all.
+HEADER_NAMES = ("Cache-Control", "Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
+                "Expires")
+MIN_ROLE_DURATION = 900      # STS AssumeRole: DurationSeconds is 900 s to 12 h (the role's maximum)
+MAX_ROLE_DURATION = 43200
+
+
 class ConfigError(Exception):
     """One or more configuration problems, each naming file and key."""
 
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+@dataclass(frozen=True)
+class HeaderRule:
+    """One `headers:` entry: objects whose path (relative to the folder root) matches
+    ``pattern`` (gitignore syntax) get ``headers``; the first matching rule wins."""
+
+    pattern: str
+    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,12 @@ class FolderConfig:
     region: str | None = None
     profile: str | None = None
     role_arn: str | None = None
+    role_session_name: str = "syncd"
+    role_external_id: str | None = None
+    role_duration: int = 3600
+    sts_endpoint_url: str | None = None   # None: AWS_ENDPOINT_URL_STS, else AWS's own
+    content_type: str = "auto"            # auto: guessed from the name (as aws s3 sync does) | none
+    headers: tuple[HeaderRule, ...] = ()
     addressing_style: str = "auto"
     storage_class: str | None = None
     sse: str | None = None
@@ -227,6 +251,85 @@ def _endpoint(value: Any) -> str:
     return value.rstrip("/")
 
 
+def _role_arn(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"arn:[a-z-]+:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}", value):
+        raise ValueError(f"expected a role ARN such as arn:aws:iam::123456789012:role/Uploader, got {value!r}")
+    return value
+
+
+def _role_session_name(value: Any) -> str:
+    # STS: RoleSessionName is 2-64 of [\w+=,.@-]
+    if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@-]{2,64}", value):
+        raise ValueError(f"expected 2 to 64 letters, digits or any of + = , . @ - _, got {value!r}")
+    return value
+
+
+def _role_external_id(value: Any) -> str:
+    # STS: ExternalId is 2-1224 of [\w+=,.@:/-]
+    if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@:/-]{2,1224}", value):
+        raise ValueError(f"expected 2 to 1224 letters, digits or any of + = , . @ : / - _, got {value!r}")
+    return value
+
+
+def _role_duration(value: Any) -> int:
+    seconds = parse_duration(value)
+    if not MIN_ROLE_DURATION <= seconds <= MAX_ROLE_DURATION:
+        raise ValueError(f"expected a session duration from 15m to 12h (STS AssumeRole's limits), got {value!r}")
+    return int(seconds)
+
+
+def _header_value(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"header {name!r}: expected a non-empty string, got {value!r}")
+    if not all(" " <= c <= "~" for c in value):
+        raise ValueError(f"header {name!r}: only printable ASCII is allowed in a header value, got {value!r}")
+    if name == "Expires":
+        try:
+            parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"header 'Expires': expected an HTTP date such as 'Wed, 21 Oct 2026 07:28:00 GMT', "
+                             f"got {value!r}") from None
+    return value
+
+
+def _headers(value: Any) -> tuple[HeaderRule, ...]:
+    """``[{pattern: GLOB, Header-Name: value, ...}, ...]``; an unknown header name is an error."""
+    if not isinstance(value, list):
+        raise ValueError("expected a list of rules such as [{pattern: '*.html', Cache-Control: 'max-age=60'}]")
+    canonical = {n.lower(): n for n in HEADER_NAMES}
+    rules = []
+    for number, entry in enumerate(value, 1):
+        where = f"rule {number}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping such as {{pattern: '*.html', Cache-Control: 'max-age=60'}}, "
+                             f"got {entry!r}")
+        pattern = entry.get("pattern")
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise ValueError(f"{where}: 'pattern' is required: a gitignore-style pattern such as '*.html' "
+                             "or 'assets/**'")
+        if pattern.startswith("!"):
+            raise ValueError(f"{where}: pattern {pattern!r}: a negated pattern cannot select objects; "
+                             "put a more specific rule first instead (the first match wins)")
+        where = f"rule {number} (pattern {pattern!r})"
+        headers = []
+        for name, header_value in entry.items():
+            if name == "pattern":
+                continue
+            known = canonical.get(str(name).lower())
+            if known is None:
+                close = difflib.get_close_matches(str(name).lower(), list(canonical), n=1, cutoff=0.6)
+                hint = f"did you mean '{canonical[close[0]]}'?" if close else f"allowed: {', '.join(HEADER_NAMES)}"
+                raise ValueError(f"{where}: unknown header {name!r} ({hint})")
+            try:
+                headers.append((known, _header_value(known, header_value)))
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        if not headers:
+            raise ValueError(f"{where}: no header to set; allowed: {', '.join(HEADER_NAMES)}")
+        rules.append(HeaderRule(pattern, tuple(headers)))
+    return tuple(rules)
+
+
 # Every folder setting; all but `path` may be defaulted in the global file's `defaults`.
 _FOLDER_KEYS: dict[str, Parser] = {
     "path": _str,
@@ -237,7 +340,13 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "endpoint_url": _opt(_endpoint),
     "region": _opt(_str),
     "profile": _opt(_str),
-    "role_arn": _opt(_str),
+    "role_arn": _opt(_role_arn),
+    "role_session_name": _role_session_name,
+    "role_external_id": _opt(_role_external_id),
+    "role_duration": _role_duration,
+    "sts_endpoint_url": _opt(_endpoint),
+    "content_type": _choice("auto", "none"),
+    "headers": _headers,
     "addressing_style": _choice("auto", "path", "virtual"),
     "storage_class": _opt(_str),
     "sse": _opt(_choice("AES256", "aws:kms")),

@@ -27,8 +27,9 @@ from .bandwidth import Payload, Throttle
 from .config import S3_MAX_PART as MAX_PART
 from .config import S3_MIN_PART as MIN_PART
 from .config import FolderConfig, MiB
+from .headers import object_headers
 from .journal import Entry
-from .store import META_MTIME, META_OWNER, META_SHA256, TRANSIENT, ObjectStore, Part, StoreError, multipart_etag
+from .store import META_MTIME, META_SHA256, TRANSIENT, ObjectStore, Part, StoreError, multipart_etag, object_meta
 from .uploads import UploadLog, UploadRecord
 
 MAX_PARTS = 10_000                 # S3: at most 10,000 parts per upload, each 5 MiB to 5 GiB
@@ -147,7 +148,8 @@ class MultipartUploader:
             else:
                 rec = None
         if rec is None:
-            upload_id = self.store.create_upload(src.key, {META_MTIME: str(st.st_mtime_ns), META_OWNER: self.owner})
+            upload_id = self.store.create_upload(src.key, object_meta(st.st_mtime_ns, self.owner),
+                                                 headers=object_headers(self.folder, src.path))
             self.uploads.begin(src.path, upload_id, st.st_size, st.st_mtime_ns, st.st_ino, part_size,
                                self.folder.checksum)
             self._log.debug("multipart.created", path=src.path, upload_id=upload_id, part_size=part_size,
@@ -315,8 +317,9 @@ class MultipartUploader:
     def _finish(self, src: Source, digest: bytes) -> Entry:
         """Give the complete object its content hash (S3 fixes metadata at creation)."""
         st = src.before
-        meta = {META_MTIME: str(st.st_mtime_ns), META_SHA256: digest.hex(), META_OWNER: self.owner}
-        etag = self.store.set_meta(src.key, meta, st.st_size)
+        meta = object_meta(st.st_mtime_ns, self.owner, digest.hex())
+        # REPLACE replaces the headers too: they are sent again.
+        etag = self.store.set_meta(src.key, meta, st.st_size, headers=object_headers(self.folder, src.path))
         self.uploads.remove(src.path)
         return Entry(src.path, st.st_size, st.st_mtime_ns, st.st_ino, digest.hex(), etag)
 

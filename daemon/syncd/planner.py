@@ -39,8 +39,8 @@ class Planner:
             return Outcome("park", rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}")
         if reserved(rel):
             return Outcome("park", rel, p.gen, error=(
-                f"{os.path.join(self.folder.path, rel)}: '{rel.partition('/')[0]}' at the top of the folder collides with "
-                "syncd's own bookkeeping keys under the prefix (the owner marker, the trash); it is not "
+                f"{os.path.join(self.folder.path, rel)}: '{rel.partition('/')[0]}' at the top of the folder "
+                "collides with syncd's own bookkeeping keys under the prefix (the owner marker, the trash); it is not "
                 "uploaded: rename it, or ignore it with an 'ignore' pattern"))
         try:
             st: os.stat_result | None = self.root.lstat(rel)

@@ -6,6 +6,8 @@ import base64
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 # botocore's CRT signer (used whenever awscrt is installed, as it is for our data path)
@@ -24,7 +26,8 @@ from botocore.config import Config as BotoConfig  # noqa: E402
 from .bandwidth import Payload
 from .config import FolderConfig
 from .s3crt import CrtFailure, CrtPutter
-from .store import FOLDER, KEY, TRANSIENT, UNREACHABLE, Part, PutResult, RemoteObject, StoreError, Upload
+from .s3role import assume_role_session
+from .store import FOLDER, KEY, NO_HEADERS, TRANSIENT, UNREACHABLE, Part, PutResult, RemoteObject, StoreError, Upload
 
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
 
@@ -42,6 +45,20 @@ _HEADERS = {"ChecksumSHA256": "x-amz-checksum-sha256", "ChecksumCRC32C": "x-amz-
             "ContentMD5": "Content-MD5", "StorageClass": "x-amz-storage-class",
             "ServerSideEncryption": "x-amz-server-side-encryption",
             "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+# Object header -> boto3 parameter (the headers a `headers:` rule may set).
+_HEADER_PARAMS = {"Cache-Control": "CacheControl", "Content-Type": "ContentType",
+                  "Content-Disposition": "ContentDisposition", "Content-Encoding": "ContentEncoding",
+                  "Content-Language": "ContentLanguage", "Expires": "Expires"}
+
+
+def _header_args(headers: Mapping[str, str]) -> dict[str, Any]:
+    """boto3 parameters for object headers (validated in config.py); Expires goes as a date."""
+    out: dict[str, Any] = {}
+    for name, value in headers.items():
+        out[_HEADER_PARAMS[name]] = parsedate_to_datetime(value) if name == "Expires" else value
+    return out
+
+
 # CRT errors meaning no connection could be made at all.
 _UNREACHABLE = {"AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_TIMEOUT", "AWS_IO_SOCKET_NO_ROUTE_TO_HOST",
                 "AWS_IO_SOCKET_NETWORK_DOWN", "AWS_IO_DNS_INVALID_NAME", "AWS_IO_DNS_QUERY_FAILED",
@@ -109,6 +126,8 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
 
 def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreError:
     """Turn a boto3/botocore exception into a StoreError with a scope and a fix."""
+    if isinstance(exc, StoreError):  # already classified (assuming the role failed: see s3role)
+        return exc
     where = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
     if isinstance(exc, bexc.ClientError):
         err = exc.response.get("Error", {})
@@ -140,7 +159,8 @@ def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreE
 class S3Store:
     """An S3 bucket via boto3; one client per folder, shared by its worker threads."""
 
-    def __init__(self, folder: FolderConfig):
+    def __init__(self, folder: FolderConfig, clock: Callable[[], datetime] | None = None):
+        """``clock``: the time assumed-role credentials are judged by (tests fake it)."""
         self.bucket = folder.bucket
         self._folder = folder
         # (algorithm, parameter) of a flexible checksum, or None (md5 and off have none).
@@ -170,7 +190,11 @@ class S3Store:
             response_checksum_validation="when_required",
         )
         try:
-            session = boto3.session.Session(profile_name=folder.profile, region_name=folder.region)
+            if folder.role_arn:
+                session = assume_role_session(folder, clock)
+            else:
+                session = boto3.session.Session(profile_name=folder.profile, region_name=folder.region)
+            self._credentials = session.get_credentials()
             self._client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
         except Exception as exc:  # profile missing and the like
             raise classify(exc, bucket=folder.bucket) from exc
@@ -216,21 +240,30 @@ class S3Store:
         return {}
 
     def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes,
-            done: Callable[[PutResult | StoreError], None]) -> None:
+            done: Callable[[PutResult | StoreError], None], headers: Mapping[str, str] = NO_HEADERS) -> None:
         if self._crt is not None and body.plain:
-            headers = {f"x-amz-meta-{k}": v for k, v in meta.items()}
-            headers.update((_HEADERS[k], v) for k, v in {**self._extra, **self._checksum_args(body, sha256)}.items())
+            try:
+                # Here, not on the CRT's event loop: a refresh of assumed-role credentials
+                # (an STS call) runs on this worker thread, and its failure is classified.
+                if self._credentials is not None:
+                    self._credentials.get_frozen_credentials()
+            except Exception as exc:
+                done(classify(exc, key, self.bucket))
+                return
+            http = {f"x-amz-meta-{k}": v for k, v in meta.items()}
+            http.update(headers)
+            http.update((_HEADERS[k], v) for k, v in {**self._extra, **self._checksum_args(body, sha256)}.items())
             size = len(body)
 
             def finished(answer: str | CrtFailure) -> None:
                 done(_crt_error(answer, key, self.bucket) if isinstance(answer, CrtFailure)
                      else PutResult(etag=answer, bytes_sent=size))
 
-            self._crt.put(key, body.data, headers, finished)
+            self._crt.put(key, body.data, http, finished)
             return
         # boto3 path (a paced or watched body, or no CRT): answered before returning.
         args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=_body(body), Metadata=dict(meta),
-                                    **self._extra, **self._checksum_args(body, sha256))
+                                    **self._extra, **self._checksum_args(body, sha256), **_header_args(headers))
         if not body.plain:
             args["ContentLength"] = len(body)
         try:
@@ -242,8 +275,9 @@ class S3Store:
 
     # ------------------------------------------------------------------ multipart
 
-    def create_upload(self, key: str, meta: Mapping[str, str]) -> str:
-        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Metadata=dict(meta), **self._extra)
+    def create_upload(self, key: str, meta: Mapping[str, str], headers: Mapping[str, str] = NO_HEADERS) -> str:
+        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Metadata=dict(meta), **self._extra,
+                                    **_header_args(headers))
         if self._flexible is not None:
             args["ChecksumAlgorithm"] = self._flexible[0]  # then every part must carry one of this algorithm
         try:
@@ -314,8 +348,9 @@ class S3Store:
         except Exception as exc:
             raise classify(exc, bucket=self.bucket) from exc
 
-    def set_meta(self, key: str, meta: Mapping[str, str], size: int) -> str:
-        extra = dict(self._extra, Metadata=dict(meta), MetadataDirective="REPLACE")
+    def set_meta(self, key: str, meta: Mapping[str, str], size: int, headers: Mapping[str, str] = NO_HEADERS) -> str:
+        # REPLACE replaces the object's headers as well as its metadata: send them again.
+        extra = dict(self._extra, Metadata=dict(meta), MetadataDirective="REPLACE", **_header_args(headers))
         try:
             if size <= S3_MAX_COPY:
                 resp = self._client.copy_object(Bucket=self.bucket, Key=key, **extra,
@@ -330,9 +365,15 @@ class S3Store:
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
 
-    def copy(self, src_key: str, dst_key: str) -> str:
+    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None) -> str:
         try:
-            resp = self._client.copy_object(Bucket=self.bucket, Key=dst_key, MetadataDirective="COPY",
+            args: dict[str, Any] = dict(MetadataDirective="COPY")
+            if headers is not None:
+                # Other headers than the source's: REPLACE, which needs the metadata sent again.
+                source = self._client.head_object(Bucket=self.bucket, Key=src_key)
+                args = dict(MetadataDirective="REPLACE", Metadata=dict(source.get("Metadata", {})),
+                            **_header_args(headers))
+            resp = self._client.copy_object(Bucket=self.bucket, Key=dst_key, **args,
                                             CopySource={"Bucket": self.bucket, "Key": src_key}, **self._extra)
         except Exception as exc:
             raise classify(exc, dst_key, self.bucket) from exc

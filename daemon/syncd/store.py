@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 from .bandwidth import Payload
@@ -20,6 +21,25 @@ META_SHA256 = "syncd-sha256"
 # The owner id of the folder that wrote the object (see syncd.owner): only objects carrying a
 # folder's own id are ever treated as that folder's leftovers.
 META_OWNER = "syncd-owner"
+# rclone's modification time (x-amz-meta-mtime), so rclone, Cyberduck and the like show the
+# file's real mtime: seconds since the epoch with 9 decimals, as rclone's S3 backend writes it.
+META_RCLONE_MTIME = "mtime"
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+def rclone_mtime(mtime_ns: int) -> str:
+    """``mtime_ns`` as rclone's ``mtime`` metadata (``1700000000.123456789``), exact to 1 ns."""
+    sign = "-" if mtime_ns < 0 else ""
+    seconds, nanos = divmod(abs(mtime_ns), 1_000_000_000)
+    return f"{sign}{seconds}.{nanos:09d}"
+
+
+def object_meta(mtime_ns: int, owner: str, sha256_hex: str | None = None) -> dict[str, str]:
+    """The user metadata syncd writes on an object (the hash once it is known)."""
+    meta = {META_MTIME: str(mtime_ns), META_RCLONE_MTIME: rclone_mtime(mtime_ns), META_OWNER: owner}
+    if sha256_hex is not None:
+        meta[META_SHA256] = sha256_hex
+    return meta
 
 
 # Error scopes: how far a failure reaches.
@@ -94,15 +114,16 @@ class ObjectStore(Protocol):
         """Raise StoreError(scope=FOLDER) unless the bucket is reachable with these credentials."""
 
     def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes,
-            done: Callable[[PutResult | StoreError], None]) -> None:
+            done: Callable[[PutResult | StoreError], None], headers: Mapping[str, str] = NO_HEADERS) -> None:
         """Store ``body`` at ``key`` in one request; ``sha256`` is the digest of its bytes.
+        ``headers``: object headers such as Content-Type (see :mod:`syncd.headers`).
 
         Asynchronous: ``done`` gets the result or the StoreError exactly once, maybe before
         this returns, maybe later on a thread of the store's own. The many small files are
         sent this way so that no thread sits waiting for each answer."""
 
-    def create_upload(self, key: str, meta: Mapping[str, str]) -> str:
-        """Start a multipart upload; returns its upload id."""
+    def create_upload(self, key: str, meta: Mapping[str, str], headers: Mapping[str, str] = NO_HEADERS) -> str:
+        """Start a multipart upload (the object's metadata and headers are fixed here); returns its id."""
 
     def upload_part(self, key: str, upload_id: str, number: int, body: Payload) -> Part:
         """Send one part with its checksum (the server checks it)."""
@@ -119,11 +140,14 @@ class ObjectStore(Protocol):
     def list_uploads(self, prefix: str) -> Iterator[Upload]:
         """Incomplete multipart uploads under ``prefix``."""
 
-    def set_meta(self, key: str, meta: Mapping[str, str], size: int) -> str:
-        """Replace an object's user metadata in place (server-side copy); returns the new ETag."""
+    def set_meta(self, key: str, meta: Mapping[str, str], size: int, headers: Mapping[str, str] = NO_HEADERS) -> str:
+        """Replace an object's user metadata in place (server-side copy); returns the new ETag.
+        S3 replaces the headers too (MetadataDirective REPLACE): ``headers`` are sent again."""
 
-    def copy(self, src_key: str, dst_key: str) -> str:
-        """Server-side copy keeping the source's metadata; returns the new ETag."""
+    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None) -> str:
+        """Server-side copy keeping the source's metadata; returns the new ETag. With
+        ``headers``, the copy gets those headers instead of the source's (a rename to a name
+        that other headers apply to)."""
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Delete up to 1000 keys in one request; returns ``{key: error}`` for failures."""

@@ -23,19 +23,10 @@ import structlog
 from .bandwidth import Payload, Throttle
 from .beneath import NotBeneath, folder_root
 from .config import FolderConfig
+from .headers import object_headers
 from .journal import Entry, Outcome, Pending
 from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
-from .store import (
-    FOLDER,
-    META_MTIME,
-    META_OWNER,
-    META_SHA256,
-    TRANSIENT,
-    UNREACHABLE,
-    ObjectStore,
-    PutResult,
-    StoreError,
-)
+from .store import FOLDER, TRANSIENT, UNREACHABLE, ObjectStore, PutResult, StoreError, object_meta
 from .uploads import UploadLog
 
 BACKOFF_BASE = 1.0
@@ -180,8 +171,9 @@ class Transfers:
             except Exception as exc:  # the change must come back to the scheduler, whatever happened
                 deliver(self._crashed(task, exc))
 
-        meta = {META_MTIME: str(before.st_mtime_ns), META_SHA256: digest.hex(), META_OWNER: self.owner}
-        self.store.put(key, Payload(data, self.throttle), meta, digest, finished)
+        meta = object_meta(before.st_mtime_ns, self.owner, digest.hex())
+        self.store.put(key, Payload(data, self.throttle), meta, digest, finished,
+                       headers=object_headers(self.folder, p.path))
         return None
 
     def _read_whole(self, f: BinaryIO, fd: int, before: os.stat_result) -> tuple[bytes, bytes]:
@@ -221,7 +213,11 @@ class Transfers:
         if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
             return self._upload(task, deliver)
         try:
-            etag = self.store.copy(self.folder.key_for(src.path), key)
+            # A copy keeps the source's headers; a rename to a name other headers apply to
+            # (page.txt -> page.html) gets its own.
+            headers = object_headers(self.folder, p.path)
+            etag = self.store.copy(self.folder.key_for(src.path), key,
+                                   headers=None if headers == object_headers(self.folder, src.path) else headers)
             self._count("copy")
         except StoreError as exc:
             if exc.scope != FOLDER and exc.code in ("NoSuchKey", "404", "NotFound"):

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from .daemon import Syncd
+from .moto import MotoSTS, start_moto
+from .seaweed import SeaweedServer, start_seaweed
 
 
 def _daemon(home: Path, endpoint: str, server: Any, request: pytest.FixtureRequest) -> Iterator[Syncd]:
@@ -46,3 +48,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+@pytest.fixture(scope="session")
+def sts_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoSTS]:
+    """moto's server mode as a real STS endpoint (IAM checks on), once per session."""
+    server = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def open_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A second SeaweedFS without identities: it accepts keys issued by STS, which the session's
+    server (with its fixed identities) would reject. Tests check the keys at the proxy."""
+    server = start_seaweed(tmp_path_factory.mktemp("seaweed-open"), open_access=True)
+    try:
+        yield server
+    finally:
+        server.stop(grace=1.0)

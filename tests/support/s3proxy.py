@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+import re
 import select
 import socket
 import struct
@@ -46,6 +47,8 @@ CHUNK = 64 * 1024
 MAX_LINE = 64 * 1024
 MAX_HEADERS = 200
 DEFAULT_STALL_SECONDS = 30.0
+MAX_SEEN = 100_000  # requests whose heads are kept for requests() (oldest dropped first)
+_CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
 
 # Query parameters that only shape a listing; anything else on a bucket GET is a sub-resource
 # (?location, ?versioning, ...) and counts as Other.
@@ -110,6 +113,21 @@ def _classify_object(method: str, query: dict[str, str], copy: bool) -> str:
     if method == "PUT":
         return "CopyObject" if copy else "PutObject"
     return {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(method, "Other")
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """A request's head as the proxy received it (header names lower-case)."""
+
+    op: str
+    method: str
+    path: str
+    headers: dict[str, str]
+
+    @property
+    def access_key(self) -> str:
+        match = _CREDENTIAL.search(self.headers.get("authorization", ""))
+        return match.group(1) if match else ""
 
 
 class _Closed(Exception):
@@ -394,6 +412,7 @@ class S3Proxy:
             self._injected: dict[str, Counter[str]] = {}
             self._streamed: Counter[str] = Counter()
             self._timeline: list[tuple[float, str, int]] = []
+            self._seen: list[SeenRequest] = []
 
     def counts(self) -> dict[str, int]:
         """Requests per operation that got a response status from upstream."""
@@ -416,6 +435,15 @@ class S3Proxy:
         with self._lock:
             return list(self._timeline)
 
+    def requests(self, op: str | None = None) -> list[SeenRequest]:
+        """Every request received (faulted ones too), in arrival order; only ``op``'s if given."""
+        with self._lock:
+            return [r for r in self._seen if op is None or r.op == op]
+
+    def access_keys(self) -> Counter[str]:
+        """Requests per access key id they were signed with (SigV4 ``Credential=``); "" unsigned."""
+        return Counter(r.access_key for r in self.requests())
+
     def statuses(self) -> dict[str, Counter[int]]:
         """Upstream response status codes per operation."""
         with self._lock:
@@ -435,6 +463,12 @@ class S3Proxy:
             self._bytes[op] += body
             self._timeline.append((time.monotonic(), op, status))
             self._statuses.setdefault(op, Counter())[status] += 1
+
+    def _note(self, request: SeenRequest) -> None:
+        with self._lock:
+            self._seen.append(request)
+            if len(self._seen) > MAX_SEEN:
+                del self._seen[: MAX_SEEN // 10]
 
     def _pick_fault(self, op: str) -> str | None:
         with self._lock:
@@ -554,6 +588,7 @@ class S3Proxy:
         if head.has_token("expect", "100-continue"):
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         op = classify(method, target, head.headers)
+        self._note(SeenRequest(op, method, urlsplit(target).path, head.headers))
         body = _body_pieces(rfile, *head.framing(method))
         with self._lock:
             delay = self._delay

@@ -147,9 +147,10 @@ def find_weed() -> str:
 
 
 def start_seaweed(workdir: Path, weed: str | None = None, timeout: float = 60,
-                  extra_args: Sequence[str] = ()) -> SeaweedServer:
+                  extra_args: Sequence[str] = (), open_access: bool = False) -> SeaweedServer:
     """Start ``weed server`` with the S3 gateway under ``workdir``; return once S3 answers.
-    ``extra_args`` go to ``weed server`` as well (e.g. ``-cpuprofile=FILE``).
+    ``extra_args`` go to ``weed server`` as well (e.g. ``-cpuprofile=FILE``). ``open_access``:
+    no identities, so any access key is accepted (for keys issued elsewhere, e.g. by STS).
 
     Retries with other ports when weed exits early (typically "bind: address already in use"
     because someone took a port after we checked it).
@@ -174,8 +175,11 @@ def start_seaweed(workdir: Path, weed: str | None = None, timeout: float = 60,
             },
         ]
     }
-    s3_config = workdir / "s3.json"
-    s3_config.write_text(json.dumps(identities, indent=2))
+    s3_config: Path | None = workdir / "s3.json"
+    if open_access:
+        s3_config = None
+    else:
+        (workdir / "s3.json").write_text(json.dumps(identities, indent=2))
     # weed reads master.toml from its working directory first.
     (workdir / "master.toml").write_text(MASTER_TOML)
 
@@ -202,7 +206,7 @@ class _EarlyExit(RuntimeError):
     """weed exited before it became ready."""
 
 
-def _launch(weed: str, workdir: Path, attempt: int, s3_config: Path, access_key: str, secret_key: str,
+def _launch(weed: str, workdir: Path, attempt: int, s3_config: Path | None, access_key: str, secret_key: str,
             extra_args: Sequence[str]) -> SeaweedServer:
     ports = dict(zip(SERVICES, pick_free_ports(len(SERVICES)), strict=True))
     data_dir = workdir / f"data-{attempt}"
@@ -221,7 +225,7 @@ def _launch(weed: str, workdir: Path, attempt: int, s3_config: Path, access_key:
         f"-s3.port={ports['s3']}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
-        f"-s3.config={s3_config}",
+        *([f"-s3.config={s3_config}"] if s3_config is not None else []),
         "-master.telemetry=false",
         f"-master.volumeSizeLimitMB={VOLUME_SIZE_LIMIT_MB}",
         f"-volume.max={VOLUME_MAX}",
