@@ -139,10 +139,6 @@ class Outcome:
     delay: float = 0.0
 
 
-class JournalCorrupt(Exception):
-    pass
-
-
 class Journal:
     """SQLite-backed pending changes and manifest for one folder."""
 
