@@ -209,7 +209,7 @@ class S3Store:
             return {"ChecksumSHA256": base64.b64encode(digest).decode()}
         if mode == "crc32c":
             # awscrt's CRC32C uses the CPU's crc32 instructions: far cheaper than SHA-256
-            # on both ends (see docs/behaviour.md, "Large files"; no extra pass is needed).
+            # on both ends (docs/behaviour.md, "Large files").
             return {"ChecksumCRC32C": base64.b64encode(crc32c(payload.data).to_bytes(4, "big")).decode()}
         if mode == "md5":
             return {"ContentMD5": base64.b64encode(hashlib.md5(payload.data).digest()).decode()}
