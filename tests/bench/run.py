@@ -92,7 +92,7 @@ def tool_settings(peers: dict[str, Peer], concurrency: int) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     ensure_harness_packages(install=not args.no_install)
     # The checkout is installed in editable mode, and PYTHONDONTWRITEBYTECODE may be set: then
-    # every `syncd run` compiled its own modules from source (about 60 ms a launch). A real
+    # every `syncd run` compiled its own modules from source, a cost paid on every launch. A real
     # install has its bytecode compiled, as the peers' Python packages have.
     compileall.compile_dir(REPO / "daemon" / "syncd", quiet=1)
     peers, problems = discover(args.peers, install=not args.no_install)
