@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the benchmark harness: syncd side by side with aws s3 sync, rclone and s5cmd against a
-# local SeaweedFS; writes docs/benchmarks/results.md and charts. Not part of CI.
+# local SeaweedFS; writes the report to docs/benchmarks/full/ (--quick: build/bench-quick/).
+# Not part of CI.
 # Arguments go to `python -m tests.bench.run`, e.g. scripts/bench.sh --quick
 # Set BENCH_PYTHON=/path/to/venv/bin/python to use an existing environment instead of .venv.
 set -euo pipefail

@@ -4,4 +4,4 @@
 set -euo pipefail
 source "$(dirname "$0")/venv.sh"
 cd "$ROOT"
-exec "$VENV/bin/python" scripts/demo.py "$@"
+exec "$VENV/bin/python" -m tests.support.demo "$@"

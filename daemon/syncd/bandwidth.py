@@ -1,8 +1,8 @@
 """Byte limits: the global budget of bytes held in flight (memory), the per-folder bandwidth
 limit (``bandwidth: 20MiB/s``), and the request bodies they apply to.
 
-A body is handed to the S3 client as a file-like object only when something must watch it
-go out (a rate limit, progress for the watchdog); otherwise the plain bytes are sent.
+A body is handed to the S3 client as a file-like object only when something must pace it
+(a rate limit); otherwise the plain bytes are sent.
 """
 
 from __future__ import annotations
@@ -41,24 +41,22 @@ class Throttle:
 
 
 class Payload:
-    """The bytes of one request, optionally paced and reporting progress.
+    """The bytes of one request, optionally paced.
 
     Seekable so the client can rewind it for a retry; every re-read is paced again, since a
     re-sent byte uses the link as much as the first.
     """
 
-    def __init__(self, data: bytes | bytearray, throttle: Throttle | None = None,
-                 progress: Callable[[int], None] | None = None):
+    def __init__(self, data: bytes | bytearray, throttle: Throttle | None = None):
         self.data = data
         self._view = memoryview(data)
         self._pos = 0
         self._throttle = throttle
-        self._progress = progress
 
     @property
     def plain(self) -> bool:
         """Nothing watches this body: the client may take the bytes as they are."""
-        return self._throttle is None and self._progress is None
+        return self._throttle is None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -70,8 +68,6 @@ class Payload:
             self._throttle.pace(end - self._pos)
         chunk = self._view[self._pos:end].tobytes()
         self._pos = end
-        if self._progress is not None and chunk:
-            self._progress(len(chunk))
         return chunk
 
     def seek(self, offset: int, whence: int = 0) -> int:

@@ -134,9 +134,6 @@ class Config:
     socket_group: int | None = None  # gid allowed to use the socket (mode 0660) besides our uid
     folders: tuple[FolderConfig, ...] = field(default_factory=tuple)
 
-    def folder(self, name: str) -> FolderConfig | None:
-        return next((f for f in self.folders if f.name == name), None)
-
 
 # --------------------------------------------------------------------------- value parsers
 

@@ -23,7 +23,7 @@ from .exitcodes import ExitCode
 
 def _log() -> Any:
     """The server's logger. Imported on first use: the client commands (`syncd status`,
-    `syncd wait`) share this module and should not spend 40 ms importing structlog."""
+    `syncd wait`) share this module and should not pay for importing structlog."""
     import structlog
 
     return structlog.get_logger("syncd.control")

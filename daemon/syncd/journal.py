@@ -160,10 +160,6 @@ class Outcome:
     settled: bool = False  # the key needs nothing more (delete: keep): drop its write intent
 
 
-class JournalCorrupt(Exception):
-    pass
-
-
 class Journal:
     """SQLite-backed pending changes and manifest for one folder."""
 

@@ -48,13 +48,13 @@ class IgnoreRules:
         self.fingerprint = hashlib.sha256(
             "\0".join([f"pathspec {pathspec.__version__}", *lines]).encode("utf-8", "surrogateescape")).hexdigest()
         # Only the configured patterns: the built-in ones name junk files, and each name costs
-        # find a match per entry (about 0.03 s per 100,000 entries).
+        # find a match per entry.
         self.pruned_dirs = _pruned_dirs(list(patterns), lines)
-        # pathspec tries every pattern in turn (60% of a 100k-file scan). Most paths match
+        # pathspec tries every pattern in turn (most of a large scan's time). Most paths match
         # none, which one search over the union of pathspec's own compiled patterns proves;
         # only a possible match goes to pathspec for the exact (negation, order) verdict.
         # The regexes that start with _ANY_LEVEL share one "at the start or after a '/'"
-        # (2.5x faster over a 100k-file walk than trying each one's own backtracking prefix).
+        # (much faster over a large walk than trying each one's own backtracking prefix).
         # That accepts a little more than the originals ('.' stops at a newline), which is
         # safe: a possible match is only the cue to ask pathspec.
         regexes = [_NAMED_GROUP.sub("(?:", regex.pattern) for p in self._spec.patterns

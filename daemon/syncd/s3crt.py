@@ -1,10 +1,10 @@
 """PutObject through awscrt's native S3 client: the data path for the many small files.
 
-botocore spends about 3.3 ms of CPU per small PutObject (parameter validation, endpoint rules,
-event hooks, signing, parsing); on 2 cores that caps a Python process near 300 PUT/s, with the
-S3 server sharing the cores. awscrt signs and sends in C (about 0.8 ms per PUT measured against
-the same SeaweedFS). Everything else (multipart, copy, delete, list, head) stays on boto3: those
-requests are few or large. Part of the S3 store implementation: only it imports client libraries.
+botocore spends most of a small PutObject's time in Python (parameter validation, endpoint
+rules, event hooks, signing, parsing), under the GIL, so its CPU per request caps how many small
+files one process can send. awscrt signs and sends in C (the effect: docs/benchmarks/README.md).
+Everything else (multipart, copy, delete, list, head) stays on boto3: those requests are few or
+large. Part of the S3 store implementation: only it imports client libraries.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class CrtPutter:
         exactly once, on the CRT's event-loop thread (or on this one if it cannot start).
 
         No thread waits for the answer: with one blocked worker per request, every answer
-        meant a wake-up and a GIL hand-off to that worker, about 0.15 ms of CPU per PUT."""
+        meant a wake-up and a GIL hand-off to that worker, CPU paid again for every small file."""
         head = HttpHeaders([("Host", self._host), ("Content-Length", str(len(data))), *headers.items()])
         request = HttpRequest("PUT", self._base + quote(key, safe="/~"), head, io.BytesIO(data))
         etag = [""]

@@ -108,9 +108,6 @@ class Daemon:
         self.control.stop()
         log.info("daemon.stopped")
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def _install_signals(self) -> None:
         def on_term(signum: int, _frame: FrameType | None) -> None:
             self._signals += 1

@@ -15,7 +15,7 @@ from typing import Protocol
 from .bandwidth import Payload
 
 # User metadata written on every object so a lost journal can be rebuilt from the bucket
-# without re-uploading unchanged files (DESIGN.md, "Semantics").
+# without re-uploading unchanged files (docs/architecture.md, "The store seam").
 META_MTIME = "syncd-mtime-ns"
 META_SHA256 = "syncd-sha256"
 # The owner id of the folder that wrote the object (see syncd.owner): only objects carrying a

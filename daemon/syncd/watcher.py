@@ -34,8 +34,8 @@ log = structlog.get_logger("syncd.watcher")
 
 # The events that can change what the bucket must hold. watchdog turns this list into the
 # inotify mask, so the kernel never queues the rest: without it every file syncd reads for an
-# upload came back as IN_OPEN + IN_CLOSE_NOWRITE, and decoding those cost about 0.35 ms of CPU
-# per uploaded file (a fifth of the daemon's CPU in an initial sync). Directory modify events
+# upload came back as IN_OPEN + IN_CLOSE_NOWRITE, and decoding those was a large share of the
+# daemon's CPU in an initial sync. Directory modify events
 # are left out too: the files inside get their own events.
 EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,

@@ -243,8 +243,14 @@ def _save(fig: Any, path: Path) -> Path:
 
 def write_report(samples: list[Sample], facts: dict[str, str], settings: dict[str, str], outdir: Path,
                  quick: bool) -> tuple[Path, list[Row]]:
-    """results.md, the charts and raw/results-<time>.json under ``outdir``; returns the markdown's path."""
+    """results.md, the charts and raw/results-<time>.json under ``outdir``; returns the markdown's path.
+
+    The report replaces the one in ``outdir``: the old charts are removed first, so a run of
+    fewer scenarios leaves no chart of an older run beside it (history lives in git)."""
     rows = aggregate(samples)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for old in outdir.glob("*.png"):
+        old.unlink()
     charts = write_charts(rows, outdir)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     raw = outdir / "raw" / f"results-{stamp}.json"
@@ -271,7 +277,8 @@ def write_report(samples: list[Sample], facts: dict[str, str], settings: dict[st
         parts += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in charts] + [""]
     parts += ["## How each tool was run", "", markdown([["tool", "settings"], *map(list, settings.items())]), "",
               "## Machine", "", markdown([["fact", "value"], *map(list, facts.items())]), "",
-              f"Raw samples: `{raw.relative_to(outdir)}`.", ""]
+              f"Raw samples: `{raw.relative_to(outdir)}` beside this report (not committed: git ignores "
+              "`docs/benchmarks/**/raw/`).", ""]
     path = outdir / "results.md"
     path.write_text("\n".join(parts))
     return path, rows

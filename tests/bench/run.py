@@ -1,7 +1,8 @@
 """Benchmark entry point: ``python -m tests.bench.run [--scenarios a,b] [--reps N] [--quick]``.
 
 Starts one SeaweedFS on loopback, runs the selected scenarios for syncd and every working
-peer, writes docs/benchmarks/results.md and charts, and prints the results table. Every
+peer, writes the report (results.md and charts; by default the current report,
+docs/benchmarks/full/) and prints the results table. Every
 process it starts (weed, syncd, peers, proxies) is stopped on exit, Ctrl-C or SIGTERM.
 Exit status: 0 if every run verified, 1 if any failed, 130 on interrupt.
 """
@@ -29,14 +30,17 @@ from .core import REGISTRY, REPO, SYNCD, Bench, Options, Sample, on_exit
 from .peers import PEERS, Peer, discover, ensure_harness_packages
 from .report import console, machine_facts, main_table, write_report
 
-DEFAULT_SCENARIOS = ("initial", "ingest", "nochange")
+# Every scenario, in the order of the current report (docs/benchmarks/full/).
+DEFAULT_SCENARIOS = ("initial", "delay", "burst", "large", "nochange", "rebuild", "ingest", "latency", "idle")
+REPORT_DIR = REPO / "docs" / "benchmarks" / "full"   # the current report, which docs/benchmarks/README.md cites
+QUICK_DIR = REPO / "build" / "bench-quick"           # smoke tests never replace it (build/ is ignored by git)
 WEED_STOP_GRACE = 2.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench.run",
                                 description="Benchmark syncd against aws s3 sync, rclone and s5cmd on a local "
-                                            "SeaweedFS; write docs/benchmarks/results.md and charts.")
+                                            "SeaweedFS; write a report (results.md and charts).")
     p.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
                    help=f"comma-separated, from: {', '.join(REGISTRY)} (default: %(default)s)")
     p.add_argument("--reps", type=int, default=None, help="repetitions per tool (default 3; --quick: 1)")
@@ -47,7 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32,
                    help="parallel requests for every tool: syncd workers, aws max_concurrent_requests, "
                         "rclone --transfers/--checkers, s5cmd --numworkers (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks", help="report directory")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"report directory (default: {REPORT_DIR.relative_to(REPO)}; --quick: "
+                        f"{QUICK_DIR.relative_to(REPO)})")
     p.add_argument("--workdir", type=Path, default=None,
                    help="where to create the scratch directory (default: $TMPDIR); it needs room for the datasets")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory afterwards")
@@ -62,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown peer(s) {bad}; known: {', '.join(PEERS)}")
     if args.reps is None:
         args.reps = 1 if args.quick else 3
+    if args.out is None:
+        args.out = QUICK_DIR if args.quick else REPORT_DIR
     if args.reps < 1 or args.concurrency < 1 or args.scale <= 0:
         p.error("--reps and --concurrency must be >= 1, --scale > 0")
     return args
@@ -84,7 +92,7 @@ def tool_settings(peers: dict[str, Peer], concurrency: int) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     ensure_harness_packages(install=not args.no_install)
     # The checkout is installed in editable mode, and PYTHONDONTWRITEBYTECODE may be set: then
-    # every `syncd run` compiled its own modules from source (about 60 ms a launch). A real
+    # every `syncd run` compiled its own modules from source, a cost paid on every launch. A real
     # install has its bytecode compiled, as the peers' Python packages have.
     compileall.compile_dir(REPO / "daemon" / "syncd", quiet=1)
     peers, problems = discover(args.peers, install=not args.no_install)

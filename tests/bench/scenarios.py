@@ -219,10 +219,8 @@ def ingest(bench: Bench) -> None:
 
 def _journal_record(bench: Bench, events: int, rep: int) -> Sample:
     """Journal.record in a fresh interpreter: events/s, RSS and disk per 100k journaled paths."""
-    try:
-        from syncd.scheduler import INGEST_BATCH as batch
-    except ImportError:
-        batch = 20_000
+    from syncd.inbox import INGEST_BATCH as batch
+
     distinct = max(1, events * 6 // 10)
     sample = partial(Sample, "ingest", f"Journal.record ({events:,} events, {distinct:,} paths, {batch:,}/call)",
                      "events/s", SYNCD, rep, higher_is_better=True, target=RECORD_TARGET)

@@ -1,6 +1,8 @@
 """Quick-start demo: a local SeaweedFS S3 server, a demo folder, and syncd mirroring it.
 
-Run through scripts/demo.sh. Everything lives in ./demo (delete it to start over).
+Run through scripts/demo.sh (``python -m tests.support.demo`` from the repository root), so
+it starts SeaweedFS with the same launcher the tests use. Everything lives in ./demo (delete
+it to start over).
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.support.seaweed import SeaweedServer, start_seaweed
 
-from tests.support.seaweed import start_seaweed  # noqa: E402  (the same launcher the tests use)
+ROOT = Path(__file__).resolve().parents[2]
 
 BUCKET = "demo-bucket"
 
@@ -70,8 +71,8 @@ The bucket's contents are printed below whenever they change. Ctrl-C stops every
         server.stop()
 
 
-def _show_bucket(server: object, stop: threading.Event) -> None:
-    s3 = server.client()  # type: ignore[attr-defined]
+def _show_bucket(server: SeaweedServer, stop: threading.Event) -> None:
+    s3 = server.client()
     shown: list[tuple[str, int]] | None = None
     while not stop.wait(1.0):
         try:
