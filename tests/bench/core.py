@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.support.daemon import Syncd
+from tests.support.daemon import BOOKKEEPING, Syncd
 from tests.support.s3proxy import S3Proxy
 from tests.support.seaweed import SeaweedServer
 
@@ -130,11 +130,13 @@ def make_dataset(root: Path, *, files: int, dirs: int, min_size: int, max_size: 
 
 
 def list_bucket(s3: S3Client, bucket: str, prefix: str) -> dict[str, int]:
-    """Relative key -> size of every object below ``prefix``."""
+    """Relative key -> size of every object below ``prefix`` but syncd's bookkeeping keys."""
     out: dict[str, int] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            out[obj["Key"][len(prefix):]] = obj["Size"]
+            rel = obj["Key"][len(prefix):]
+            if not rel.startswith(BOOKKEEPING):
+                out[rel] = obj["Size"]
     return out
 
 
