@@ -252,7 +252,15 @@ class Scheduler:
     def _start(self, tasks: list[Task]) -> None:
         """Journal the write intents of ``tasks`` in one transaction, then send them: after a
         crash or a lost answer, every key that may have been written is known (see Journal)."""
-        self.journal.intend((t.path, WRITE_OPS[t.kind]) for t in tasks if t.kind in WRITE_OPS)
+        try:
+            self.journal.intend((t.path, WRITE_OPS[t.kind]) for t in tasks if t.kind in WRITE_OPS)
+        except Exception:
+            # Nothing was sent: the tasks wait at the front, and the loop's error handling
+            # retries (e.g. the disk is full).
+            for t in tasks:
+                self.budget.release(t.cost)
+            self._ready.extendleft(reversed(tasks))
+            raise
         for t in tasks:
             self._submit(t)
 
