@@ -46,6 +46,12 @@ class DeleteGuard:
         self.wave_deletes = 0
         self.wave_moves = 0            # server-side copies (renames) in the same wave
 
+    def root_is_symlink(self) -> bool:
+        try:
+            return statmod.S_ISLNK(os.lstat(self.root).st_mode)
+        except OSError:
+            return False
+
     def root_problem(self, check_empty: bool = False) -> str | None:
         """Why the root cannot be trusted right now, or None. ``check_empty`` costs a
         directory read and a manifest count: it is done before deleting, not every second."""

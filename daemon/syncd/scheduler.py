@@ -460,7 +460,8 @@ class Scheduler:
         or emptied root) until the root is back or `syncd resume` confirms, or None."""
         if self.pause_reason is not None:
             return self.pause_reason
-        return self.halt if self._halted_on_root else None
+        # A root swapped for a symlink is no guard hold but an error: `resume` never accepts it.
+        return self.halt if self._halted_on_root and not self.guard.root_is_symlink() else None
 
     def set_paused(self, paused: bool) -> None:
         """``syncd pause`` / ``syncd resume``. Resuming also confirms what a guard paused for:
