@@ -62,15 +62,21 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, set[int]]:
 
 class _RequestHandler(socketserver.StreamRequestHandler):
     server: _Server
+    timeout = 30  # a peer that connects and sends nothing does not hold a thread for ever
 
     def handle(self) -> None:
         pid, uid, groups = peer_credentials(self.request)
         group = self.server.allowed_group
+        try:
+            # Read the request before any answer, even a refusal: closing with the client's
+            # request unread could reset the connection before the client reads the reason.
+            line = self.rfile.readline(MAX_REQUEST)
+        except OSError:
+            return
         if uid not in self.server.allowed_uids and (group is None or group not in groups):
             _log().warning("control.refused", uid=uid, pid=pid)
             self._reply({"ok": False, "error": f"uid {uid} may not control this daemon", "code": ExitCode.PERMISSION})
             return
-        line = self.rfile.readline(MAX_REQUEST)
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
