@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-
 from syncd.config import FolderConfig
 from syncd.restore import Restorer, name_problem
 from syncd.store import RemoteObject
@@ -237,6 +236,7 @@ def test_restore_at_a_time_gives_back_the_tree_as_it_was(syncd, tree, s3, bucket
     syncd.add_folder("main", tree, bucket, prefix="m/")
     syncd.start()
     syncd.wait_idle()
+    assert syncd.folder_status("main")["versioned"] is True
     then = _snapshot(tree)
     t1 = time.time()
     time.sleep(1.1)  # S3 timestamps have one-second resolution: later writes must be after T1
@@ -260,7 +260,12 @@ def test_restore_at_a_time_gives_back_the_tree_as_it_was(syncd, tree, s3, bucket
 
 def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning(syncd, tree, bucket, tmp_path):
     _write(tree / "f.txt", b"x")
-    _sync(syncd, tree, bucket)
+    syncd.add_folder("main", tree, bucket, prefix="m/")
+    syncd.start()
+    syncd.wait_idle()
+    assert syncd.folder_status("main")["versioned"] is False
+    assert "versioned no" in syncd.cli("status").stdout
+    assert syncd.stop() == 0
     r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z")
     assert r.returncode == 1
     assert "not versioned" in r.stderr and "put-bucket-versioning" in r.stderr
