@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -292,13 +292,14 @@ class Restorer:
         fd = os.open(tmp, _WRITE_FLAGS, 0o666, dir_fd=dir_fd)
         placed = False
         try:
-            info = self._download(fd, item, parts)
+            info, actual = self._download(fd, item, parts)
             expected = expected_digest(info)
             if expected is None:
                 return "failed", ("cannot verify: the object has no syncd-sha256 and a multipart ETag "
                                   "(written by another client); not written into place")
-            os.lseek(fd, 0, os.SEEK_SET)
-            actual = _hash_fd(fd, expected[0], self._stop)
+            if actual is None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                actual = _hash_fd(fd, expected[0], self._stop)
             if actual != expected[1]:
                 return "failed", (f"checksum mismatch: {expected[0]} of the bytes is {actual}, the object says "
                                   f"{expected[1]} (altered in the bucket?); not written into place")
@@ -325,8 +326,8 @@ class Restorer:
         if head is None:
             return "failed", "deleted from the bucket since it was listed"
         expected = expected_digest(head)
-        if expected is None:
-            return None
+        if expected is None:  # nothing to hash against: the object cannot be restored verified either
+            return ("already", "") if st.st_mtime_ns == _mtime_ns(head) else None
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
         try:
             if _hash_fd(fd, expected[0], self._stop) != expected[1]:
@@ -338,42 +339,44 @@ class Restorer:
             os.close(fd)
         return "already", ""
 
-    def _download(self, fd: int, item: Item, parts: ThreadPoolExecutor) -> RemoteObject:
-        """The object's bytes into ``fd``; returns what the (first) GET said about it."""
+    def _download(self, fd: int, item: Item, parts: ThreadPoolExecutor) -> tuple[RemoteObject, str | None]:
+        """The object's bytes into ``fd``: what the (first) GET said about it, and the digest
+        of the bytes in the algorithm the object's metadata calls for when it could be taken
+        on the way (one GET; ranged parts arrive out of order and are hashed afterwards)."""
         if item.size < self.threshold or item.size <= self.part_size:
-            return self._fetch(fd, item, 0, None)
+            return self._fetch(fd, item, 0, None, hash_it=True)
         try:
             os.posix_fallocate(fd, 0, item.size)  # ENOSPC now, not after most of the download
         except OSError as exc:
             if exc.errno != errno.EOPNOTSUPP and exc.errno != errno.EINVAL:
                 raise
         ranges = [(start, min(start + self.part_size, item.size) - 1) for start in range(0, item.size, self.part_size)]
-        futures: list[Future[RemoteObject]] = [parts.submit(self._fetch, fd, item, a, b) for a, b in ranges]
+        futures = [parts.submit(self._fetch, fd, item, a, b) for a, b in ranges]
         wait(futures)  # every part has finished before fd may be closed (a number reused under a pwrite)
-        self._stop_parts(futures)
-        infos = [f.result() for f in futures]
+        for f in futures:
+            failure = f.exception()
+            if failure is not None:
+                raise failure
+        infos = [f.result()[0] for f in futures]
         if any(i.etag != infos[0].etag for i in infos):
             raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
                              scope="transient", key=item.key)
-        return infos[0]
+        return infos[0], None
 
-    @staticmethod
-    def _stop_parts(futures: list[Future[RemoteObject]]) -> None:
-        """Raise the first part's error (all parts have finished: none writes to fd any more)."""
-        for f in futures:
-            exc = f.exception()
-            if exc is not None:
-                raise exc
-
-    def _fetch(self, fd: int, item: Item, first: int, last: int | None) -> RemoteObject:
+    def _fetch(self, fd: int, item: Item, first: int, last: int | None,
+               hash_it: bool = False) -> tuple[RemoteObject, str | None]:
         body = self.store.get(item.key, item.version, first, last)
         with self._lock:
             self.result.gets += 1
         try:
+            expected = expected_digest(body.info) if hash_it else None
+            digest = hashlib.new(expected[0]) if expected is not None else None
             offset = first
             for piece in body.chunks(CHUNK):
                 if self._stop.is_set():
                     raise Interrupted()
+                if digest is not None:
+                    digest.update(piece)
                 view = memoryview(piece)
                 while view:
                     written = os.pwrite(fd, view, offset)
@@ -385,7 +388,7 @@ class Restorer:
             if offset != expected_end:
                 raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {offset} of "
                                  f"{expected_end}", scope="transient", key=item.key)
-            return body.info
+            return body.info, None if digest is None else digest.hexdigest()
         finally:
             body.close()
 
