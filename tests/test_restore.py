@@ -140,6 +140,25 @@ def test_a_killed_restore_leaves_nothing_partial_and_a_rerun_is_exact(proxied_sy
     assert local_tree(target) == original and not _temps(target)
 
 
+def test_sigterm_stops_a_restore_with_exit_130_leaving_no_temp_file(proxied_syncd, tree, bucket, tmp_path, s3_proxy):
+    for i in range(150):
+        _write(tree / f"d{i % 5}" / f"f{i}.bin", os.urandom(32 * 1024))
+    _sync(proxied_syncd, tree, bucket)
+    target = tmp_path / "restored"
+    s3_proxy.set_delay(0.02)
+    proc = subprocess.Popen([sys.executable, "-m", "syncd", "restore", "main", "--to", str(target), "--workers", "2",
+                             "-c", str(proxied_syncd.config)], env=proxied_syncd.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await_condition(lambda: target.exists() and sum(1 for _ in target.rglob("f*.bin")) >= 10, 60,
+                    "restore to be under way")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 130
+    s3_proxy.set_delay(0)
+    original, done = local_tree(tree), local_tree(target)
+    assert not _temps(target) and 10 <= len(done) < len(original)
+    assert all(original[p] == h for p, h in done.items())
+
+
 def test_hostile_keys_and_a_planted_symlink_write_nothing_outside_the_target(syncd, s3, bucket, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
