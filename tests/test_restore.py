@@ -117,6 +117,24 @@ def test_an_object_altered_behind_syncds_back_is_reported_and_not_written(synced
     assert not (target / "dir 3" / "small-3.txt").exists() and not _temps(target)
 
 
+def test_throttling_and_server_errors_are_retried_and_the_restore_is_exact(synced, tree, tmp_path, s3_proxy):
+    s3_proxy.set_faults(0.3, ["503", "500"], ops=["GetObject"], seed=19)
+    code, doc = _restore(synced, tmp_path / "restored")
+    s3_proxy.clear_faults()
+    assert code == 0, json.dumps(doc)
+    assert local_tree(tmp_path / "restored") == local_tree(tree)
+    assert sum(s3_proxy.injected()["GetObject"].values()) > 0
+
+
+def test_access_denied_is_reported_per_file_and_nothing_is_written(synced, tmp_path, s3_proxy):
+    s3_proxy.set_faults(1.0, ["403"], ops=["GetObject"])
+    code, doc = _restore(synced, tmp_path / "restored")
+    s3_proxy.clear_faults()
+    assert code == 1 and len(doc["failed"]) == 36
+    assert all("AccessDenied" in f["reason"] for f in doc["failed"])
+    assert not [p for p in (tmp_path / "restored").rglob("*") if p.is_file()]
+
+
 def test_a_killed_restore_leaves_nothing_partial_and_a_rerun_is_exact(proxied_syncd, tree, bucket, tmp_path, s3_proxy):
     for i in range(300):
         _write(tree / f"d{i % 10}" / f"f{i}.bin", os.urandom(32 * 1024))

@@ -45,6 +45,8 @@ TEMP_SUFFIX = ".tmp"
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
 NAME_MAX = 255           # bytes per path component on Linux filesystems
 PATH_MAX = 4096
+ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
+BACKOFF = 0.5            # seconds before the second attempt, doubling
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
@@ -262,8 +264,16 @@ class Restorer:
             self._note("failed", item.rel, _reason(exc))
             return
         try:
-            outcome, reason = self._restore(dir_fd, name, item, parts)
-            self._note(outcome, item.rel, reason, item.size if outcome == "restored" else 0)
+            for attempt in range(ATTEMPTS):
+                try:
+                    outcome, reason = self._restore(dir_fd, name, item, parts)
+                except StoreError as exc:
+                    # botocore already retried quickly; a longer pause rides out throttling.
+                    if not exc.transient or attempt == ATTEMPTS - 1 or self._stop.wait(BACKOFF * 2 ** attempt):
+                        raise
+                    continue
+                self._note(outcome, item.rel, reason)
+                return
         except Interrupted:
             pass
         except (OSError, StoreError) as exc:
@@ -394,7 +404,7 @@ class Restorer:
 
     # ------------------------------------------------------------------ reporting
 
-    def _note(self, outcome: str, rel: str, reason: str = "", size: int = 0) -> None:
+    def _note(self, outcome: str, rel: str, reason: str = "") -> None:
         with self._lock:
             if outcome == "restored":
                 self.result.restored.append(rel)

@@ -151,7 +151,7 @@ def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreE
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return StoreError(f"{where}: {code or status}: {message}", scope=TRANSIENT, code=code, key=key)
         if code == "AccessDenied":
-            return StoreError(f"{where}: AccessDenied: the credentials may not write here; "
+            return StoreError(f"{where}: AccessDenied: the credentials are not allowed this request; "
                               "check the bucket policy and the IAM permissions", scope=KEY, code=code, key=key)
         return StoreError(f"{where}: {code or status}: {message}", scope=KEY, code=code, key=key)
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.ProfileNotFound,
