@@ -306,5 +306,7 @@ def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning(syncd
     r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z")
     assert r.returncode == 1
     assert "not versioned" in r.stderr and "put-bucket-versioning" in r.stderr
+    r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z", "--json")
+    assert r.returncode == 1 and "not versioned" in json.loads(r.stdout)["error"]
 
 

@@ -62,7 +62,7 @@ def _verify(args: argparse.Namespace) -> int:
         verifier = Verifier(folder, store, config.state_dir, args.full)
         differences = verifier.run()
     except StoreError as exc:
-        print(f"syncd: verify {folder.name}: {exc}", file=sys.stderr)
+        _failed(args, folder, f"verify {folder.name}: {exc}")
         return ExitCode.ERRORS
     if args.json:
         print(json.dumps(report(folder, verifier, differences), indent=2))
@@ -104,6 +104,14 @@ def _source(args: argparse.Namespace) -> FolderConfig | int:
     return ExitCode.USAGE if folder is None else folder
 
 
+def _failed(args: argparse.Namespace, folder: FolderConfig, message: str) -> None:
+    """A failure of the whole command: on stderr, and with --json as ``{"error": ...}`` on stdout."""
+    print(f"syncd: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"folder": folder.name, "bucket": folder.bucket, "prefix": folder.prefix, "ok": False,
+                          "error": message}, indent=2))
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM as Ctrl-C: temp files removed, nothing partial in place
 
@@ -125,18 +133,18 @@ def _restore(args: argparse.Namespace) -> int:
     try:
         store = S3Store(folder)
         if at is not None and not store.versioning():
-            print(f"syncd: restore --at: bucket {folder.bucket!r} is not versioned, so earlier states are not "
-                  "kept; " + VERSIONING_HINT.format(bucket=folder.bucket), file=sys.stderr)
+            _failed(args, folder, f"restore --at: bucket {folder.bucket!r} is not versioned, so earlier states are "
+                    "not kept; " + VERSIONING_HINT.format(bucket=folder.bucket))
             return ExitCode.FAILURE
         restorer = Restorer(folder, store, str(Path(args.to).absolute()), at=at, patterns=tuple(args.paths),
                             force=args.force, workers=args.workers,
                             progress=sys.stderr.isatty() and not args.json)
         result = restorer.run()
     except StoreError as exc:
-        print(f"syncd: restore {folder.name}: {exc}", file=sys.stderr)
+        _failed(args, folder, f"restore {folder.name}: {exc}")
         return ExitCode.FAILURE
     except OSError as exc:
-        print(f"syncd: restore into {args.to}: {exc.strerror or exc}", file=sys.stderr)
+        _failed(args, folder, f"restore into {args.to}: {exc.strerror or exc}")
         return ExitCode.FAILURE
     except KeyboardInterrupt:
         print("syncd: restore interrupted; files not yet in place were not written (run it again to finish)",
