@@ -244,6 +244,51 @@ class RootDir:
         finally:
             self._release()
 
+    def make_dirs(self, rel: str) -> int:
+        """An fd of directory ``rel`` ("" for the root), creating missing components (mode
+        0777 & ~umask), for writing into it with ``dir_fd=`` (`syncd restore`). Each component
+        is opened from its parent's fd with O_NOFOLLOW: NotBeneath if one is a symlink;
+        FileExistsError if a file is in the way."""
+        root = self._acquire()
+        try:
+            fd = os.open(".", LIST_FLAGS, dir_fd=root)
+            for name in _parts(rel) if rel else []:
+                try:
+                    nxt = self._enter(fd, name, rel)
+                except FileNotFoundError:
+                    try:
+                        os.mkdir(name, 0o777, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made by another thread meanwhile
+                    except BaseException:
+                        os.close(fd)
+                        raise
+                    nxt = self._enter(fd, name, rel)
+                os.close(fd)
+                fd = nxt
+            return fd
+        finally:
+            self._release()
+
+    @staticmethod
+    def _enter(fd: int, name: str, rel: str) -> int:
+        """Open directory ``name`` in ``fd``; closes ``fd`` on any error but a missing name."""
+        try:
+            return os.open(name, LIST_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            try:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+                    if statmod.S_ISLNK(mode):
+                        raise NotBeneath(errno.ELOOP, "a directory in the target is a symlink: not followed",
+                                         rel) from None
+                    raise FileExistsError(errno.EEXIST, "a file is in the way of a directory", rel) from None
+                raise
+            finally:
+                os.close(fd)
+
     def _resolve2(self, root: int, rel: str, flags: int) -> int:
         assert self._openat2 is not None
         fd = self._openat2(_SYS_OPENAT2, root, os.fsencode(rel), *_how(flags))

@@ -65,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until the folder is idle afterwards")
     p.add_argument("--timeout", type=float, default=None)
     sub.add_parser("reload", parents=[common], help="re-read the configuration (same as SIGHUP)")
+    p = sub.add_parser("verify", parents=[common], help="compare a folder with its bucket (no daemon needed)")
+    p.add_argument("folder")
+    p.add_argument("--full", action="store_true", help="re-hash every local file and compare with syncd-sha256")
+    p.add_argument("--json", action="store_true", help="machine-readable output (stable)")
+    p = sub.add_parser("restore", parents=[common], help="download a folder's mirror into a directory "
+                       "(no daemon needed)")
+    p.add_argument("folder", nargs="?", help="a configured folder, or s3://BUCKET/PREFIX")
+    p.add_argument("--to", required=True, help="the directory to restore into (created if missing)")
+    p.add_argument("--at", default=None, help="ISO 8601 time: the tree as it was then (versioned bucket)")
+    p.add_argument("--path", action="append", default=[], dest="paths", metavar="PATTERN",
+                   help="restore only paths matching this gitignore-style pattern (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace local files whose content differs")
+    p.add_argument("--json", action="store_true", help="machine-readable output (stable)")
+    p.add_argument("--workers", type=int, default=None, help="parallel downloads (default: the folder's workers)")
+    for flag, text in (("--bucket", "the bucket, without a config"), ("--prefix", "the key prefix"),
+                       ("--endpoint-url", "an S3-compatible endpoint"), ("--region", "the bucket's region"),
+                       ("--profile", "an AWS profile")):
+        p.add_argument(flag, default=None, help=text)
     return parser
 
 
@@ -74,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "run":
         return _run(args.config)
+    if args.command in ("verify", "restore"):
+        from . import offline
+
+        return offline.main(args)
     sock = Path(args.socket) if args.socket else socket_path(args.config)
     try:
         return _client(args, sock)
@@ -204,7 +226,8 @@ def render_status(reply: dict[str, Any]) -> str:
         lines += [
             f"{f['name']}: {f['state']}   {f['path']} -> s3://{f['bucket']}/{f['prefix']}",
             f"  pending {f['pending']} (settling {f['settling']})   in flight {f['in_flight']}   "
-            f"failed {f['failed']}   objects {f['objects']}",
+            f"failed {f['failed']}   objects {f['objects']}   versioned "
+            + {True: "yes", False: "no"}.get(f.get("versioned"), "?"),
             f"  done {f['files_done']} files, {format_size(f['bytes_done'])}   "
             f"rate {f['rate_files_per_s']:.1f} files/s, {format_size(f['rate_bytes_per_s'])}/s   ETA {eta}",
             "  last scan " + (f"{scan['at']} ({scan['seconds']:.1f}s, {scan['files']} files, "

@@ -426,8 +426,10 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def load_config(path: Path | str | None = None) -> Config:
-    """Read and validate the global file and every ``folders_dir/*.yaml``; raises ConfigError."""
+def load_config(path: Path | str | None = None, roots_must_exist: bool = True) -> Config:
+    """Read and validate the global file and every ``folders_dir/*.yaml``; raises ConfigError.
+
+    ``roots_must_exist=False``: `syncd restore` reads the config of a folder whose disk died."""
     source = Path(path) if path is not None else DEFAULT_CONFIG
     source = source.absolute()
     problems = _Problems(source)
@@ -480,7 +482,7 @@ def load_config(path: Path | str | None = None) -> Config:
         for file in sorted(folders_dir.iterdir()):
             if file.suffix not in (".yaml", ".yml") or file.name.startswith("."):
                 continue
-            folder, folder_problems = load_folder(file, defaults)
+            folder, folder_problems = load_folder(file, defaults, roots_must_exist)
             all_problems.extend(folder_problems)
             if folder is not None:
                 folders.append(folder)
@@ -503,7 +505,8 @@ def socket_path(path: Path | str | None = None) -> Path:
     return _resolve(source.parent, value if isinstance(value, str) and value else "/run/syncd/syncd.sock")
 
 
-def load_folder(file: Path, defaults: Mapping[str, Any]) -> tuple[FolderConfig | None, list[str]]:
+def load_folder(file: Path, defaults: Mapping[str, Any],
+                roots_must_exist: bool = True) -> tuple[FolderConfig | None, list[str]]:
     """Parse one folder file on top of the global defaults."""
     problems = _Problems(file)
     name = file.stem
@@ -518,7 +521,9 @@ def load_folder(file: Path, defaults: Mapping[str, Any]) -> tuple[FolderConfig |
                                                               else " (the S3 bucket to mirror into)"))
     if "path" in values:
         root = _resolve(file.parent, values["path"])
-        if not root.is_dir():
+        if not root.is_dir() and not (roots_must_exist or root.exists()):
+            pass  # restore: the folder root is what is being brought back
+        elif not root.is_dir():
             problems.add("path", f"expected an existing directory, {root} "
                          + ("is not a directory" if root.exists() else "does not exist"))
         elif (real := os.path.realpath(root)) != os.path.normpath(root):
@@ -526,7 +531,7 @@ def load_folder(file: Path, defaults: Mapping[str, Any]) -> tuple[FolderConfig |
             # for another while the daemon is stopped, redirecting the whole folder.
             problems.add("path", f"{root} goes through a symlink (it leads to {real}); syncd never "
                          f"reads through symlinks: set path to {real}")
-        values["path"] = Path(os.path.normpath(root)) if root.is_dir() else root
+        values["path"] = Path(os.path.normpath(root)) if root.is_dir() or not root.exists() else root
     if problems.items:
         return None, problems.items
     known = {f.name for f in fields(FolderConfig)}

@@ -336,6 +336,7 @@ class FolderRuntime:
             "rate_bytes_per_s": round(bytes_rate),
             "eta_s": round(backlog / files_rate, 1) if files_rate > 0 and backlog else None,
             "objects": counts["manifest"],
+            "versioned": s.versioned,
             "owner": s.ownership.owner,
             "last_scan": None if scan is None else {
                 "at": _iso(scan.finished_at), "seconds": round(scan.seconds, 3), "files": scan.files,

@@ -27,7 +27,19 @@ from .bandwidth import Payload
 from .config import FolderConfig
 from .s3crt import CrtFailure, CrtPutter
 from .s3role import assume_role_session
-from .store import FOLDER, KEY, NO_HEADERS, TRANSIENT, UNREACHABLE, Part, PutResult, RemoteObject, StoreError, Upload
+from .store import (
+    FOLDER,
+    KEY,
+    NO_HEADERS,
+    TRANSIENT,
+    UNREACHABLE,
+    Part,
+    PutResult,
+    RemoteObject,
+    StoreError,
+    Upload,
+    Version,
+)
 
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
 
@@ -139,7 +151,7 @@ def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreE
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return StoreError(f"{where}: {code or status}: {message}", scope=TRANSIENT, code=code, key=key)
         if code == "AccessDenied":
-            return StoreError(f"{where}: AccessDenied: the credentials may not write here; "
+            return StoreError(f"{where}: AccessDenied: the credentials are not allowed this request; "
                               "check the bucket policy and the IAM permissions", scope=KEY, code=code, key=key)
         return StoreError(f"{where}: {code or status}: {message}", scope=KEY, code=code, key=key)
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.ProfileNotFound,
@@ -154,6 +166,36 @@ def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreE
     if isinstance(exc, bexc.BotoCoreError):
         return StoreError(f"{where}: {exc}", scope=TRANSIENT, code=type(exc).__name__, key=key)
     raise exc
+
+
+def _answered(key: str, resp: Mapping[str, Any]) -> RemoteObject:
+    """The RemoteObject of a HEAD or GET answer (a ranged GET: the whole object's size)."""
+    size = int(resp["ContentLength"])
+    content_range = str(resp.get("ContentRange") or "")
+    if "/" in content_range and not content_range.endswith("/*"):
+        size = int(content_range.rsplit("/", 1)[1])
+    modified = resp.get("LastModified")
+    return RemoteObject(key=key, size=size, etag=_etag(resp), meta=dict(resp.get("Metadata", {})),
+                        modified=modified.timestamp() if modified is not None else None)
+
+
+class _Body:
+    """A GetObject body (syncd.store.Fetched): read in pieces, errors classified."""
+
+    def __init__(self, info: RemoteObject, stream: Any, bucket: str):
+        self.info = info
+        self._stream = stream
+        self._bucket = bucket
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        try:
+            while piece := self._stream.read(size):
+                yield piece
+        except Exception as exc:
+            raise classify(exc, self.info.key, self._bucket) from exc
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class S3Store:
@@ -419,17 +461,50 @@ class S3Store:
             raise classify(exc, key, self.bucket) from exc
         return True
 
-    def head(self, key: str) -> RemoteObject | None:
+    def head(self, key: str, version: str | None = None) -> RemoteObject | None:
+        args = {"VersionId": version} if version else {}
         try:
-            resp = self._client.head_object(Bucket=self.bucket, Key=key)
+            resp = self._client.head_object(Bucket=self.bucket, Key=key, **args)
         except bexc.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return RemoteObject(key=key, size=int(resp["ContentLength"]), etag=_etag(resp),
-                            meta=dict(resp.get("Metadata", {})))
+        return _answered(key, resp)
+
+    def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> _Body:
+        args: dict[str, Any] = {"VersionId": version} if version else {}
+        if first or last is not None:
+            args["Range"] = f"bytes={first}-{'' if last is None else last}"
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
+        except bexc.ClientError as exc:
+            if _code(exc) in ("404", "NotFound", "NoSuchVersion"):
+                raise StoreError(f"s3://{self.bucket}/{key}: NoSuchKey: gone since it was listed",
+                                 scope=KEY, code="NoSuchKey", key=key) from exc
+            raise classify(exc, key, self.bucket) from exc
+        except Exception as exc:
+            raise classify(exc, key, self.bucket) from exc
+        return _Body(_answered(key, resp), resp["Body"], self.bucket)
+
+    def versioning(self) -> str:
+        try:
+            return str(self._client.get_bucket_versioning(Bucket=self.bucket).get("Status", ""))
+        except Exception as exc:
+            raise classify(exc, bucket=self.bucket) from exc
+
+    def list_versions(self, prefix: str) -> Iterator[list[Version]]:
+        paginator = self._client.get_paginator("list_object_versions")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                batch = [Version(str(v["Key"]), str(v.get("VersionId") or "null"), v["LastModified"].timestamp(),
+                                 False, int(v.get("Size", 0)), _etag(v)) for v in page.get("Versions", [])]
+                batch += [Version(str(m["Key"]), str(m.get("VersionId") or "null"), m["LastModified"].timestamp(),
+                                  True) for m in page.get("DeleteMarkers", [])]
+                yield batch
+        except Exception as exc:
+            raise classify(exc, bucket=self.bucket) from exc
 
     def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
         paginator = self._client.get_paginator("list_objects_v2")

@@ -25,7 +25,7 @@ from .inbox import Inbox
 from .journal import Journal, Outcome, Pending
 from .owner import Ownership
 from .planner import Planner
-from .store import StoreError
+from .store import ObjectStore, StoreError
 from .transfer import Result, Task, Transfers
 from .uploads import UploadLog
 
@@ -95,6 +95,7 @@ class Scheduler:
         self._root_checked = 0.0
         self.ownership = Ownership(folder, journal)
         self._take_over = False
+        self.versioned: bool | None = None  # the bucket's versioning (status), asked once by the probe
         self._folder_errors: deque[StoreError] = deque()  # found by other threads (the remote pass)
         self._drain_deadline = 0.0
 
@@ -356,6 +357,8 @@ class Scheduler:
             raise RootProblem(problem)
         transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
+        if self.versioned is None:
+            self.versioned = _versioned(transfers.store)
         take_over = self._take_over
         transfers.owner = self.ownership.claim(transfers.store, take_over=take_over)
         if take_over:
@@ -506,3 +509,12 @@ class Scheduler:
 
     def ops(self) -> dict[str, int]:
         return dict(self._transfers.ops) if self._transfers is not None else {}
+
+
+def _versioned(store: ObjectStore) -> bool | None:
+    """Is the bucket versioned (GetBucketVersioning says Enabled)? None if it cannot be asked:
+    only `syncd status` and `restore --at` care, never the folder's work."""
+    try:
+        return store.versioning() == "Enabled"
+    except StoreError:
+        return None

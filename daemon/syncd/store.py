@@ -70,6 +70,7 @@ class RemoteObject:
     size: int
     etag: str
     meta: Mapping[str, str] | None = None  # only from head(); listings do not carry metadata
+    modified: float | None = None          # LastModified (unix time), where the answer has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,30 @@ class Upload:
     key: str
     upload_id: str
     initiated: float  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One entry of ListObjectVersions: an object version or a delete marker."""
+
+    key: str
+    version_id: str
+    modified: float        # unix time
+    deleted: bool          # a delete marker
+    size: int = 0
+    etag: str = ""
+
+
+class Fetched(Protocol):
+    """An object's body being read (GetObject): its size, ETag and metadata, then its bytes."""
+
+    info: RemoteObject
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """The body in pieces of at most ``size`` bytes; memory stays at one piece."""
+
+    def close(self) -> None:
+        """Release the connection (also when the body was not read to the end)."""
 
 
 def multipart_etag(parts: list[Part]) -> str:
@@ -159,8 +184,18 @@ class ObjectStore(Protocol):
         """Store a small bookkeeping object. With ``if_absent`` it is created only if no
         object is at ``key`` (``If-None-Match: *``); returns False when one already was."""
 
-    def head(self, key: str) -> RemoteObject | None:
-        """The object's size, ETag and metadata, or None if absent."""
+    def head(self, key: str, version: str | None = None) -> RemoteObject | None:
+        """The object's (or that version's) size, ETag and metadata, or None if absent."""
+
+    def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> Fetched:
+        """Start reading the object (that version; bytes ``first``..``last`` inclusive with a
+        range). StoreError(code="NoSuchKey") if it is gone."""
+
+    def versioning(self) -> str:
+        """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""
+
+    def list_versions(self, prefix: str) -> Iterator[list[Version]]:
+        """Every version and delete marker under ``prefix``, one page at a time."""
 
     def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
         """Every object under ``prefix``, one page (one LIST request) at a time.

@@ -25,6 +25,7 @@ from types import FrameType
 from tests.support.seaweed import start_seaweed
 
 from . import live as _live  # noqa: F401  (registers the scenarios)
+from . import restores as _restores  # noqa: F401
 from . import scenarios as _scenarios  # noqa: F401
 from .core import REGISTRY, REPO, SYNCD, Bench, Options, Sample, on_exit
 from .peers import PEERS, Peer, discover, ensure_harness_packages

@@ -1,0 +1,161 @@
+"""The commands that need no daemon, `syncd verify` and `syncd restore`: config (or bucket
+and prefix alone), store, output and exit code around :mod:`syncd.verify` and :mod:`syncd.restore`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit
+
+from .config import Config, ConfigError, FolderConfig, _bucket, _prefix, load_config
+from .exitcodes import ExitCode
+from .store import StoreError
+
+VERSIONING_HINT = ("enable versioning to restore earlier states (only changes made after that can be "
+                   "restored): aws s3api put-bucket-versioning --bucket {bucket} "
+                   "--versioning-configuration Status=Enabled")
+
+
+def main(args: argparse.Namespace) -> int:
+    from . import logs
+
+    logs.setup("warning", "auto")  # stderr: stdout carries the report
+    if args.command == "verify":
+        return _verify(args)
+    return _restore(args)
+
+
+def _config(args: argparse.Namespace, roots_must_exist: bool) -> Config | None:
+    try:
+        return load_config(args.config, roots_must_exist=roots_must_exist)
+    except ConfigError as exc:
+        print("syncd: invalid configuration:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return None
+
+
+def _folder(config: Config, name: str) -> FolderConfig | None:
+    for f in config.folders:
+        if f.name == name:
+            return f
+    known = ", ".join(f.name for f in config.folders) or "none"
+    print(f"syncd: no folder named {name!r} in {config.folders_dir} (configured: {known})", file=sys.stderr)
+    return None
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .s3store import S3Store
+    from .verify import Mark, Verifier, render, report
+
+    config = _config(args, roots_must_exist=True)
+    if config is None:
+        return ExitCode.CONFIG
+    folder = _folder(config, args.folder)
+    if folder is None:
+        return ExitCode.USAGE
+    try:
+        store = S3Store(folder)
+        verifier = Verifier(folder, store, config.state_dir, args.full)
+        differences = verifier.run()
+    except StoreError as exc:
+        _failed(args, folder, f"verify {folder.name}: {exc}")
+        return ExitCode.ERRORS
+    if args.json:
+        print(json.dumps(report(folder, verifier, differences), indent=2))
+    elif differences:
+        print(render(differences))
+    errors = sum(1 for d in differences if d.mark is Mark.ERROR)
+    print(f"verify {folder.name}: {verifier.local_files} files, {verifier.objects} objects: "
+          + (f"{len(differences) - errors} differences, {errors} errors" if differences else "exact"),
+          file=sys.stderr)
+    if errors:
+        return ExitCode.ERRORS
+    return ExitCode.DIFFERENCES if differences else ExitCode.OK
+
+
+def _source(args: argparse.Namespace) -> FolderConfig | int:
+    """The folder to restore: from the config, or from the bucket and prefix alone."""
+    target = Path(args.to).absolute()
+    spot = args.folder or ""
+    if spot.startswith("s3://") or args.bucket:
+        if spot.startswith("s3://"):
+            url = urlsplit(spot)
+            bucket, prefix = url.netloc, url.path
+        else:
+            bucket, prefix = args.bucket, args.prefix or ""
+        try:
+            return FolderConfig(name=bucket, source=Path("<command line>"), path=target, bucket=_bucket(bucket),
+                                prefix=_prefix(prefix), endpoint_url=args.endpoint_url, region=args.region,
+                                profile=args.profile)
+        except ValueError as exc:
+            print(f"syncd: restore: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
+    if not spot:
+        print("syncd: restore needs a FOLDER from the config, an s3://BUCKET/PREFIX URL or --bucket", file=sys.stderr)
+        return ExitCode.USAGE
+    config = _config(args, roots_must_exist=False)
+    if config is None:
+        return ExitCode.CONFIG
+    folder = _folder(config, spot)
+    return ExitCode.USAGE if folder is None else folder
+
+
+def _failed(args: argparse.Namespace, folder: FolderConfig, message: str) -> None:
+    """A failure of the whole command: on stderr, and with --json as ``{"error": ...}`` on stdout."""
+    print(f"syncd: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"folder": folder.name, "bucket": folder.bucket, "prefix": folder.prefix, "ok": False,
+                          "error": message}, indent=2))
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: temp files removed, nothing partial in place
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from .restore import Restorer, parse_time, render, report
+    from .s3store import S3Store
+
+    folder = _source(args)
+    if isinstance(folder, int):
+        return folder
+    try:
+        at = None if args.at is None else parse_time(args.at)
+    except ValueError as exc:
+        print(f"syncd: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    try:
+        store = S3Store(folder)
+        if at is not None and not store.versioning():
+            _failed(args, folder, f"restore --at: bucket {folder.bucket!r} is not versioned, so earlier states are "
+                    "not kept; " + VERSIONING_HINT.format(bucket=folder.bucket))
+            return ExitCode.FAILURE
+        restorer = Restorer(folder, store, str(Path(args.to).absolute()), at=at, patterns=tuple(args.paths),
+                            force=args.force, workers=args.workers,
+                            progress=sys.stderr.isatty() and not args.json)
+        result = restorer.run()
+    except StoreError as exc:
+        _failed(args, folder, f"restore {folder.name}: {exc}")
+        return ExitCode.FAILURE
+    except OSError as exc:
+        _failed(args, folder, f"restore into {args.to}: {exc.strerror or exc}")
+        return ExitCode.FAILURE
+    except KeyboardInterrupt:
+        print("syncd: restore interrupted; files not yet in place were not written (run it again to finish)",
+              file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    seconds = time.monotonic() - started
+    if args.json:
+        print(json.dumps(report(folder, restorer.target, at, result, seconds), indent=2))
+    elif (lines := render(result)):
+        print(lines)
+    print(f"restore {folder.name}: {len(result.restored)} restored, {len(result.already)} already correct, "
+          f"{len(result.kept)} kept, {len(result.failed)} failed, {len(result.refused)} refused "
+          f"({seconds:.1f}s)", file=sys.stderr)
+    return ExitCode.OK if result.ok else ExitCode.DIFFERENCES

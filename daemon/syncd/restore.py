@@ -1,0 +1,460 @@
+"""`syncd restore`: bring a folder's mirror (now, or as it was at a time) back into a directory.
+
+No daemon and no journal needed: the bucket is the record. Each file is downloaded into a
+temp name (``.syncd-restore-*.tmp``, created with O_EXCL in its target directory), its bytes
+checked against the object's ``syncd-sha256`` (or an MD5 for objects other clients wrote),
+given its mtime to the nanosecond from ``syncd-mtime-ns``, and only then renamed into place:
+a crash or Ctrl-C leaves no partial file under a real name, and the next run removes the
+temp files. Every directory is opened from its parent's fd with O_NOFOLLOW
+(:meth:`syncd.beneath.RootDir.make_dirs`): a symlink planted in the target is never followed.
+
+A local file already there is checked without a GET: same size, then its SHA-256 against the
+object's (one HEAD). Equal content with another mtime only gets its mtime set; different
+content is kept unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import stat as statmod
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+
+import pathspec
+
+from .beneath import NotBeneath, RootDir
+from .config import FolderConfig
+from .paths import IgnoreRules, reserved
+from .reconciler import walk
+from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError, Version
+from .units import format_size
+from .verify import expected_digest
+
+TEMP_PREFIX = ".syncd-restore-"
+TEMP_SUFFIX = ".tmp"
+CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
+NAME_MAX = 255           # bytes per path component on Linux filesystems
+PATH_MAX = 4096
+ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
+BACKOFF = 0.5            # seconds before the second attempt, doubling
+_WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: stop downloading, remove our temp file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One object to restore: where it goes (``rel``) and which version of which key."""
+
+    rel: str
+    key: str
+    size: int
+    etag: str
+    version: str | None = None
+
+
+@dataclass
+class Result:
+    restored: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)      # correct already (0 GETs)
+    kept: list[tuple[str, str]] = field(default_factory=list)     # differing local file, no --force
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (key, reason): never written
+    bytes: int = 0
+    gets: int = 0
+    heads: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.kept or self.failed or self.refused)
+
+
+def name_problem(rel: str) -> str | None:
+    """Why a key's relative path must not be written beneath the target (issue 19, item 5)."""
+    if "\0" in rel:
+        return "the key contains a NUL byte, which no file name can hold"
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "the key has an empty, '.' or '..' component (or is absolute): it could lead outside the target"
+    if any(len(p.encode("utf-8", "surrogateescape")) > NAME_MAX for p in parts):
+        return f"a component of the key is longer than {NAME_MAX} bytes, which the filesystem cannot hold"
+    if len(rel.encode("utf-8", "surrogateescape")) >= PATH_MAX:
+        return f"the path is longer than {PATH_MAX} bytes, which the filesystem cannot hold"
+    return None
+
+
+def parse_time(text: str) -> float:
+    """ISO 8601 (``2026-12-01T10:00:00Z``, ``2026-12-01 10:00+01:00``); a time without a
+    zone is local time. Raises ValueError with the expected form."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--at {text!r}: expected an ISO 8601 time such as 2026-12-01T10:00:00Z") from None
+    return when.timestamp() if when.tzinfo else when.astimezone().timestamp()
+
+
+def current_items(store: ObjectStore, prefix: str) -> Iterator[tuple[str, str, int, str, str | None]]:
+    for page in store.list(prefix):
+        for obj in page:
+            yield obj.key, obj.key[len(prefix):], obj.size, obj.etag, None
+
+
+def items_at(store: ObjectStore, prefix: str, at: float) -> Iterator[tuple[str, str, int, str, str | None]]:
+    """The version current at ``at`` of each key (the newest not after it); a key whose
+    newest entry by then is a delete marker, or that did not exist yet, is left out."""
+    newest: dict[str, Version] = {}
+    for page in store.list_versions(prefix):
+        for v in page:
+            if v.modified > at:
+                continue
+            best = newest.get(v.key)
+            # Same second: S3 lists a key's versions newest first; keep the first seen.
+            if best is None or v.modified > best.modified:
+                newest[v.key] = v
+    for key, v in newest.items():
+        if not v.deleted:
+            yield key, key[len(prefix):], v.size, v.etag, v.version_id
+
+
+def _mtime_ns(obj: RemoteObject) -> int | None:
+    """The file's mtime: syncd's nanoseconds, else rclone's decimal seconds, else LastModified."""
+    meta = obj.meta or {}
+    try:
+        if META_MTIME in meta:
+            return int(meta[META_MTIME])
+        if META_RCLONE_MTIME in meta:
+            return int(Decimal(meta[META_RCLONE_MTIME]) * 1_000_000_000)
+    except (ValueError, InvalidOperation):
+        pass
+    return None if obj.modified is None else int(obj.modified * 1_000_000_000)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, StoreError):
+        return str(exc)
+    if isinstance(exc, NotBeneath):
+        return f"not written: {exc.strerror} (a symlink in the target is never followed)"
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return "no space left on the target filesystem"
+        if exc.errno == errno.EDQUOT:
+            return "disk quota exceeded on the target filesystem"
+        return f"{exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Restorer:
+    def __init__(self, folder: FolderConfig, store: ObjectStore, target: str, *, at: float | None = None,
+                 patterns: tuple[str, ...] = (), force: bool = False, workers: int | None = None,
+                 progress: bool = False):
+        self.folder = folder
+        self.store = store
+        self.target = target
+        self.at = at
+        self.force = force
+        self.select = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
+        self.workers = max(1, workers or folder.workers)
+        # Objects at least multipart_threshold large come as ranged GETs of part_size in parallel.
+        self.threshold = folder.multipart_threshold
+        self.part_size = folder.part_size
+        self.show_progress = progress
+        self.result = Result()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._total_files = 0
+        self._total_bytes = 0
+        self._started = time.monotonic()
+
+    # ------------------------------------------------------------------ the run
+
+    def plan(self) -> list[Item]:
+        listing = (current_items(self.store, self.folder.prefix) if self.at is None
+                   else items_at(self.store, self.folder.prefix, self.at))
+        items = []
+        for key, rel, size, etag, version in listing:
+            if rel.endswith("/") and size == 0 and name_problem(rel[:-1] or ".") is None:
+                continue  # a directory marker (consoles make them): empty directories are not mirrored
+            if reserved(rel):
+                continue  # syncd's bookkeeping (owner marker, trash), not mirror content
+            problem = name_problem(rel)
+            if problem is not None:
+                self.result.refused.append((key, problem))
+                continue
+            if self.select is not None and not self.select.match_file(rel):
+                continue
+            items.append(Item(rel, key, size, etag, version))
+        return items
+
+    def run(self) -> Result:
+        os.makedirs(self.target, exist_ok=True)
+        root = RootDir(self.target)
+        if root.open_error:
+            raise OSError(errno.ENOTDIR, root.open_error)
+        lock_fd = root.open_dir("")
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OSError(errno.EBUSY, f"another syncd restore is writing into {self.target}") from None
+            self._clean_temps(root)
+            items = self.plan()
+            self._total_files = len(items)
+            self._total_bytes = sum(i.size for i in items)
+            ticker = threading.Thread(target=self._ticker, daemon=True) if self.show_progress else None
+            if ticker is not None:
+                ticker.start()
+            parts_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore-part")
+            pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore")
+            try:
+                futures = [pool.submit(self._one, root, item, parts_pool) for item in items]
+                for f in futures:
+                    f.result()
+            except BaseException:
+                self._stop.set()  # Ctrl-C: every worker removes its temp file and stops
+                pool.shutdown(wait=True, cancel_futures=True)
+                parts_pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            finally:
+                pool.shutdown(wait=True)
+                parts_pool.shutdown(wait=True)
+                self._stop.set()
+                if ticker is not None:
+                    ticker.join()
+                    sys.stderr.write("\r\x1b[K")
+        finally:
+            os.close(lock_fd)
+            root.close()
+        return self.result
+
+    def _clean_temps(self, root: RootDir) -> None:
+        """Remove temp files a killed run left (ours by name; the target is locked)."""
+        for rel, _st in walk(root, IgnoreRules((), builtin=False)):
+            parent, _, name = rel.rpartition("/")
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                fd = root.open_dir(parent)
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(fd)
+
+    # ------------------------------------------------------------------ one file
+
+    def _one(self, root: RootDir, item: Item, parts: ThreadPoolExecutor) -> None:
+        if self._stop.is_set():
+            return
+        parent, _, name = item.rel.rpartition("/")
+        try:
+            dir_fd = root.make_dirs(parent)
+        except (OSError, StoreError) as exc:
+            self._note("failed", item.rel, _reason(exc))
+            return
+        try:
+            for attempt in range(ATTEMPTS):
+                try:
+                    outcome, reason = self._restore(dir_fd, name, item, parts)
+                except StoreError as exc:
+                    # botocore already retried quickly; a longer pause rides out throttling.
+                    if not exc.transient or attempt == ATTEMPTS - 1 or self._stop.wait(BACKOFF * 2 ** attempt):
+                        raise
+                    continue
+                self._note(outcome, item.rel, reason)
+                return
+        except Interrupted:
+            pass
+        except (OSError, StoreError) as exc:
+            self._note("failed", item.rel, _reason(exc))
+        finally:
+            os.close(dir_fd)
+
+    def _restore(self, dir_fd: int, name: str, item: Item, parts: ThreadPoolExecutor) -> tuple[str, str]:
+        try:
+            st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if statmod.S_ISDIR(st.st_mode):
+                return "failed", "a directory is in the way"
+            if statmod.S_ISREG(st.st_mode) and st.st_size == item.size:
+                verdict = self._check_existing(dir_fd, name, item, st)
+                if verdict is not None:
+                    return verdict
+            elif not self.force:
+                what = "a symlink" if statmod.S_ISLNK(st.st_mode) else f"a local file of {st.st_size} bytes"
+                return "kept", f"{what} is there (the object has {item.size} bytes); --force replaces it"
+            if not self.force:
+                return "kept", "a local file with other content is there; --force replaces it"
+        tmp = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        fd = os.open(tmp, _WRITE_FLAGS, 0o666, dir_fd=dir_fd)
+        placed = False
+        try:
+            info, actual = self._download(fd, item, parts)
+            expected = expected_digest(info)
+            if expected is None:
+                return "failed", ("cannot verify: the object has no syncd-sha256 and a multipart ETag "
+                                  "(written by another client); not written into place")
+            if actual is None:
+                os.lseek(fd, 0, os.SEEK_SET)
+                actual = _hash_fd(fd, expected[0], self._stop)
+            if actual != expected[1]:
+                return "failed", (f"checksum mismatch: {expected[0]} of the bytes is {actual}, the object says "
+                                  f"{expected[1]} (altered in the bucket?); not written into place")
+            mtime = _mtime_ns(info)
+            if mtime is not None:
+                os.utime(fd, ns=(mtime, mtime))
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a symlink, never follows it
+            placed = True
+            return "restored", ""
+        finally:
+            os.close(fd)
+            if not placed:
+                try:
+                    os.unlink(tmp, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    pass
+
+    def _check_existing(self, dir_fd: int, name: str, item: Item, st: os.stat_result) -> tuple[str, str] | None:
+        """("already", "") if the local file is the object's content (its mtime set if it
+        differs); None if it differs (the caller keeps or replaces it)."""
+        head = self.store.head(item.key, item.version)
+        with self._lock:
+            self.result.heads += 1
+        if head is None:
+            return "failed", "deleted from the bucket since it was listed"
+        expected = expected_digest(head)
+        if expected is None:  # nothing to hash against: the object cannot be restored verified either
+            return ("already", "") if st.st_mtime_ns == _mtime_ns(head) else None
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+        try:
+            if _hash_fd(fd, expected[0], self._stop) != expected[1]:
+                return None
+            mtime = _mtime_ns(head)
+            if mtime is not None and os.fstat(fd).st_mtime_ns != mtime:
+                os.utime(name, ns=(mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(fd)
+        return "already", ""
+
+    def _download(self, fd: int, item: Item, parts: ThreadPoolExecutor) -> tuple[RemoteObject, str | None]:
+        """The object's bytes into ``fd``: what the (first) GET said about it, and the digest
+        of the bytes in the algorithm the object's metadata calls for when it could be taken
+        on the way (one GET; ranged parts arrive out of order and are hashed afterwards)."""
+        if item.size < self.threshold or item.size <= self.part_size:
+            return self._fetch(fd, item, 0, None, hash_it=True)
+        try:
+            os.posix_fallocate(fd, 0, item.size)  # ENOSPC now, not after most of the download
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP and exc.errno != errno.EINVAL:
+                raise
+        ranges = [(start, min(start + self.part_size, item.size) - 1) for start in range(0, item.size, self.part_size)]
+        futures = [parts.submit(self._fetch, fd, item, a, b) for a, b in ranges]
+        wait(futures)  # every part has finished before fd may be closed (a number reused under a pwrite)
+        for f in futures:
+            failure = f.exception()
+            if failure is not None:
+                raise failure
+        infos = [f.result()[0] for f in futures]
+        if any(i.etag != infos[0].etag for i in infos):
+            raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
+                             scope="transient", key=item.key)
+        return infos[0], None
+
+    def _fetch(self, fd: int, item: Item, first: int, last: int | None,
+               hash_it: bool = False) -> tuple[RemoteObject, str | None]:
+        body = self.store.get(item.key, item.version, first, last)
+        with self._lock:
+            self.result.gets += 1
+        try:
+            expected = expected_digest(body.info) if hash_it else None
+            digest = hashlib.new(expected[0]) if expected is not None else None
+            offset = first
+            for piece in body.chunks(CHUNK):
+                if self._stop.is_set():
+                    raise Interrupted()
+                if digest is not None:
+                    digest.update(piece)
+                view = memoryview(piece)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    offset += written
+                    view = view[written:]
+                with self._lock:
+                    self.result.bytes += len(piece)
+            expected_end = item.size if last is None else last + 1
+            if offset != expected_end:
+                raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {offset} of "
+                                 f"{expected_end}", scope="transient", key=item.key)
+            return body.info, None if digest is None else digest.hexdigest()
+        finally:
+            body.close()
+
+    # ------------------------------------------------------------------ reporting
+
+    def _note(self, outcome: str, rel: str, reason: str = "") -> None:
+        with self._lock:
+            if outcome == "restored":
+                self.result.restored.append(rel)
+            elif outcome == "already":
+                self.result.already.append(rel)
+            elif outcome == "kept":
+                self.result.kept.append((rel, reason))
+            else:
+                self.result.failed.append((rel, reason))
+
+    def progress_line(self) -> str:
+        r = self.result
+        with self._lock:
+            done = len(r.restored) + len(r.already) + len(r.kept) + len(r.failed)
+            got = r.bytes
+        elapsed = max(time.monotonic() - self._started, 1e-3)
+        rate = got / elapsed
+        left = max(self._total_bytes - got, 0)
+        eta = f"{left / rate:.0f}s" if rate > 0 and left else "-"
+        return (f"restore: {done}/{self._total_files} files, {format_size(got)}/{format_size(self._total_bytes)}, "
+                f"{format_size(int(rate))}/s, ETA {eta}")
+
+    def _ticker(self) -> None:
+        while not self._stop.wait(0.5):
+            sys.stderr.write("\r\x1b[K" + self.progress_line())
+            sys.stderr.flush()
+
+
+def _hash_fd(fd: int, algorithm: str, stop: threading.Event) -> str:
+    digest = hashlib.new(algorithm)
+    while piece := os.read(fd, CHUNK):
+        if stop.is_set():
+            raise Interrupted()
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+def report(folder: FolderConfig, target: str, at: float | None, result: Result, seconds: float) -> dict[str, object]:
+    """The --json document (stable; documented in docs/operations.md)."""
+    return {"folder": folder.name, "bucket": folder.bucket, "prefix": folder.prefix, "to": target,
+            "at": None if at is None else datetime.fromtimestamp(at, UTC).isoformat(),
+            "ok": result.ok, "restored": len(result.restored), "already_correct": len(result.already),
+            "bytes": result.bytes, "gets": result.gets, "heads": result.heads, "seconds": round(seconds, 3),
+            "kept": [{"path": p, "reason": r} for p, r in sorted(result.kept)],
+            "failed": [{"path": p, "reason": r} for p, r in sorted(result.failed)],
+            "refused": [{"key": k, "reason": r} for k, r in sorted(result.refused)]}
+
+
+def render(result: Result) -> str:
+    lines = [f"! {p}  ({r})" for p, r in sorted(result.failed)]
+    lines += [f"= {p}  (kept: {r})" for p, r in sorted(result.kept)]
+    lines += [f"! {k!r}  (refused: {r})" for k, r in sorted(result.refused)]
+    return "\n".join(lines)

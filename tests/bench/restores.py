@@ -1,0 +1,123 @@
+"""Restore scenarios (issue 19): the bucket back into an empty directory, syncd restore
+against `rclone copy` and `s5cmd cp`; each run's result is checked file by file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .core import SYNCD, Bench, Dataset, Sample, make_dataset, scenario
+from .peers import Target, aws_env
+from .proc import kill_group
+from .scenarios import RSS_TARGET_MIB, GiB, KiB, MiB, make_large_file
+
+RESTORE_PEERS = ("rclone", "s5cmd")
+
+
+def restore_command(tool: str, bench: Bench, target: Target, dest: Path) -> tuple[list[str], dict[str, str]]:
+    """The command restoring ``target``'s prefix into ``dest`` with ``tool``, and its environment."""
+    c = str(target.concurrency)
+    if tool == SYNCD:
+        return ([sys.executable, "-m", "syncd", "restore", f"s3://{target.bucket}/{target.prefix}", "--to", str(dest),
+                 "--endpoint-url", target.endpoint, "--region", "us-east-1", "--workers", c], aws_env(target))
+    peer = bench.peers[tool]
+    if tool == "rclone":
+        return ([peer.exe, "--config", os.devnull, "copy", f"bench:{target.bucket}/{target.prefix}", str(dest),
+                 "--transfers", c, "--checkers", c, "--fast-list", "--s3-no-check-bucket"], peer.env(target))
+    return ([peer.exe, "--endpoint-url", target.endpoint, "--numworkers", c, "--log", "error", "cp",
+             f"s3://{target.bucket}/{target.prefix}*", f"{dest}/"], peer.env(target))
+
+
+def timed_with_rss(cmd: Sequence[str], env: dict[str, str], timeout: float) -> tuple[float, str | None, float]:
+    """(seconds, problem or None, peak RSS MiB of the process) of one run, launch included."""
+    import psutil
+
+    started = time.monotonic()
+    proc = subprocess.Popen(list(cmd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        try:
+            p = psutil.Process(proc.pid)
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], p.memory_info().rss)
+        except psutil.Error:
+            pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.communicate()
+        return time.monotonic() - started, f"timed out after {timeout:.0f}s", peak[0] / MiB
+    finally:
+        done.set()
+        sampler.join()
+    seconds = time.monotonic() - started
+    problem = None if proc.returncode == 0 else f"exit {proc.returncode}: {err.strip()[-300:]}"
+    return seconds, problem, peak[0] / MiB
+
+
+def check_restored(dest: Path, dataset: Dataset) -> str | None:
+    """None if ``dest`` holds exactly the dataset's files with their bytes."""
+    found = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    if found != set(dataset.files):
+        expected = set(dataset.files)
+        return f"restored tree differs: {len(expected - found)} missing, {len(found - expected)} extra"
+    for rel in dataset.files:
+        if (dest / rel).read_bytes() != (dataset.root / rel).read_bytes():
+            return f"content of {rel} differs"
+    return None
+
+
+def _seed(bench: Bench, ds: Dataset, label: str) -> str:
+    """A bucket holding ``ds`` as syncd mirrors it (so objects carry syncd's metadata)."""
+    bucket = bench.new_bucket(label)
+    result = bench.syncd_runner(ds.root, bucket).run(bench.timeout_for(len(ds.files)))
+    if result.error is not None:
+        raise RuntimeError(f"seeding {bucket} failed: {result.error}")
+    return bucket
+
+
+def _restores(bench: Bench, name: str, metric: str, ds: Dataset, bucket: str, tools: list[str]) -> None:
+    target = bench.target(bucket)
+    for rep in range(bench.reps):
+        for tool in bench.order(rep, tools):
+            dest = bench.scratch(f"{name}-{tool}-{rep}")
+            shutil.rmtree(dest, ignore_errors=True)
+            dest.mkdir(parents=True)
+            cmd, env = restore_command(tool, bench, target, dest)
+            os.sync()
+            seconds, problem, rss = timed_with_rss(cmd, env, bench.timeout_for(len(ds.files)))
+            problem = problem or check_restored(dest, ds)
+            sample = bench.add(Sample(name, metric, "s", tool, rep, seconds, problem is None, problem or "",
+                                      {"peak RSS MiB": rss, "MB/s": ds.total_bytes / 1e6 / seconds}))
+            if tool == SYNCD and sample.ok and rss > RSS_TARGET_MIB:
+                sample.detail = f"peak RSS {rss:.0f} MiB over the {RSS_TARGET_MIB:.0f} MiB goal"
+            shutil.rmtree(dest, ignore_errors=True)
+
+
+@scenario("restore", "restore into an empty directory: 5,000 files of 1–64 KiB (syncd, rclone copy, s5cmd cp) "
+                     "and one 1 GiB file (syncd, s5cmd cp)")
+def restore(bench: Bench) -> None:
+    files = bench.size(5_000, 1_000)
+    ds = make_dataset(bench.scratch("restore-data"), files=files, dirs=max(1, files // 50), min_size=1 * KiB,
+                      max_size=64 * KiB, seed=19)
+    tools = [SYNCD] + [t for t in RESTORE_PEERS if t in bench.peers]
+    _restores(bench, "restore", f"time to restored ({files:,} files, {ds.total_bytes / MiB:.0f} MiB)", ds,
+              _seed(bench, ds, "restore-small"), tools)
+    size = bench.size(GiB, 256 * MiB)
+    big = make_large_file(bench.scratch("restore-large-data"), size)
+    tools = [SYNCD] + [t for t in ("s5cmd",) if t in bench.peers]
+    _restores(bench, "restore", f"time to restored (one {size / GiB:g} GiB file)", big,
+              _seed(bench, big, "restore-large"), tools)
