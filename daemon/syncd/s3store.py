@@ -27,7 +27,19 @@ from .bandwidth import Payload
 from .config import FolderConfig
 from .s3crt import CrtFailure, CrtPutter
 from .s3role import assume_role_session
-from .store import FOLDER, KEY, NO_HEADERS, TRANSIENT, UNREACHABLE, Part, PutResult, RemoteObject, StoreError, Upload
+from .store import (
+    FOLDER,
+    KEY,
+    NO_HEADERS,
+    TRANSIENT,
+    UNREACHABLE,
+    Part,
+    PutResult,
+    RemoteObject,
+    RequestCounts,
+    StoreError,
+    Upload,
+)
 
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
 
@@ -198,6 +210,8 @@ class S3Store:
             self._client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
         except Exception as exc:  # profile missing and the like
             raise classify(exc, bucket=folder.bucket) from exc
+        self.requests = RequestCounts()  # syncd.metrics: every attempt, by operation and outcome
+        self._client.meta.events.register("response-received.s3", self._answered)
         self._crt = _crt_putter(session, self._client, folder, addressing)
         self._extra: dict[str, str] = {}
         if folder.storage_class:
@@ -206,6 +220,11 @@ class S3Store:
             self._extra["ServerSideEncryption"] = folder.sse
         if folder.sse_kms_key_id:
             self._extra["SSEKMSKeyId"] = folder.sse_kms_key_id
+
+    def _answered(self, event_name: str, response_dict: Mapping[str, Any] | None = None, **_: Any) -> None:
+        """botocore, once per attempt (``response-received.s3.OPERATION``)."""
+        status = None if response_dict is None else int(response_dict.get("status_code") or 0)
+        self.requests.add(event_name.rsplit(".", 1)[-1], status)
 
     def check(self) -> None:
         try:
@@ -256,6 +275,7 @@ class S3Store:
             size = len(body)
 
             def finished(answer: str | CrtFailure) -> None:
+                self.requests.add("PutObject", (answer.status or None) if isinstance(answer, CrtFailure) else 200)
                 done(_crt_error(answer, key, self.bucket) if isinstance(answer, CrtFailure)
                      else PutResult(etag=answer, bytes_sent=size))
 
