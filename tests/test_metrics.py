@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.daemon import Syncd, await_condition
+from tests.test_operations import NotifyListener
 
 PROCESS_WIDE = {"syncd_inotify_watches", "syncd_inotify_overflows_total", "syncd_build_info"}
 
@@ -230,6 +231,44 @@ def test_healthz_is_503_with_the_endpoint_dead_and_a_change_pending_and_200_afte
     assert body["healthy"] and body["folders"][0]["lag_s"] == 0
 
 
+def test_status_and_healthz_name_a_folder_that_cannot_progress_the_same_way(proxied_syncd, tree, bucket, s3_proxy,
+                                                                             tmp_path):
+    syncd = proxied_syncd
+    scrape = with_metrics(syncd)
+    syncd.add_folder("main", tree, bucket)
+    notify = NotifyListener(tmp_path / "notify.sock")
+    try:
+        syncd.start(NOTIFY_SOCKET=str(notify.path))
+        syncd.wait_idle()
+        s3_proxy.refuse()
+        (tree / "stuck.txt").write_text("cannot be sent")
+        _, body = await_condition(lambda: (h := scrape.health())[0] == 503 and h, 20, "/healthz 503")
+        problem = body["folders"][0]["problem"]
+        await_condition(lambda: any(f"(main:{problem})" in line for line in notify.lines("STATUS=")), 10,
+                        f"STATUS= naming main:{problem}")
+    finally:
+        s3_proxy.refuse(False)
+        notify.close()
+
+
+def test_transient_failures_count_as_retries_and_server_errors(proxied_syncd, tree, bucket, s3_proxy):
+    syncd = proxied_syncd
+    scrape = with_metrics(syncd)
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    syncd.wait_idle()
+    s3_proxy.set_faults(1.0, ["503"], ops=["PutObject"])
+    (tree / "slow.txt").write_text("throttled at first")
+    await_condition(lambda: (scrape.value("syncd_retries_total", folder="main") or 0) >= 1, 30, "a retry")
+    s3_proxy.clear_faults()
+    syncd.wait_idle(90)
+    assert scrape.value("syncd_errors_total", folder="main", scope="transient") == \
+        scrape.value("syncd_retries_total", folder="main")
+    assert (scrape.value("syncd_s3_requests_total", folder="main", operation="PutObject",
+                         outcome="server_error") or 0) >= 1
+    assert scrape.value("syncd_uploads_total", folder="main") == 1
+
+
 # --------------------------------------------------------------------------- heartbeat
 
 
@@ -313,6 +352,30 @@ def test_check_config_names_the_heartbeat_key_that_is_wrong(syncd, tree, bucket)
     assert result.returncode == 78
     assert "key 'heartbeat.url': required setting is missing" in result.stderr
     assert "key 'max_lag'" in result.stderr
+
+
+def test_a_scrape_counts_the_manifest_at_most_once_per_recount_interval(tmp_path: Path, monkeypatch):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from syncd import statedir
+    from syncd.bandwidth import ByteBudget
+    from syncd.config import FolderConfig
+    from syncd.folder import FolderRuntime
+    from syncd.metrics import Collector
+
+    (tmp_path / "tree").mkdir()
+    statedir.prepare(tmp_path / "state")
+    folder = FolderConfig(name="main", source=tmp_path / "main.yaml", path=tmp_path / "tree", bucket="bucket")
+    runtime = FolderRuntime(folder, tmp_path / "state", ByteBudget(1 << 20))
+    counted = []
+    monkeypatch.setattr(runtime.journal, "manifest_count", lambda: counted.append(1) or 0)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(lambda: [runtime], lambda: 0))
+    try:
+        for _ in range(5):
+            assert b'syncd_manifest_objects{folder="main"} 0.0' in generate_latest(registry)
+    finally:
+        runtime.journal.close()
+    assert len(counted) == 1
 
 
 def test_metrics_and_heartbeat_are_off_by_default(tmp_path: Path, syncd, tree, bucket):

@@ -112,6 +112,15 @@ def _crt_error(exc: CrtFailure, key: str, bucket: str) -> StoreError:
     return StoreError(f"{where}: {code}: {exc.transport or exc}", scope=TRANSIENT, code=code, key=key)
 
 
+# The CRT retries these answers itself and then fails with a name, not the status.
+_CRT_STATUS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
+
+
+def _crt_status(exc: CrtFailure) -> int | None:
+    """The HTTP status a failed CRT PUT ended with (syncd_s3_requests_total), None: no answer."""
+    return exc.status or _CRT_STATUS.get(exc.transport)
+
+
 def _body(payload: Payload) -> Any:
     """Plain bytes go out in one sendall; a watched body is read (and paced) in chunks."""
     return payload.data if payload.plain else payload
@@ -275,7 +284,7 @@ class S3Store:
             size = len(body)
 
             def finished(answer: str | CrtFailure) -> None:
-                self.requests.add("PutObject", (answer.status or None) if isinstance(answer, CrtFailure) else 200)
+                self.requests.add("PutObject", _crt_status(answer) if isinstance(answer, CrtFailure) else 200)
                 done(_crt_error(answer, key, self.bucket) if isinstance(answer, CrtFailure)
                      else PutResult(etag=answer, bytes_sent=size))
 

@@ -222,9 +222,9 @@ class Daemon:
         parts = []
         pending = failed = in_flight = 0
         for r in list(self.folders.values()):
-            counts = r.journal.counts()
-            pending += counts["pending"]
-            failed += counts["failed"]
+            open_changes, parked = r.journal.open_and_failed()  # not counts(): it counts the whole manifest
+            pending += open_changes
+            failed += parked
             in_flight += r.scheduler.in_flight()
             if (problem := folder_health(r).problem) is not None:  # as /healthz says it
                 parts.append(f"{r.folder.name}:{problem}")
