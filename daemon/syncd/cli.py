@@ -226,8 +226,8 @@ def render_status(reply: dict[str, Any]) -> str:
         lines += [
             f"{f['name']}: {f['state']}   {f['path']} -> s3://{f['bucket']}/{f['prefix']}",
             f"  pending {f['pending']} (settling {f['settling']})   in flight {f['in_flight']}   "
-            f"failed {f['failed']}   objects {f['objects']}   versioned "
-            + {True: "yes", False: "no"}.get(f.get("versioned"), "?"),
+            f"failed {f['failed']}   objects {f['objects']}   lag {format_duration(f.get('lag_s') or 0)}   "
+            + "versioned " + {True: "yes", False: "no"}.get(f.get("versioned"), "?"),
             f"  done {f['files_done']} files, {format_size(f['bytes_done'])}   "
             f"rate {f['rate_files_per_s']:.1f} files/s, {format_size(f['rate_bytes_per_s'])}/s   ETA {eta}",
             "  last scan " + (f"{scan['at']} ({scan['seconds']:.1f}s, {scan['files']} files, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import grp
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -99,6 +100,7 @@ class FolderConfig:
     delete_foreign: bool = False
     max_delete: str = "50%"
     one_file_system: bool = False       # true: mount points inside the folder are not crossed
+    max_lag: float = 300.0              # /healthz: 503 once the oldest unsynced change is older
 
     def delete_limit(self, objects: int) -> int:
         """How many deletions one wave may make before the folder pauses for confirmation.
@@ -121,6 +123,21 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``metrics:``: where /metrics and /healthz are served; None = off (the default)."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    """``heartbeat:``: GET ``url`` every ``interval`` while every folder is provably in sync."""
+
+    url: str | None = None
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -132,6 +149,8 @@ class Config:
     max_inflight_bytes: int = 256 * MiB
     shutdown_timeout: float = 20.0
     socket_group: int | None = None  # gid allowed to use the socket (mode 0660) besides our uid
+    metrics: MetricsConfig = MetricsConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
     folders: tuple[FolderConfig, ...] = field(default_factory=tuple)
 
 
@@ -248,6 +267,33 @@ def _endpoint(value: Any) -> str:
     return value.rstrip("/")
 
 
+def _listen(value: Any) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9108`` for IPv6): an address to bind, not a URL."""
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid_host = _is_ip(host, 6)
+    else:
+        valid_host = _is_ip(host, 4) or bool(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", host))
+    if not valid_host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9108 (IPv6: [::1]:9108), got {value!r}")
+    return host, int(port)
+
+
+def _is_ip(text: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == version
+    except ValueError:
+        return False
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value) or any(c.isspace() for c in value):
+        raise ValueError(f"expected an http(s) URL such as https://hc-ping.com/UUID, got {value!r}")
+    return value
+
+
 def _role_arn(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"arn:[a-z-]+:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}", value):
         raise ValueError(f"expected a role ARN such as arn:aws:iam::123456789012:role/Uploader, got {value!r}")
@@ -362,14 +408,17 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "delete_foreign": _bool,
     "max_delete": _max_delete,
     "one_file_system": _bool,
+    "max_lag": _positive_duration,
 }
 _REQUIRED_FOLDER_KEYS = ("path", "bucket")
 _GLOBAL_KEYS = ("state_dir", "socket", "socket_group", "folders_dir", "log", "defaults", "max_inflight_bytes",
-                "shutdown_timeout")
+                "shutdown_timeout", "metrics", "heartbeat")
 _LOG_KEYS: dict[str, Parser] = {
     "level": _choice("debug", "info", "warning", "error"),
     "format": _choice("auto", "console", "journald", "json", "logfmt"),
 }
+_METRICS_KEYS: dict[str, Parser] = {"listen": _opt(_listen)}
+_HEARTBEAT_KEYS: dict[str, Parser] = {"url": _url, "interval": _positive_duration}
 
 
 def _hint(key: str, known: list[str]) -> str:
@@ -458,6 +507,19 @@ def load_config(path: Path | str | None = None, roots_must_exist: bool = True) -
         log = LogConfig(**problems.parse(log_raw, _LOG_KEYS, "log."))
 
     extra: dict[str, Any] = {}
+    metrics_raw = raw.get("metrics") or {}
+    if not isinstance(metrics_raw, dict):
+        problems.add("metrics", "expected a mapping such as {listen: 127.0.0.1:9108}")
+    else:
+        extra["metrics"] = MetricsConfig(**problems.parse(metrics_raw, _METRICS_KEYS, "metrics."))
+    heartbeat_raw = raw.get("heartbeat") or {}
+    if not isinstance(heartbeat_raw, dict):
+        problems.add("heartbeat", "expected a mapping such as {url: https://hc-ping.com/UUID, interval: 60s}")
+    else:
+        heartbeat = problems.parse(heartbeat_raw, _HEARTBEAT_KEYS, "heartbeat.")
+        if heartbeat_raw and "url" not in heartbeat_raw:
+            problems.add("heartbeat.url", "required setting is missing (the URL to ping while in sync)")
+        extra["heartbeat"] = HeartbeatConfig(**heartbeat)
     for key, parser in (("max_inflight_bytes", parse_size), ("shutdown_timeout", _positive_duration),
                         ("socket_group", _group)):
         if key in raw:

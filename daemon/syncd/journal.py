@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS pending(
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pending_due ON pending(state, due);
 CREATE INDEX IF NOT EXISTS pending_move ON pending(move_from) WHERE move_from IS NOT NULL;
+-- The lag (syncd.metrics): the oldest unsynced change in O(log n), per scrape and /healthz.
+-- first_seen changes only on insert and when a change is re-seen mid-transfer, never per event.
+CREATE INDEX IF NOT EXISTS pending_age ON pending(first_seen) WHERE state<2;
 CREATE TABLE IF NOT EXISTS manifest(
     path     TEXT PRIMARY KEY,
     size     INTEGER NOT NULL,
@@ -390,6 +393,17 @@ class Journal:
         """(changes not yet done, parked changes): all `syncd wait` needs, polled often."""
         with self.reader() as db:
             return self._by_state(db)
+
+    def oldest_unsynced(self) -> float | None:
+        """When the oldest change not yet synced (parked ones aside) was first seen (epoch s)."""
+        with self.reader() as db:
+            row = db.execute("SELECT MIN(first_seen) FROM pending WHERE state<2").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def settling_count(self, now: float) -> int:
+        """Open changes not yet due (their file is settling), through the pending_due index."""
+        with self.reader() as db:
+            return int(db.execute("SELECT COUNT(*) FROM pending WHERE state=0 AND due>?", (now,)).fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         """Pending rows by state (``settling``: not yet due), plus the manifest size."""

@@ -36,6 +36,7 @@ from .store import (
     Part,
     PutResult,
     RemoteObject,
+    RequestCounts,
     StoreError,
     Upload,
     Version,
@@ -110,6 +111,15 @@ def _crt_error(exc: CrtFailure, key: str, bucket: str) -> StoreError:
                           code=UNREACHABLE, key=key)
     code = "RequestTimeout" if exc.timed_out else "ConnectionError"
     return StoreError(f"{where}: {code}: {exc.transport or exc}", scope=TRANSIENT, code=code, key=key)
+
+
+# The CRT retries these answers itself and then fails with a name, not the status.
+_CRT_STATUS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
+
+
+def _crt_status(exc: CrtFailure) -> int | None:
+    """The HTTP status a failed CRT PUT ended with (syncd_s3_requests_total), None: no answer."""
+    return exc.status or _CRT_STATUS.get(exc.transport)
 
 
 def _body(payload: Payload) -> Any:
@@ -240,6 +250,8 @@ class S3Store:
             self._client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
         except Exception as exc:  # profile missing and the like
             raise classify(exc, bucket=folder.bucket) from exc
+        self.requests = RequestCounts()  # syncd.metrics: every attempt, by operation and outcome
+        self._client.meta.events.register("response-received.s3", self._answered)
         self._crt = _crt_putter(session, self._client, folder, addressing)
         self._extra: dict[str, str] = {}
         if folder.storage_class:
@@ -248,6 +260,11 @@ class S3Store:
             self._extra["ServerSideEncryption"] = folder.sse
         if folder.sse_kms_key_id:
             self._extra["SSEKMSKeyId"] = folder.sse_kms_key_id
+
+    def _answered(self, event_name: str, response_dict: Mapping[str, Any] | None = None, **_: Any) -> None:
+        """botocore, once per attempt (``response-received.s3.OPERATION``)."""
+        status = None if response_dict is None else int(response_dict.get("status_code") or 0)
+        self.requests.add(event_name.rsplit(".", 1)[-1], status)
 
     def check(self) -> None:
         try:
@@ -298,6 +315,7 @@ class S3Store:
             size = len(body)
 
             def finished(answer: str | CrtFailure) -> None:
+                self.requests.add("PutObject", _crt_status(answer) if isinstance(answer, CrtFailure) else 200)
                 done(_crt_error(answer, key, self.bucket) if isinstance(answer, CrtFailure)
                      else PutResult(etag=answer, bytes_sent=size))
 

@@ -23,6 +23,7 @@ from .config import FolderConfig
 from .guard import DeleteGuard, RootProblem
 from .inbox import Inbox
 from .journal import Journal, Outcome, Pending
+from .metrics import FolderStats
 from .owner import Ownership
 from .planner import Planner
 from .store import ObjectStore, StoreError
@@ -85,6 +86,7 @@ class Scheduler:
         self.last_error: str | None = None
         self._last_logged: dict[str, float] = {}
         self.done = Counters()
+        self.stats = FolderStats()   # syncd.metrics: retries, errors by scope, change -> visible
         self._rate: deque[tuple[float, int, int]] = deque()
         self.last_tick = time.monotonic()
         self.pause_reason: str | None = None
@@ -202,6 +204,7 @@ class Scheduler:
                 if any(o.kind == "done" for o in r.outcomes):
                     self.guard.moved()
             self._outcomes.extend(r.outcomes)
+            self.stats.observe(r)
             if r.files or r.bytes_sent:
                 self.done.files += r.files
                 self.done.bytes += r.bytes_sent

@@ -22,7 +22,9 @@ from .bandwidth import ByteBudget
 from .config import Config, ConfigError, load_config
 from .control import ControlError, ControlServer
 from .exitcodes import ExitCode
-from .folder import FolderRuntime, FolderState
+from .folder import FolderRuntime
+from .heartbeat import Heartbeat
+from .metrics import ListenError, MetricsServer, folder_health, lag
 from .units import format_size
 from .watcher import Watcher
 
@@ -50,6 +52,9 @@ class Daemon:
         self._signals = 0
         self._ready = threading.Event()  # folders registered: `wait` must not see an empty set as idle
         self._lock = threading.Lock()  # folder set changes (reload) vs. control reads
+        self.overflows = 0
+        self.metrics: MetricsServer | None = None
+        self.heartbeat: Heartbeat | None = None
         usec = os.environ.get("WATCHDOG_USEC")
         self._watchdog_every = int(usec) / 2e6 if usec and usec.isdigit() else None
 
@@ -59,6 +64,11 @@ class Daemon:
         statedir.prepare(self.config.state_dir)
         self._install_signals()
         self.control.start()  # fails early if another daemon owns the socket
+        try:
+            self._observe(self.config)
+        except ListenError as exc:
+            self.control.stop()
+            raise ControlError(str(exc), code=ExitCode.CONFIG) from None
         statedir.restrict_umask()
         self.watcher.start()
         for folder in self.config.folders:
@@ -100,6 +110,7 @@ class Daemon:
         deadline = time.monotonic() + self.config.shutdown_timeout
         self._notify("STOPPING=1", f"EXTEND_TIMEOUT_USEC={int((self.config.shutdown_timeout + 10) * 1e6)}")
         log.info("daemon.stopping")
+        self._unobserve()
         for runtime in self.folders.values():
             runtime.stop_intake(self.watcher)
         self.watcher.stop()
@@ -132,6 +143,13 @@ class Daemon:
             self._notify("READY=1")
             raise ControlError(f"new configuration rejected, still running the old one:\n{exc}",
                                code=ExitCode.CONFIG) from None
+        try:
+            self._reobserve(new)
+        except ListenError as exc:
+            log.error("reload.invalid", error=str(exc))
+            self._notify("READY=1")
+            raise ControlError(f"new configuration rejected, still running the old one:\n{exc}",
+                               code=ExitCode.CONFIG) from None
         old = {f.name: f for f in self.config.folders}
         fresh = {f.name: f for f in new.folders}
         removed = [n for n in old if n not in fresh or fresh[n] != old[n]]
@@ -139,7 +157,8 @@ class Daemon:
         deadline = time.monotonic() + self.config.shutdown_timeout
         for name in removed:
             self._remove_folder(name, deadline)
-        self.config = replace(self.config, folders=new.folders, log=new.log)
+        self.config = replace(self.config, folders=new.folders, log=new.log, metrics=new.metrics,
+                              heartbeat=new.heartbeat)
         for name in added:
             self._add_folder(fresh[name])
         log.info("reload.done", added=[n for n in added if n not in old], removed=[n for n in removed
@@ -148,11 +167,48 @@ class Daemon:
         self._notify("READY=1", self._status_line())
         return {"added": added, "removed": removed}
 
+    # ------------------------------------------------------------------ metrics and heartbeat
+
+    def _observe(self, config: Config) -> None:
+        """Start /metrics (binding now: ListenError) and the heartbeat, as configured."""
+        if config.metrics.listen is not None:
+            server = MetricsServer(config.metrics.listen, config.source, lambda: self._select(None), self._ready,
+                                   lambda: self.overflows)
+            server.start()
+            self.metrics = server
+        if config.heartbeat.url is not None:
+            self.heartbeat = Heartbeat(config.heartbeat, lambda: self._select(None), self._ready)
+            self.heartbeat.start()
+
+    def _unobserve(self, metrics: bool = True, heartbeat: bool = True) -> None:
+        if heartbeat and self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+        if metrics and self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+
+    def _reobserve(self, new: Config) -> None:
+        """A reload: restart what changed. A new address that cannot be bound keeps the old
+        server (ListenError: the reload is rejected)."""
+        old = self.config
+        if new.metrics != old.metrics:
+            self._unobserve(heartbeat=False)
+            try:
+                self._observe(replace(new, heartbeat=replace(new.heartbeat, url=None)))
+            except ListenError:
+                self._observe(replace(old, heartbeat=replace(old.heartbeat, url=None)))
+                raise
+        if new.heartbeat != old.heartbeat:
+            self._unobserve(metrics=False)
+            self._observe(replace(new, metrics=replace(new.metrics, listen=None)))
+
     # ------------------------------------------------------------------ health and status
 
     def _on_overflow(self) -> None:
         """watchdog thread: one inotify instance serves every folder, so all may have lost events."""
         log.warning("watch.overflow", error="inotify queue overflowed: events were lost; rescanning")
+        self.overflows += 1
         for runtime in list(self.folders.values()):
             runtime.on_overflow()
 
@@ -166,12 +222,12 @@ class Daemon:
         parts = []
         pending = failed = in_flight = 0
         for r in list(self.folders.values()):
-            counts = r.journal.counts()
-            pending += counts["pending"]
-            failed += counts["failed"]
+            open_changes, parked = r.journal.open_and_failed()  # not counts(): it counts the whole manifest
+            pending += open_changes
+            failed += parked
             in_flight += r.scheduler.in_flight()
-            if (state := r.state()) is not FolderState.WATCHING:
-                parts.append(f"{r.folder.name}:{state}")
+            if (problem := folder_health(r).problem) is not None:  # as /healthz says it
+                parts.append(f"{r.folder.name}:{problem}")
         rate = sum(r.scheduler.rate()[1] for r in list(self.folders.values()))
         text = (f"{len(self.folders)} folders, {pending} pending, {in_flight} in flight, {failed} failed, "
                 f"{format_size(rate)}/s")
@@ -193,7 +249,7 @@ class Daemon:
         if cmd == "status":
             return {"version": 1, "daemon": {"pid": os.getpid(), "version": __version__,
                                              "uptime_s": round(time.monotonic() - self.started, 1)},
-                    "folders": [r.snapshot() for r in self._select(folder)]}
+                    "folders": [{**r.snapshot(), "lag_s": round(lag(r), 1)} for r in self._select(folder)]}
         if cmd == "wait":
             asked_at = request.get("asked_at")
             return self._wait(folder, float(request.get("timeout") or 0) or None,

@@ -7,8 +7,11 @@ this protocol, which keeps them testable and lets the data path change on eviden
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Protocol
 
@@ -48,6 +51,41 @@ FOLDER = "folder"        # the whole folder cannot work (credentials, bucket mis
 KEY = "key"              # this change cannot succeed as it is (invalid key, too large)
 
 UNREACHABLE = "Unreachable"  # error code: no connection could be made at all (folder is stalled)
+
+
+class RequestOutcome(StrEnum):
+    """How one HTTP request to the store ended (the ``outcome`` label of syncd_s3_requests_total)."""
+
+    OK = "ok"                        # 1xx-3xx
+    CLIENT_ERROR = "client_error"    # 4xx (a 404 of a HEAD is an answer too)
+    SERVER_ERROR = "server_error"    # 5xx, throttling included
+    NETWORK_ERROR = "network_error"  # no HTTP answer: refused, reset, timed out
+
+
+class RequestCounts:
+    """Requests sent to the store by (operation, outcome), every attempt counted (client-side
+    retries included); written by any thread, read by a metrics scrape."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, RequestOutcome]] = Counter()
+
+    def add(self, operation: str, status: int | None) -> None:
+        """``status``: the HTTP status, or None when no answer came."""
+        if status is None or status <= 0:
+            outcome = RequestOutcome.NETWORK_ERROR
+        elif status < 400:
+            outcome = RequestOutcome.OK
+        elif status < 500:
+            outcome = RequestOutcome.CLIENT_ERROR
+        else:
+            outcome = RequestOutcome.SERVER_ERROR
+        with self._lock:
+            self._counts[(operation, outcome)] += 1
+
+    def snapshot(self) -> dict[tuple[str, RequestOutcome], int]:
+        with self._lock:
+            return dict(self._counts)
 
 
 class StoreError(Exception):
