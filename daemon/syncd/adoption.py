@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 from .beneath import RootDir
 from .config import MiB
@@ -155,25 +156,37 @@ def digest(rootdir: RootDir, rel: str, expected: os.stat_result, part_candidates
     return Digest(md5.hexdigest(), sha.hexdigest(), frozenset(p.etag() for p in parts), total)
 
 
-def etag_matches(etag: str, d: Digest) -> bool:
+class Proof(StrEnum):
+    """What showed that an object holds a file (`syncd status`: last_reconcile.adopted_by)."""
+
+    ETAG = "etag"                      # single-part ETag = the file's MD5
+    MULTIPART_ETAG = "multipart_etag"  # multipart ETag = the file's, for a candidate part size
+    RCLONE_MD5 = "md5chksum"           # rclone's MD5 metadata
+    SYNCD_META = "syncd_metadata"      # syncd's own metadata: size and mtime, or sha256
+
+
+def etag_proof(etag: str, d: Digest) -> Proof | None:
     """The listing's ETag proves the content (callers rule out SSE-KMS/SSE-C first)."""
     parts = etag_parts(etag)
-    if parts is None:
-        return False
-    return etag.lower() == d.md5 if parts == 0 else etag.lower() in d.multipart
+    if parts == 0 and etag.lower() == d.md5:
+        return Proof.ETAG
+    if parts and etag.lower() in d.multipart:
+        return Proof.MULTIPART_ETAG
+    return None
 
 
-def meta_matches(meta: Mapping[str, str], d: Digest) -> bool:
-    """rclone's ``md5chksum`` or syncd's ``syncd-sha256`` metadata proves the content."""
+def meta_proof(meta: Mapping[str, str], d: Digest) -> Proof | None:
+    """syncd's ``syncd-sha256`` or rclone's ``md5chksum`` metadata proves the content."""
     if meta.get(META_SHA256) == d.sha256:
-        return True
+        return Proof.SYNCD_META
     rclone_md5 = meta.get(META_RCLONE_MD5)
     if rclone_md5:
         try:
-            return base64.b64decode(rclone_md5, validate=True).hex() == d.md5
+            if base64.b64decode(rclone_md5, validate=True).hex() == d.md5:
+                return Proof.RCLONE_MD5
         except (binascii.Error, ValueError):
-            return False
-    return False
+            pass
+    return None
 
 
 def own_mtime_matches(meta: Mapping[str, str], st: os.stat_result, size: int) -> bool:

@@ -25,7 +25,7 @@ from typing import Protocol
 import structlog
 
 from . import tree
-from .adoption import READ_FIRST_LIMIT, digest, etag_matches, etag_parts, meta_matches, own_mtime_matches, part_sizes
+from .adoption import READ_FIRST_LIMIT, Proof, digest, etag_parts, etag_proof, meta_proof, own_mtime_matches, part_sizes
 from .beneath import LIST_FLAGS, RootDir, folder_root
 from .config import FolderConfig
 from .journal import Entry, Journal
@@ -259,6 +259,7 @@ class Finding:
     entry: Entry | None = None
     heads: int = 0
     read: int = 0  # bytes of the local file read to prove it (syncd.adoption)
+    proof: Proof | None = None
 
 
 @dataclass
@@ -270,6 +271,7 @@ class RemoteReport:
     adopted: int = 0         # objects recognised as unchanged files: moving in, journal rebuild
     files_read: int = 0      # local files read to prove an object holds them (syncd.adoption)
     bytes_read: int = 0      # ... and their bytes: the price of adopting instead of uploading
+    adopted_by: dict[str, int] = field(default_factory=dict)  # adoptions per Proof
     orphans: int = 0         # objects of this folder's own id whose file is gone: deleted
     unconfirmed: int = 0     # objects of unrecorded writes (intents): checked by the planner
     foreign: int = 0         # keys under the prefix that syncd did not write
@@ -332,7 +334,7 @@ class RemotePass:
         report.seconds = time.monotonic() - started
         self._log.info("reconcile.done", objects=report.objects, lists=report.lists, heads=report.heads,
                        drift=report.drift, adopted=report.adopted, files_read=report.files_read,
-                       bytes_read=report.bytes_read, orphans=report.orphans,
+                       bytes_read=report.bytes_read, adopted_by=report.adopted_by, orphans=report.orphans,
                        unconfirmed=report.unconfirmed, foreign=report.foreign,
                        ms=round(report.seconds * 1000))
         if report.foreign:
@@ -428,7 +430,8 @@ class RemotePass:
                 return Finding(Verdict.SKIP, path, heads=heads)
             if own_mtime_matches(meta, st, size):
                 return Finding(Verdict.ADOPT, path, Entry(path, size, st.st_mtime_ns, st.st_ino,
-                                                          meta.get(META_SHA256), etag), heads=heads)
+                                                          meta.get(META_SHA256), etag), heads=heads,
+                               proof=Proof.SYNCD_META)
         candidates = part_sizes(size, parts, self.folder.part_size) if parts else []
         try:
             d = digest(self.rootdir, path, st, candidates)
@@ -439,14 +442,20 @@ class RemotePass:
         if d is None:
             return Finding(Verdict.SKIP, path, heads=heads)  # changed while read: its event uploads it
         entry = Entry(path, size, st.st_mtime_ns, st.st_ino, d.sha256, etag)
-        if parts is not None and etag_matches(etag, d):
-            return Finding(Verdict.ADOPT, path, entry, heads=heads, read=d.bytes_read)
+        proof = etag_proof(etag, d) if parts is not None else None
+        if proof is not None:
+            return Finding(Verdict.ADOPT, path, entry, heads=heads, read=d.bytes_read, proof=proof)
+        if parts == 0:
+            # A plain PUT's ETag is the MD5 of its bytes: this content is not the object's,
+            # whatever its metadata says.
+            return Finding(Verdict.SKIP, path, heads=heads, read=d.bytes_read)
         if meta is None:
             meta, heads = self._head_meta(path, size), heads + 1
             if meta is None:
                 return Finding(Verdict.SKIP, path, heads=heads, read=d.bytes_read)
-        if own_mtime_matches(meta, st, size) or meta_matches(meta, d):
-            return Finding(Verdict.ADOPT, path, entry, heads=heads, read=d.bytes_read)
+        proof = Proof.SYNCD_META if own_mtime_matches(meta, st, size) else meta_proof(meta, d)
+        if proof is not None:
+            return Finding(Verdict.ADOPT, path, entry, heads=heads, read=d.bytes_read, proof=proof)
         return Finding(Verdict.SKIP, path, heads=heads, read=d.bytes_read)
 
     def _head_meta(self, path: str, size: int) -> Mapping[str, str] | None:
@@ -461,7 +470,10 @@ class RemotePass:
         report.bytes_read += f.read
         report.files_read += f.read > 0
         if f.verdict in (Verdict.ADOPT, Verdict.ORPHAN) and f.entry is not None:
-            report.adopted += f.verdict == Verdict.ADOPT
+            if f.verdict == Verdict.ADOPT:
+                report.adopted += 1
+                if f.proof is not None:
+                    report.adopted_by[f.proof] = report.adopted_by.get(f.proof, 0) + 1
             self.sink.submit_adopt(f.entry)
             if f.verdict == Verdict.ORPHAN:
                 report.orphans += 1
