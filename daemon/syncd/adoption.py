@@ -48,6 +48,9 @@ META_RCLONE_MD5 = "md5chksum"
 # Larger files are HEADed before they are read: the object's own metadata (syncd's) may
 # decide without reading, and one round trip is cheap next to reading a large file.
 READ_FIRST_LIMIT = 8 * MiB
+# Files up to this size with a plain ETag are read on the pass's own thread: no request can
+# be needed, and the pool's hand-off would cost more than the read.
+INLINE_READ_LIMIT = 64 * 1024
 READ_CHUNK = 1 * MiB      # per reading thread: memory stays bounded by the pool size
 
 _ETAG = re.compile(r"^([0-9a-f]{32})(?:-([0-9]+))?$")
@@ -139,7 +142,7 @@ def digest(rootdir: RootDir, rel: str, expected: os.stat_result, part_candidates
             return None
         md5, sha = hashlib.md5(), hashlib.sha256()
         parts = [_PartHasher(p) for p in part_candidates]
-        buf = bytearray(READ_CHUNK)
+        buf = bytearray(min(READ_CHUNK, before.st_size + 1))  # +1: notices a file that grew
         view = memoryview(buf)
         total = 0
         while n := f.readinto(buf):

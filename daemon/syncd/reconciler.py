@@ -25,7 +25,17 @@ from typing import Protocol
 import structlog
 
 from . import tree
-from .adoption import READ_FIRST_LIMIT, Proof, digest, etag_parts, etag_proof, meta_proof, own_mtime_matches, part_sizes
+from .adoption import (
+    INLINE_READ_LIMIT,
+    READ_FIRST_LIMIT,
+    Proof,
+    digest,
+    etag_parts,
+    etag_proof,
+    meta_proof,
+    own_mtime_matches,
+    part_sizes,
+)
 from .beneath import LIST_FLAGS, RootDir, folder_root
 from .config import FolderConfig
 from .journal import Entry, Journal
@@ -327,7 +337,7 @@ class RemotePass:
                 return report
             db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
             self._drift(db, report)
-            self._unknown(db, report, stop, rebuild)
+            self._unknown(db, report, stop)
         finally:
             db.close()
             self.scratch.unlink(missing_ok=True)
@@ -364,7 +374,7 @@ class RemotePass:
             report.drift += 1
             self.sink.submit_forget(path, mtime_ns, etag)
 
-    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, rebuild: bool) -> None:
+    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
         """Objects the manifest does not know: ours (a write intent, a lost journal, an
         orphan of our own id) or foreign."""
         rows = db.execute(
@@ -377,14 +387,22 @@ class RemotePass:
                 batch = rows.fetchmany(512)
                 if not batch:
                     break
-                for row, found in zip(batch, pool.map(lambda r: self._classify(r, rebuild), batch), strict=True):
-                    self._record(found, report)
-                    if found.verdict == Verdict.FOREIGN:
+                # What needs no request and only a small read is decided right here: handing
+                # thousands of small files to the pool costs more than reading them.
+                found = [self._classify(r, inline=True) for r in batch]
+                rest = iter(pool.map(self._classify, [r for r, f in zip(batch, found, strict=True) if f is None]))
+                for row, f in zip(batch, found, strict=True):
+                    f = f or next(rest)
+                    assert f is not None
+                    self._record(f, report)
+                    if f.verdict == Verdict.FOREIGN:
                         foreign.append((row[0], row[2]))
         if not stop.is_set():
             self.journal.replace_foreign(foreign)
 
-    def _classify(self, row: tuple[str, int, str, int, int], rebuild: bool) -> Finding:
+    def _classify(self, row: tuple[str, int, str, int, int], inline: bool = False) -> Finding | None:
+        """The verdict on one unknown object; with ``inline``, None if it needs a request or
+        a large read (the pool decides those)."""
         path, size, etag, intended, known_foreign = row
         if intended:
             # We may have written it (the outcome was never recorded): the listing decides,
@@ -401,9 +419,13 @@ class RemotePass:
         if st is not None and statmod.S_ISREG(st.st_mode) and not ignored:
             if st.st_size != size:
                 return Finding(Verdict.SKIP, path)  # a changed file: the local scan uploads it
+            if inline and not (size <= INLINE_READ_LIMIT and self.etag_is_md5 and etag_parts(etag) == 0):
+                return None
             return self._match(path, st, size, etag)
         if known_foreign:
             return Finding(Verdict.FOREIGN, path)  # seen in an earlier pass with this very ETag
+        if inline:
+            return None
         obj = self.store.head(self.folder.key_for(path))
         if obj is None:
             return Finding(Verdict.SKIP, path, heads=1)
