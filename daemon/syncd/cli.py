@@ -237,7 +237,8 @@ def render_status(reply: dict[str, Any]) -> str:
         if remote:
             lines.append(f"  last reconcile {remote['at']} ({remote['seconds']:.1f}s, {remote['objects']} objects, "
                          f"{remote['lists']} LIST + {remote['heads']} HEAD, {remote['drift']} drifted, "
-                         f"{remote['adopted']} adopted)")
+                         f"{remote['adopted']} adopted, {format_size(remote.get('bytes_read', 0))} read "
+                         f"in {remote.get('files_read', 0)} files to prove them)")
         if f.get("foreign"):
             lines.append(f"  foreign keys: {f['foreign']} (e.g. {', '.join(f['foreign_examples'])}); kept unless "
                          "delete_foreign: true")

@@ -15,15 +15,27 @@ import sqlite3
 import stat as statmod
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
 from . import tree
+from .adoption import (
+    INLINE_READ_LIMIT,
+    READ_FIRST_LIMIT,
+    Proof,
+    digest,
+    etag_parts,
+    etag_proof,
+    meta_proof,
+    own_mtime_matches,
+    part_sizes,
+)
 from .beneath import LIST_FLAGS, RootDir, folder_root
 from .config import FolderConfig
 from .journal import Entry, Journal
@@ -33,8 +45,18 @@ from .watcher import Sink
 
 log = structlog.get_logger("syncd.reconciler")
 
-# Verdicts of the remote pass on an object the manifest does not know.
-ADOPT, ORPHAN, OURS, FOREIGN, SKIP = "adopt", "orphan", "ours", "foreign", "skip"
+
+
+class Verdict(StrEnum):
+    """The remote pass's verdict on an object the manifest does not know."""
+
+    ADOPT = "adopt"      # it holds the local file: recorded in the manifest, not uploaded
+    ORPHAN = "orphan"    # this folder's own id, its file gone: recorded, then deleted
+    OURS = "ours"        # a write intent: the planner checks it against the file
+    FOREIGN = "foreign"  # not ours and no local file: left alone unless delete_foreign
+    SKIP = "skip"        # the file differs (the scan uploads it) or the object is gone
+
+
 SCAN_RULES = "scan_rules"  # journal meta: fingerprint of the ignore rules of the last complete walk
 BLOCK_ROWS = 1024          # manifest rows compared at once with the listing (about 50 KB)
 
@@ -240,13 +262,26 @@ class LocalScan:
         return entry
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    verdict: Verdict
+    path: str
+    entry: Entry | None = None
+    heads: int = 0
+    read: int = 0  # bytes of the local file read to prove it (syncd.adoption)
+    proof: Proof | None = None
+
+
 @dataclass
 class RemoteReport:
     objects: int = 0
     lists: int = 0
     heads: int = 0
     drift: int = 0           # objects missing or different from what syncd wrote
-    adopted: int = 0         # objects recognised as unchanged files (journal rebuild)
+    adopted: int = 0         # objects recognised as unchanged files: moving in, journal rebuild
+    files_read: int = 0      # local files read to prove an object holds them (syncd.adoption)
+    bytes_read: int = 0      # ... and their bytes: the price of adopting instead of uploading
+    adopted_by: dict[str, int] = field(default_factory=dict)  # adoptions per Proof
     orphans: int = 0         # objects of this folder's own id whose file is gone: deleted
     unconfirmed: int = 0     # objects of unrecorded writes (intents): checked by the planner
     foreign: int = 0         # keys under the prefix that syncd did not write
@@ -284,6 +319,8 @@ class RemotePass:
         self.root = str(folder.path)
         self.rootdir = folder_root(folder)
         self.ignore = ignore
+        # SSE-KMS objects' ETags are not the MD5 of their content: only metadata proves them.
+        self.etag_is_md5 = folder.sse != "aws:kms"
         self._log = log.bind(folder=folder.name)
 
     def run(self, stop: threading.Event, rebuild: bool) -> RemoteReport:
@@ -300,13 +337,14 @@ class RemotePass:
                 return report
             db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
             self._drift(db, report)
-            self._unknown(db, report, stop, rebuild)
+            self._unknown(db, report, stop)
         finally:
             db.close()
             self.scratch.unlink(missing_ok=True)
         report.seconds = time.monotonic() - started
         self._log.info("reconcile.done", objects=report.objects, lists=report.lists, heads=report.heads,
-                       drift=report.drift, adopted=report.adopted, orphans=report.orphans,
+                       drift=report.drift, adopted=report.adopted, files_read=report.files_read,
+                       bytes_read=report.bytes_read, adopted_by=report.adopted_by, orphans=report.orphans,
                        unconfirmed=report.unconfirmed, foreign=report.foreign,
                        ms=round(report.seconds * 1000))
         if report.foreign:
@@ -336,7 +374,7 @@ class RemotePass:
             report.drift += 1
             self.sink.submit_forget(path, mtime_ns, etag)
 
-    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, rebuild: bool) -> None:
+    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
         """Objects the manifest does not know: ours (a write intent, a lost journal, an
         orphan of our own id) or foreign."""
         rows = db.execute(
@@ -349,20 +387,27 @@ class RemotePass:
                 batch = rows.fetchmany(512)
                 if not batch:
                     break
-                for row, result in zip(batch, pool.map(lambda r: self._classify(r, rebuild), batch), strict=True):
-                    self._record(result, report)
-                    if result[0] == FOREIGN:
+                # What needs no request and only a small read is decided right here: handing
+                # thousands of small files to the pool costs more than reading them.
+                found = [self._classify(r, inline=True) for r in batch]
+                rest = iter(pool.map(self._classify, [r for r, f in zip(batch, found, strict=True) if f is None]))
+                for row, f in zip(batch, found, strict=True):
+                    f = f or next(rest)
+                    assert f is not None
+                    self._record(f, report)
+                    if f.verdict == Verdict.FOREIGN:
                         foreign.append((row[0], row[2]))
         if not stop.is_set():
             self.journal.replace_foreign(foreign)
 
-    def _classify(self, row: tuple[str, int, str, int, int], rebuild: bool) -> tuple[str, str, Entry | None, bool]:
-        """(verdict, path, entry, headed): verdict is adopt, orphan, ours, foreign or skip."""
+    def _classify(self, row: tuple[str, int, str, int, int], inline: bool = False) -> Finding | None:
+        """The verdict on one unknown object; with ``inline``, None if it needs a request or
+        a large read (the pool decides those)."""
         path, size, etag, intended, known_foreign = row
         if intended:
             # We may have written it (the outcome was never recorded): the listing decides,
             # and the planner deletes it if its file is gone or uploads the file if it differs.
-            return OURS, path, None, False
+            return Finding(Verdict.OURS, path)
         try:
             st: os.stat_result | None = self.rootdir.lstat(path)
         except OSError:
@@ -371,40 +416,97 @@ class RemotePass:
         # that the planner deletes it (delete: mirror) as a walk would, and no manifest row
         # describes an ignored file (the scan's fast path relies on that; see LocalScan).
         ignored = st is not None and self.ignore.ignored_with_parents(path)
-        local = st is not None and statmod.S_ISREG(st.st_mode) and not ignored
-        if known_foreign and not local:
-            return FOREIGN, path, None, False  # seen in an earlier pass with this very ETag
+        if st is not None and statmod.S_ISREG(st.st_mode) and not ignored:
+            if st.st_size != size:
+                return Finding(Verdict.SKIP, path)  # a changed file: the local scan uploads it
+            if inline and not (size <= INLINE_READ_LIMIT and self.etag_is_md5 and etag_parts(etag) == 0):
+                return None
+            return self._match(path, st, size, etag)
+        if known_foreign:
+            return Finding(Verdict.FOREIGN, path)  # seen in an earlier pass with this very ETag
+        if inline:
+            return None
         obj = self.store.head(self.folder.key_for(path))
         if obj is None:
-            return SKIP, path, None, True
+            return Finding(Verdict.SKIP, path, heads=1)
         meta = obj.meta or {}
-        mtime = meta.get(META_MTIME)
-        if local and st is not None and mtime is not None and (st.st_size, st.st_mtime_ns) == (obj.size, int(mtime)):
-            return ADOPT, path, Entry(path, obj.size, int(mtime), st.st_ino, meta.get(META_SHA256), etag), True
-        if local:
-            return SKIP, path, None, True  # a changed file: the local scan uploads it
         if meta.get(META_OWNER) in self.owners:
             # Our own object whose file is gone (its write was never recorded, or the journal
             # was lost): adopt it so that the delete propagates.
-            return ORPHAN, path, Entry(path, obj.size, int(mtime or 0), None, meta.get(META_SHA256), etag), True
-        return FOREIGN, path, None, True
+            mtime = meta.get(META_MTIME, "0")
+            return Finding(Verdict.ORPHAN, path, Entry(path, obj.size, int(mtime) if mtime.lstrip("-").isdigit()
+                                                       else 0, None, meta.get(META_SHA256), etag), heads=1)
+        return Finding(Verdict.FOREIGN, path, heads=1)
 
-    def _record(self, result: tuple[str, str, Entry | None, bool], report: RemoteReport) -> None:
-        verdict, path, entry, headed = result
-        report.heads += headed
-        if verdict in (ADOPT, ORPHAN) and entry is not None:
-            report.adopted += verdict == ADOPT
-            self.sink.submit_adopt(entry)
-            if verdict == ORPHAN:
+    def _match(self, path: str, st: os.stat_result, size: int, etag: str) -> Finding:
+        """A local file of the object's size: adopt the object if it provably holds the file
+        (syncd.adoption), else leave the upload to the local scan. Small files are read
+        first (the listing's ETag usually decides, no HEAD); large ones are HEADed first
+        (syncd's own metadata decides without reading)."""
+        parts = etag_parts(etag) if self.etag_is_md5 else None
+        heads = 0
+        meta: Mapping[str, str] | None = None
+        if parts is None or size > READ_FIRST_LIMIT:
+            meta, heads = self._head_meta(path, size), 1
+            if meta is None:
+                return Finding(Verdict.SKIP, path, heads=heads)
+            if own_mtime_matches(meta, st, size):
+                return Finding(Verdict.ADOPT, path, Entry(path, size, st.st_mtime_ns, st.st_ino,
+                                                          meta.get(META_SHA256), etag), heads=heads,
+                               proof=Proof.SYNCD_META)
+        candidates = part_sizes(size, parts, self.folder.part_size) if parts else []
+        try:
+            d = digest(self.rootdir, path, st, candidates)
+        except OSError as exc:
+            self._log.warning("adopt.unreadable", path=path, error=exc.strerror,
+                              action="not adopted; the upload reports it")
+            return Finding(Verdict.SKIP, path, heads=heads)
+        if d is None:
+            return Finding(Verdict.SKIP, path, heads=heads)  # changed while read: its event uploads it
+        entry = Entry(path, size, st.st_mtime_ns, st.st_ino, d.sha256, etag)
+        proof = etag_proof(etag, d) if parts is not None else None
+        if proof is not None:
+            return Finding(Verdict.ADOPT, path, entry, heads=heads, read=d.bytes_read, proof=proof)
+        if parts == 0:
+            # A plain PUT's ETag is the MD5 of its bytes: this content is not the object's,
+            # whatever its metadata says.
+            return Finding(Verdict.SKIP, path, heads=heads, read=d.bytes_read)
+        if meta is None:
+            meta, heads = self._head_meta(path, size), heads + 1
+            if meta is None:
+                return Finding(Verdict.SKIP, path, heads=heads, read=d.bytes_read)
+        proof = Proof.SYNCD_META if own_mtime_matches(meta, st, size) else meta_proof(meta, d)
+        if proof is not None:
+            return Finding(Verdict.ADOPT, path, entry, heads=heads, read=d.bytes_read, proof=proof)
+        return Finding(Verdict.SKIP, path, heads=heads, read=d.bytes_read)
+
+    def _head_meta(self, path: str, size: int) -> Mapping[str, str] | None:
+        """The object's metadata, or None if it is gone or no longer of this size."""
+        obj = self.store.head(self.folder.key_for(path))
+        if obj is None or obj.size != size:
+            return None
+        return obj.meta or {}
+
+    def _record(self, f: Finding, report: RemoteReport) -> None:
+        report.heads += f.heads
+        report.bytes_read += f.read
+        report.files_read += f.read > 0
+        if f.verdict in (Verdict.ADOPT, Verdict.ORPHAN) and f.entry is not None:
+            if f.verdict == Verdict.ADOPT:
+                report.adopted += 1
+                if f.proof is not None:
+                    report.adopted_by[f.proof] = report.adopted_by.get(f.proof, 0) + 1
+            self.sink.submit_adopt(f.entry)
+            if f.verdict == Verdict.ORPHAN:
                 report.orphans += 1
-                self.sink.submit(path, settle=False)
-        elif verdict == OURS:
+                self.sink.submit(f.path, settle=False)
+        elif f.verdict == Verdict.OURS:
             report.unconfirmed += 1
-            self.sink.submit(path, settle=False)
-        elif verdict == FOREIGN:
+            self.sink.submit(f.path, settle=False)
+        elif f.verdict == Verdict.FOREIGN:
             report.foreign += 1
             if len(report.foreign_examples) < 5:
-                report.foreign_examples.append(path)
+                report.foreign_examples.append(f.path)
             if self.folder.delete_foreign and self.folder.delete == "mirror":
-                self.sink.submit_adopt(Entry(path, 0, 0, None, None, None))
-                self.sink.submit(path, settle=False)
+                self.sink.submit_adopt(Entry(f.path, 0, 0, None, None, None))
+                self.sink.submit(f.path, settle=False)

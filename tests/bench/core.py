@@ -143,7 +143,10 @@ def list_bucket(s3: S3Client, bucket: str, prefix: str) -> dict[str, int]:
 def verify_bucket(s3: S3Client, bucket: str, prefix: str, dataset: Dataset) -> str | None:
     """None if the bucket holds exactly the dataset's keys and sizes (and spot-checked bytes),
     else what is wrong."""
-    remote = list_bucket(s3, bucket, prefix)
+    from syncd.paths import reserved
+
+    # syncd's bookkeeping keys (the owner marker, the trash) are not mirror content.
+    remote = {k: v for k, v in list_bucket(s3, bucket, prefix).items() if not reserved(k)}
     missing = sorted(set(dataset.files) - set(remote))
     extra = sorted(set(remote) - set(dataset.files))
     sizes = sorted(k for k in set(remote) & set(dataset.files) if remote[k] != dataset.files[k])

@@ -32,7 +32,8 @@ from .peers import PEERS, Peer, discover, ensure_harness_packages
 from .report import console, machine_facts, main_table, write_report
 
 # Every scenario, in the order of the current report (docs/benchmarks/full/).
-DEFAULT_SCENARIOS = ("initial", "delay", "burst", "large", "nochange", "rebuild", "ingest", "latency", "idle")
+DEFAULT_SCENARIOS = ("initial", "delay", "burst", "large", "nochange", "rebuild", "takeover", "ingest", "latency",
+                     "idle")
 REPORT_DIR = REPO / "docs" / "benchmarks" / "full"   # the current report, which docs/benchmarks/README.md cites
 QUICK_DIR = REPO / "build" / "bench-quick"           # smoke tests never replace it (build/ is ignored by git)
 WEED_STOP_GRACE = 2.0

