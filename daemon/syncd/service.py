@@ -22,7 +22,8 @@ from .bandwidth import ByteBudget
 from .config import Config, ConfigError, load_config
 from .control import ControlError, ControlServer
 from .exitcodes import ExitCode
-from .folder import FolderRuntime, FolderState
+from .folder import FolderRuntime
+from .health import FolderState
 from .units import format_size
 from .watcher import Watcher
 
@@ -201,9 +202,9 @@ class Daemon:
         if cmd in ("pause", "resume"):
             targets = self._select(folder)
             for r in targets:
-                r.scheduler.set_paused(cmd == "pause")
+                r.health.set_paused(cmd == "pause")
                 if cmd == "resume" and request.get("take_over"):
-                    r.scheduler.take_over()
+                    r.health.take_over()
             log.info(f"folder.{cmd}d", folders=[r.folder.name for r in targets])
             return {"folders": [r.folder.name for r in targets]}
         if cmd == "retry":
