@@ -23,10 +23,10 @@ from .config import FolderConfig
 from .guard import DeleteGuard, RootProblem
 from .health import FolderHealth
 from .inbox import Inbox
-from .journal import Journal, Outcome, Pending
+from .journal import IntentOp, Journal, Outcome, OutcomeKind, Pending
 from .owner import Ownership
 from .planner import Planner
-from .transfer import Result, Task, Transfers
+from .transfer import Result, Task, TaskKind, Transfers
 from .uploads import UploadLog
 
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
@@ -35,7 +35,8 @@ DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first batch waits for a pause in events
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
-WRITE_OPS = {"upload": "put", "copy": "copy"}  # task kinds that write a key: journaled as intents first
+# The task kinds that write a key: journaled as intents first.
+WRITE_OPS = {TaskKind.UPLOAD: IntentOp.PUT, TaskKind.COPY: IntentOp.COPY}
 
 
 @dataclass
@@ -184,7 +185,7 @@ class Scheduler:
             self.budget.release(r.task.cost)
             if r.task.copy_from is not None:
                 self._copy_sources.discard(r.task.copy_from.path)
-                if any(o.kind == "done" for o in r.outcomes):
+                if any(o.kind == OutcomeKind.DONE for o in r.outcomes):
                     self.guard.moved()
             self._outcomes.extend(r.outcomes)
             if r.files or r.bytes_sent:
@@ -194,7 +195,7 @@ class Scheduler:
             if r.folder_error is not None:
                 self.health.fail(str(r.folder_error), stalled=r.folder_error.transient)
             for o in r.outcomes:
-                if o.kind in ("retry", "park") and o.error:
+                if o.kind in (OutcomeKind.RETRY, OutcomeKind.PARK) and o.error:
                     self.health.last_error = o.error
                     self._log_limited("transfer.failed", path=o.path, error=o.error, outcome=o.kind)
         if self._outcomes:
@@ -273,25 +274,25 @@ class Scheduler:
             self._hold_deletes(batch)
             return
         self.guard.counted(len(batch))
-        self._submit(Task("delete", batch))
+        self._submit(Task(TaskKind.DELETE, batch))
 
     def _hold_deletes(self, batch: list[Pending]) -> None:
         """Keep these deletions pending while the folder is held (until a human or the root says so)."""
-        self._outcomes.extend(Outcome("defer", p.path, p.gen, delay=1.0) for p in batch + self._deletes)
+        self._outcomes.extend(Outcome(OutcomeKind.DEFER, p.path, p.gen, delay=1.0) for p in batch + self._deletes)
         self._deletes = []
 
     def _plan(self, p: Pending, now: float) -> None:
         """Route the planner's decision: an outcome now, a transfer, or a batched delete."""
         decision = self.planner.plan(p, now, self._copy_sources)
-        if not (isinstance(decision, Task) and decision.kind == "upload"):
+        if not (isinstance(decision, Task) and decision.kind == TaskKind.UPLOAD):
             upload_id = self.journal.uploads.upload_id(p.path)
-            if upload_id is not None or (isinstance(decision, Task) and self.journal.intent(p.path) == "put"):
+            if upload_id is not None or (isinstance(decision, Task) and self.journal.intent(p.path) == IntentOp.PUT):
                 # A large upload was under way for a file that is gone or no longer needs it
                 # (None: a crash may have come before its upload id was journaled).
-                self._ready.append(Task("abort", [p], upload_id=upload_id))
+                self._ready.append(Task(TaskKind.ABORT, [p], upload_id=upload_id))
         if isinstance(decision, Outcome):
             self._outcomes.append(decision)
-        elif decision.kind == "delete":
+        elif decision.kind == TaskKind.DELETE:
             if not self._deletes:
                 self._delete_since = time.monotonic()
             self._delete_grew = time.monotonic()
