@@ -26,6 +26,9 @@ class FakeGuard:
     def confirm_root(self) -> None:
         self.root_confirmed = True
 
+    def root_is_symlink(self) -> bool:
+        return False
+
 
 @pytest.fixture
 def guard() -> FakeGuard:
