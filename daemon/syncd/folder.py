@@ -20,7 +20,7 @@ import structlog
 from . import beneath, statedir
 from .bandwidth import ByteBudget
 from .config import FolderConfig
-from .health import FolderState
+from .health import FolderState as FolderState  # re-exported: its home was here
 from .journal import Journal
 from .owner import OWNED_ELSEWHERE
 from .paths import IgnoreRules
