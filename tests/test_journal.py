@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from syncd.journal import CLAIMED, Entry, Journal, Outcome
+from syncd.journal import CLAIMED, Entry, Journal, Outcome, OutcomeKind
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_a_change_during_its_transfer_keeps_the_row_for_another_pass(journal):
     journal.record([("a", None, 0)], max_delay=30)
     [claimed] = journal.claim_due(time.time(), 10)
     journal.record([("a", None, 0)], max_delay=30)         # written again meanwhile
-    journal.apply([Outcome("done", "a", claimed.gen, entry=_entry("a"))])
+    journal.apply([Outcome(OutcomeKind.DONE, "a", claimed.gen, entry=_entry("a"))])
     assert journal.entry("a") == _entry("a")               # the finished upload is recorded
     assert journal.counts()["pending"] == 1                 # and the newer change is still due
 
@@ -46,7 +46,7 @@ def test_a_change_during_its_transfer_keeps_the_row_for_another_pass(journal):
 def test_finished_change_removes_the_row_and_records_the_manifest_atomically(journal):
     journal.record([("a", None, 0)], max_delay=30)
     [claimed] = journal.claim_due(time.time(), 10)
-    journal.apply([Outcome("done", "a", claimed.gen, entry=_entry("a", 5))])
+    journal.apply([Outcome(OutcomeKind.DONE, "a", claimed.gen, entry=_entry("a", 5))])
     assert journal.counts()["pending"] == 0
     assert journal.entry("a").size == 5
 
@@ -64,8 +64,8 @@ def test_claims_are_released_on_reopen_after_a_crash(tmp_path):
 def test_parked_changes_are_failed_until_retried_or_touched_again(journal):
     journal.record([("a", None, 0), ("b", None, 0)], max_delay=30)
     claimed = {p.path: p for p in journal.claim_due(time.time(), 10)}
-    journal.apply([Outcome("park", "a", claimed["a"].gen, error="nope"),
-                   Outcome("park", "b", claimed["b"].gen, error="nope")])
+    journal.apply([Outcome(OutcomeKind.PARK, "a", claimed["a"].gen, error="nope"),
+                   Outcome(OutcomeKind.PARK, "b", claimed["b"].gen, error="nope")])
     assert journal.counts()["failed"] == 2 and journal.failures() == [("a", "nope"), ("b", "nope")]
     journal.record([("a", None, 0)], max_delay=30)        # a new event gives it a fresh chance
     assert journal.counts()["failed"] == 1
@@ -74,7 +74,7 @@ def test_parked_changes_are_failed_until_retried_or_touched_again(journal):
 
 
 def test_directory_expansion_covers_exactly_the_subtree(journal):
-    rows = [Outcome("done", p, 0, entry=_entry(p)) for p in ["d/a", "d/sub/b", "d-sibling", "d.txt", "dd/x"]]
+    rows = [Outcome(OutcomeKind.DONE, p, 0, entry=_entry(p)) for p in ["d/a", "d/sub/b", "d-sibling", "d.txt", "dd/x"]]
     journal.apply(rows)
     journal.record_dir("d", 0, 30)
     claimed = sorted(p.path for p in journal.claim_due(time.time(), 100))
@@ -83,7 +83,7 @@ def test_directory_expansion_covers_exactly_the_subtree(journal):
 
 def test_changed_target_clears_the_manifest(tmp_path):
     j = Journal(tmp_path / "j.sqlite3", "endpoint|bucket-a|")
-    j.apply([Outcome("done", "x", 0, entry=_entry("x"))])
+    j.apply([Outcome(OutcomeKind.DONE, "x", 0, entry=_entry("x"))])
     j.close()
     j = Journal(tmp_path / "j.sqlite3", "endpoint|bucket-b|")
     assert j.entry("x") is None

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .choices import AddressingStyle, Checksum, ContentTypeMode, DeleteMode
 from .units import parse_duration, parse_rate, parse_size
 
 DEFAULT_CONFIG = Path(os.environ.get("SYNCD_CONFIG", "/etc/syncd/syncd.yaml"))
@@ -70,7 +71,7 @@ class FolderConfig:
     path: Path
     bucket: str
     prefix: str = ""
-    delete: str = "mirror"
+    delete: DeleteMode = DeleteMode.MIRROR
     ignore: tuple[str, ...] = ()
     endpoint_url: str | None = None
     region: str | None = None
@@ -80,13 +81,13 @@ class FolderConfig:
     role_external_id: str | None = None
     role_duration: int = 3600
     sts_endpoint_url: str | None = None   # None: AWS_ENDPOINT_URL_STS, else AWS's own
-    content_type: str = "auto"            # auto: guessed from the name (as aws s3 sync does) | none
+    content_type: ContentTypeMode = ContentTypeMode.AUTO
     headers: tuple[HeaderRule, ...] = ()
-    addressing_style: str = "auto"
+    addressing_style: AddressingStyle = AddressingStyle.AUTO
     storage_class: str | None = None
     sse: str | None = None
     sse_kms_key_id: str | None = None
-    checksum: str = "crc32c"
+    checksum: Checksum = Checksum.CRC32C
     settle: float = 0.5
     max_delay: float = 30.0
     workers: int = 16
@@ -171,11 +172,12 @@ def _opt(parser: Parser) -> Parser:
     return parse
 
 
-def _choice(*choices: str) -> Parser:
-    def parse(value: Any) -> str:
+def _choice(*choices: str, kind: Callable[[str], Any] = str) -> Parser:
+    """One of ``choices``, as ``kind`` (a StrEnum of them, say)."""
+    def parse(value: Any) -> Any:
         if value not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return str(value)
+        return kind(value)
     return parse
 
 
@@ -378,7 +380,7 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "path": _str,
     "bucket": _bucket,
     "prefix": _prefix,
-    "delete": _choice("mirror", "keep"),
+    "delete": _choice(*DeleteMode, kind=DeleteMode),
     "ignore": _str_list,
     "endpoint_url": _opt(_endpoint),
     "region": _opt(_str),
@@ -388,13 +390,13 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "role_external_id": _opt(_role_external_id),
     "role_duration": _role_duration,
     "sts_endpoint_url": _opt(_endpoint),
-    "content_type": _choice("auto", "none"),
+    "content_type": _choice(*ContentTypeMode, kind=ContentTypeMode),
     "headers": _headers,
-    "addressing_style": _choice("auto", "path", "virtual"),
+    "addressing_style": _choice(*AddressingStyle, kind=AddressingStyle),
     "storage_class": _opt(_str),
     "sse": _opt(_choice("AES256", "aws:kms")),
     "sse_kms_key_id": _opt(_str),
-    "checksum": _choice("sha256", "crc32c", "md5", "off"),
+    "checksum": _choice(*Checksum, kind=Checksum),
     "settle": parse_duration,
     "max_delay": _positive_duration,
     "workers": _int_range(1, 256),

@@ -20,11 +20,12 @@ import structlog
 from . import beneath, statedir
 from .bandwidth import ByteBudget
 from .config import FolderConfig
+from .health import FolderState as FolderState  # re-exported: its home was here
 from .journal import Journal
 from .owner import OWNED_ELSEWHERE
 from .paths import IgnoreRules
 from .reconciler import SCAN_RULES, LocalScan, RemotePass, RemoteReport, ScanReport
-from .scheduler import CONNECTING, Scheduler
+from .scheduler import Scheduler
 from .store import StoreError
 from .transfer import Transfers
 from .uploads import UploadLog
@@ -35,16 +36,22 @@ OVERFLOW_BACKOFF = (5.0, 300.0)        # rescans after inotify overflows: min, m
 REMOTE_RETRY = 60.0                    # a failed remote pass is tried again this soon
 
 
-class FolderState(StrEnum):
-    """A folder's state as `syncd status` shows it (DESIGN.md, command table)."""
+class Pass(StrEnum):
+    """What a reconcile pass covers. Each walks the local tree first."""
 
-    STARTING = "starting"    # first contact with the store
-    SCANNING = "scanning"    # a reconcile pass is running
-    WATCHING = "watching"
-    PAUSED = "paused"        # `syncd pause`
-    HELD = "held"            # a guard: deletion wave over max_delete, root missing/replaced/emptied
-    ERROR = "error"          # the folder cannot work until its configuration or the store is fixed
-    STALLED = "stalled"      # the endpoint cannot be reached; resumes by itself
+    LOCAL = "local"          # the local tree only (root back, inotify overflow, no watches)
+    FULL = "full"            # then the bucket (startup, periodic)
+    REQUESTED = "requested"  # a full pass `syncd wait` waits for (`syncd reconcile`)
+    REBUILD = "rebuild"      # a full pass adopting the bucket's objects into a lost journal
+
+    @property
+    def remote(self) -> bool:
+        return self is not Pass.LOCAL
+
+    @property
+    def blocking_remote(self) -> bool:
+        """`syncd wait` waits for the remote part too, not only the walk."""
+        return self in (Pass.REQUESTED, Pass.REBUILD)
 
 
 def make_transfers(folder: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:
@@ -69,6 +76,7 @@ class FolderRuntime:
         self.journal = Journal(db_path, identity)
         self._scratch = state_dir / statedir.FOLDERS / f"{folder.name}.listing.sqlite3"
         self.scheduler = Scheduler(folder, self.journal, budget, make_transfers)
+        self.health = self.scheduler.health
         self.ignore = IgnoreRules(folder.ignore)
         self._watcher: Watcher | None = None
         self._stop = threading.Event()
@@ -107,9 +115,9 @@ class FolderRuntime:
             self.scheduler.set_rebuilding(True)
         # With an intact journal nothing needs the store before the startup scan is done; its
         # first contact (client creation, HeadBucket) would only compete with the scan.
-        self.scheduler.start_probe(hold=not rebuild)
+        self.health.connect(hold=not rebuild)
         self.scheduler.start()
-        self._start_pass(local=True, remote=True, rebuild=rebuild, blocking_remote=rebuild)
+        self._start_pass(Pass.REBUILD if rebuild else Pass.FULL)
 
     def _watch(self) -> None:
         assert self._watcher is not None
@@ -142,31 +150,31 @@ class FolderRuntime:
 
     def reconcile(self) -> bool:
         """On demand: a full pass (local tree and bucket); False if one is already running."""
-        return self._start_pass(local=True, remote=True, rebuild=False, blocking_remote=True)
+        return self._start_pass(Pass.REQUESTED)
 
     def pass_running(self) -> bool:
         return self._pass_thread is not None and self._pass_thread.is_alive()
 
-    def _start_pass(self, local: bool, remote: bool, rebuild: bool, blocking_remote: bool) -> bool:
+    def _start_pass(self, kind: Pass) -> bool:
         with self._pass_lock:
             if self.pass_running():
                 return False
             self._blocking = True
-            self._pass_thread = threading.Thread(target=self._run_pass, args=(local, remote, rebuild, blocking_remote),
+            self._pass_thread = threading.Thread(target=self._run_pass, args=(kind,),
                                                  name=f"reconcile-{self.folder.name}", daemon=True)
             self._pass_thread.start()
             return True
 
-    def _run_pass(self, local: bool, remote: bool, rebuild: bool, blocking_remote: bool) -> None:
+    def _run_pass(self, kind: Pass) -> None:
         try:
-            if local and not self._stop.is_set():
+            if not self._stop.is_set():
                 try:
                     self._local()
                 finally:
-                    self.scheduler.release_probe()
-            self._blocking = blocking_remote
-            if remote and not self._stop.is_set():
-                self._remote(rebuild)
+                    self.health.release()
+            self._blocking = kind.blocking_remote
+            if kind.remote and not self._stop.is_set():
+                self._remote(kind is Pass.REBUILD)
         except Exception as exc:  # never let a pass kill the daemon; it runs again later
             self._log.exception("reconcile.failed", error=str(exc))
         finally:
@@ -200,7 +208,7 @@ class FolderRuntime:
                 self.scheduler.ownership.claim(transfers.store)
             except StoreError as exc:
                 if exc.code == OWNED_ELSEWHERE:
-                    self.scheduler.folder_error(exc)
+                    self.health.report(exc)
                     return
             try:
                 remote = RemotePass(self.folder, self.journal, transfers.store, self.scheduler.inbox, self._scratch,
@@ -238,7 +246,7 @@ class FolderRuntime:
         """The remote pass needs a working store; wait for the scheduler's probe to get one."""
         while not self._stop.is_set():
             transfers = self.scheduler.transfers
-            if self.scheduler.halt is None and transfers is not None:
+            if self.health.halt is None and transfers is not None:
                 return transfers
             # Short: a journal rebuild holds every upload until this pass has listed the bucket.
             self._stop.wait(0.05)
@@ -254,24 +262,24 @@ class FolderRuntime:
 
     def tick(self, now: float) -> None:
         """Called by the service loop: start whatever pass is due."""
-        if self.scheduler.root_recovered.is_set():
-            self.scheduler.root_recovered.clear()
+        if self.health.root_recovered.is_set():
+            self.health.root_recovered.clear()
             self._log.info("folder.root_restored")
             if self._watcher is not None:
                 self._watcher.remove(self.folder.name)
                 self._watch()
-            self._start_pass(local=True, remote=False, rebuild=False, blocking_remote=False)
+            self._start_pass(Pass.LOCAL)
         if self._overflow_pending and now >= self._next_overflow_scan:
-            if self._start_pass(local=True, remote=False, rebuild=False, blocking_remote=False):
+            if self._start_pass(Pass.LOCAL):
                 self._overflow_pending = False
                 self._log.warning("watch.overflow_rescan", next_allowed_in_s=self._overflow_backoff)
                 self._next_overflow_scan = now + self._overflow_backoff
                 self._overflow_backoff = min(OVERFLOW_BACKOFF[1], self._overflow_backoff * 2)
         if self.watch_error is not None and now >= self._next_fallback:
-            if self._start_pass(local=True, remote=False, rebuild=False, blocking_remote=False):
+            if self._start_pass(Pass.LOCAL):
                 self._next_fallback = now + FALLBACK_SCAN_EVERY
         if now >= self._next_reconcile:
-            if self._start_pass(local=True, remote=True, rebuild=False, blocking_remote=False):
+            if self._start_pass(Pass.FULL):
                 self._next_reconcile = now + self.folder.reconcile_interval
 
     # ------------------------------------------------------------------ status
@@ -288,23 +296,11 @@ class FolderRuntime:
 
     def held(self) -> str | None:
         """Why a guard holds the folder, or None: `syncd wait` cannot end while it lasts."""
-        return self.scheduler.held()
+        return self.health.held()
 
     def state(self) -> FolderState:
-        """The one place a folder's state is derived from the scheduler's flags."""
-        s = self.scheduler
-        if s.held() is not None:
-            return FolderState.HELD  # needs the root back or `syncd resume`, whatever else is going on
-        connecting = s.halt == CONNECTING
-        if s.halt is not None and not connecting:
-            return FolderState.STALLED if s.stalled else FolderState.ERROR
-        if s.paused:
-            return FolderState.PAUSED  # what the user asked for, even before the first contact
-        if connecting:
-            return FolderState.STARTING
-        if self.pass_running():
-            return FolderState.SCANNING
-        return FolderState.WATCHING
+        """The folder's state, as its health holds it (see syncd.health)."""
+        return self.health.state(scanning=self.pass_running())
 
     def snapshot(self) -> dict[str, Any]:
         s = self.scheduler
@@ -312,13 +308,11 @@ class FolderRuntime:
         files_rate, bytes_rate = s.rate()
         backlog = counts["pending"] + len(s.inbox)
         scan, remote = self.last_scan, self.last_reconcile
-        state = self.state()
-        if state is FolderState.HELD:
-            last_error = s.held()
-        elif state in (FolderState.ERROR, FolderState.STALLED):
-            last_error = s.halt
+        state, health = self.state(), self.health
+        if state in (FolderState.HELD, FolderState.ERROR, FolderState.STALLED):
+            last_error = health.why(state)
         else:
-            last_error = s.pause_reason or self.watch_error or s.last_error or self.last_reconcile_error
+            last_error = health.wave_held or self.watch_error or health.last_error or self.last_reconcile_error
         return {
             "name": self.folder.name,
             "path": str(self.folder.path),

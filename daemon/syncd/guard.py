@@ -20,7 +20,7 @@ import stat as statmod
 
 from .beneath import folder_root
 from .config import FolderConfig
-from .journal import Journal
+from .journal import READY, Journal
 from .store import FOLDER, StoreError
 
 LOOKAHEAD = 20_000  # open changes a deletion wave's check looks at (one lstat each), at most
@@ -104,7 +104,7 @@ class DeleteGuard:
         the rest of the wave. Stops counting at ``enough``; looks at most LOOKAHEAD rows."""
         with self.journal.reader() as db:
             rows = db.execute(
-                "SELECT p.path FROM pending p JOIN manifest m ON m.path = p.path WHERE p.state = 0 "
+                f"SELECT p.path FROM pending p JOIN manifest m ON m.path = p.path WHERE p.state = {READY:d} "
                 "AND NOT EXISTS (SELECT 1 FROM pending q WHERE q.move_from = p.path) LIMIT ?",
                 (LOOKAHEAD,)).fetchall()
         gone = 0

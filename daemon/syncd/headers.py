@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import pathspec
 
+from .choices import ContentTypeMode
 from .config import FolderConfig, HeaderRule
 from .store import NO_HEADERS
 
@@ -45,7 +46,7 @@ def object_headers(folder: FolderConfig, relpath: str) -> Mapping[str, str]:
     """The headers an object for ``relpath`` is written with: the guessed Content-Type (unless
     ``content_type: none``), overridden by the first ``headers`` rule matching the path."""
     out: dict[str, str] = {}
-    if folder.content_type == "auto":
+    if folder.content_type == ContentTypeMode.AUTO:
         guessed = guess_content_type(relpath)
         if guessed is not None:
             out["Content-Type"] = guessed

@@ -33,6 +33,7 @@ import time
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
 import structlog
@@ -47,10 +48,19 @@ log = structlog.get_logger("syncd.journal")
 SCHEMA_VERSION = 4  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
                     # 4: write intents and the foreign-key cache (tables intents, foreign)
 
-# Row states in `pending`.
-READY, CLAIMED, FAILED = 0, 1, 2
 
-_SCHEMA = """
+
+class RowState(IntEnum):
+    """A `pending` row's ``state`` column (formatted into the SQL below as ``{READY:d}``)."""
+
+    READY = 0    # waiting to be due and claimed
+    CLAIMED = 1  # taken by the scheduler: being worked on
+    FAILED = 2   # parked: a permanent failure that needs the user (`syncd retry`)
+
+
+READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending(
     path       TEXT PRIMARY KEY,
@@ -58,7 +68,7 @@ CREATE TABLE IF NOT EXISTS pending(
     first_seen REAL NOT NULL,
     due        REAL NOT NULL,
     gen        INTEGER NOT NULL DEFAULT 1,
-    state      INTEGER NOT NULL DEFAULT 0,
+    state      INTEGER NOT NULL DEFAULT {READY:d},
     attempts   INTEGER NOT NULL DEFAULT 0,
     error      TEXT
 ) WITHOUT ROWID;
@@ -102,14 +112,14 @@ _BLOCK = (f"SELECT group_concat(rec, ''), max(path), count(*) FROM (SELECT path,
 
 # Debounce in SQL: each event pushes `due` out to now+settle, but never past
 # first_seen+max_delay, so a file appended to forever is still uploaded periodically.
-_ON_CONFLICT = """
+_ON_CONFLICT = f"""
 ON CONFLICT(path) DO UPDATE SET
     move_from = COALESCE(excluded.move_from, pending.move_from),
     due = MIN(excluded.due, pending.first_seen + ?),
     gen = pending.gen + 1,
-    state = CASE pending.state WHEN 1 THEN 1 ELSE 0 END,
-    attempts = CASE pending.state WHEN 2 THEN 0 ELSE pending.attempts END,
-    error = CASE pending.state WHEN 2 THEN NULL ELSE pending.error END
+    state = CASE pending.state WHEN {CLAIMED:d} THEN {CLAIMED:d} ELSE {READY:d} END,
+    attempts = CASE pending.state WHEN {FAILED:d} THEN 0 ELSE pending.attempts END,
+    error = CASE pending.state WHEN {FAILED:d} THEN NULL ELSE pending.error END
 """
 _ENTRY = "SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest"
 # The same file under another name (a rename or a hard link): same inode, size and mtime.
@@ -143,6 +153,23 @@ class Entry:
     etag: str | None
 
 
+class IntentOp(StrEnum):
+    """What may have reached a key whose write intent is unresolved (table ``intents``)."""
+
+    PUT = "put"
+    MULTIPART = "multipart"
+    COPY = "copy"
+
+
+class OutcomeKind(StrEnum):
+    """How a claimed change ended (see :class:`Outcome`)."""
+
+    DONE = "done"
+    RETRY = "retry"
+    DEFER = "defer"
+    PARK = "park"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How one claimed change ended; applied in a batch by :meth:`Journal.apply`.
@@ -153,7 +180,7 @@ class Outcome:
     A ``done`` with ``entry`` or ``forget`` (or ``settled``) also ends the path's write intent.
     """
 
-    kind: str
+    kind: OutcomeKind
     path: str
     gen: int
     entry: Entry | None = None
@@ -229,7 +256,7 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # Claims do not survive a restart: whatever was in flight is simply redone.
-            db.execute("UPDATE pending SET state=0 WHERE state=1")
+            db.execute(f"UPDATE pending SET state={READY:d} WHERE state={CLAIMED:d}")
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return immediate(self._db)
@@ -278,8 +305,8 @@ class Journal:
         with self.transaction() as db:
             rows = db.execute(
                 "SELECT path, move_from, gen, attempts, first_seen FROM pending "
-                "WHERE state=0 AND due<=? ORDER BY due LIMIT ?", (now, limit)).fetchall()
-            db.executemany("UPDATE pending SET state=1 WHERE path=?", [(r[0],) for r in rows])
+                f"WHERE state={READY:d} AND due<=? ORDER BY due LIMIT ?", (now, limit)).fetchall()
+            db.executemany(f"UPDATE pending SET state={CLAIMED:d} WHERE path=?", [(r[0],) for r in rows])
         return [Pending(*r) for r in rows]
 
     def apply(self, outcomes: Iterable[Outcome]) -> None:
@@ -287,7 +314,7 @@ class Journal:
         now = time.time()
         with self.transaction() as db:
             for o in outcomes:
-                if o.kind == "done":
+                if o.kind == OutcomeKind.DONE:
                     if o.entry is not None:
                         e = o.entry
                         db.execute("INSERT OR REPLACE INTO manifest VALUES (?,?,?,?,?,?)",
@@ -300,23 +327,23 @@ class Journal:
                     cur = db.execute("DELETE FROM pending WHERE path=? AND gen=?", (o.path, o.gen))
                     if cur.rowcount == 0:
                         # Changed again while we worked on it: look again after it settles.
-                        db.execute("UPDATE pending SET state=0, first_seen=?, move_from=NULL WHERE path=?",
+                        db.execute(f"UPDATE pending SET state={READY:d}, first_seen=?, move_from=NULL WHERE path=?",
                                    (now, o.path))
-                elif o.kind == "retry":
-                    db.execute("UPDATE pending SET state=0, attempts=attempts+1, error=?, "
+                elif o.kind == OutcomeKind.RETRY:
+                    db.execute(f"UPDATE pending SET state={READY:d}, attempts=attempts+1, error=?, "
                                "due=MAX(due, ?) WHERE path=?", (o.error, now + o.delay, o.path))
-                elif o.kind == "defer":
-                    db.execute("UPDATE pending SET state=0, due=MAX(due, ?) WHERE path=?",
+                elif o.kind == OutcomeKind.DEFER:
+                    db.execute(f"UPDATE pending SET state={READY:d}, due=MAX(due, ?) WHERE path=?",
                                (now + o.delay, o.path))
-                elif o.kind == "park":
-                    cur = db.execute("UPDATE pending SET state=2, error=? WHERE path=? AND gen=?",
+                elif o.kind == OutcomeKind.PARK:
+                    cur = db.execute(f"UPDATE pending SET state={FAILED:d}, error=? WHERE path=? AND gen=?",
                                      (o.error, o.path, o.gen))
                     if cur.rowcount == 0:
-                        db.execute("UPDATE pending SET state=0 WHERE path=?", (o.path,))
+                        db.execute(f"UPDATE pending SET state={READY:d} WHERE path=?", (o.path,))
                 else:
                     raise ValueError(f"unknown outcome kind {o.kind!r}")
 
-    def intend(self, items: Iterable[tuple[str, str]]) -> None:
+    def intend(self, items: Iterable[tuple[str, IntentOp]]) -> None:
         """Durably note ``(path, op)``: a write to the path's key is about to be sent."""
         now = time.time()
         rows = [(path, op, now) for path, op in items]
@@ -336,22 +363,22 @@ class Journal:
     def release_claims(self) -> None:
         """Put claimed rows back (pause, or shutdown with work still queued)."""
         with self.transaction() as db:
-            db.execute("UPDATE pending SET state=0 WHERE state=1")
+            db.execute(f"UPDATE pending SET state={READY:d} WHERE state={CLAIMED:d}")
 
     def retry_failed(self) -> int:
         """Requeue parked changes (``syncd retry``)."""
         with self.transaction() as db:
-            return db.execute("UPDATE pending SET state=0, attempts=0, error=NULL, due=? WHERE state=2",
-                              (time.time(),)).rowcount
+            return db.execute(f"UPDATE pending SET state={READY:d}, attempts=0, error=NULL, due=? "
+                              f"WHERE state={FAILED:d}", (time.time(),)).rowcount
 
     def expedite_retries(self) -> int:
         """Make changes waiting out a retry backoff due now (the endpoint is back)."""
         with self.transaction() as db:
-            return db.execute("UPDATE pending SET due=? WHERE state=0 AND attempts>0 AND due>?",
+            return db.execute(f"UPDATE pending SET due=? WHERE state={READY:d} AND attempts>0 AND due>?",
                               (time.time(), time.time())).rowcount
 
     def next_due(self) -> float | None:
-        row = self._db.execute("SELECT MIN(due) FROM pending WHERE state=0").fetchone()
+        row = self._db.execute(f"SELECT MIN(due) FROM pending WHERE state={READY:d}").fetchone()
         return None if row is None else row[0]
 
     def manifest_count(self) -> int:
@@ -361,7 +388,7 @@ class Journal:
 
     def has_mover(self, path: str) -> bool:
         """True if another pending row was renamed from ``path`` (its key is a copy source)."""
-        return self._db.execute("SELECT 1 FROM pending WHERE move_from=? AND state!=2 LIMIT 1",
+        return self._db.execute(f"SELECT 1 FROM pending WHERE move_from=? AND state!={FAILED:d} LIMIT 1",
                                 (path,)).fetchone() is not None
 
     def entry(self, path: str) -> Entry | None:
@@ -409,7 +436,7 @@ class Journal:
         """Pending rows by state (``settling``: not yet due), plus the manifest size."""
         with self.reader() as db:
             pending, failed = self._by_state(db)
-            settling = db.execute("SELECT COUNT(*) FROM pending WHERE state=0 AND due>?",
+            settling = db.execute(f"SELECT COUNT(*) FROM pending WHERE state={READY:d} AND due>?",
                                   (time.time(),)).fetchone()[0]
             manifest = db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0]
         return {"pending": pending, "settling": settling, "failed": failed, "manifest": manifest}
@@ -426,7 +453,7 @@ class Journal:
 
     def failures(self, limit: int = 5) -> list[tuple[str, str]]:
         with self.reader() as db:
-            return db.execute("SELECT path, error FROM pending WHERE state=2 ORDER BY path LIMIT ?",
+            return db.execute(f"SELECT path, error FROM pending WHERE state={FAILED:d} ORDER BY path LIMIT ?",
                               (limit,)).fetchall()
 
     def get_meta(self, key: str) -> str | None:

@@ -132,13 +132,13 @@ class FolderHealth:
 
 
 def _state_reason(runtime: FolderRuntime, state: str) -> str:
-    s = runtime.scheduler
+    health = runtime.scheduler.health
     if state == "held":
-        return s.held() or "held by a guard"
+        return health.held() or "held by a guard"
     if state in ("error", "stalled"):
-        return s.halt or state
+        return (health.halt.reason if health.halt is not None else None) or state
     if state == "paused":
-        return s.pause_reason or "paused by `syncd pause`"
+        return "paused by `syncd pause`"
     if state == "starting":
         return "connecting to the object store"
     return state

@@ -29,7 +29,19 @@ from .config import S3_MIN_PART as MIN_PART
 from .config import FolderConfig, MiB
 from .headers import object_headers
 from .journal import Entry
-from .store import META_MTIME, META_SHA256, TRANSIENT, ObjectStore, Part, StoreError, multipart_etag, object_meta
+from .store import (
+    FOLDER,
+    KEY,
+    META_MTIME,
+    META_SHA256,
+    TRANSIENT,
+    ObjectStore,
+    Part,
+    StoreError,
+    UploadGone,
+    multipart_etag,
+    object_meta,
+)
 from .uploads import UploadLog, UploadRecord
 
 MAX_PARTS = 10_000                 # S3: at most 10,000 parts per upload, each 5 MiB to 5 GiB
@@ -115,7 +127,7 @@ class MultipartUploader:
             part_size = part_size_for(st.st_size, self.folder.part_size)
         except ValueError as exc:
             raise StoreError(f"{src.path}: {exc}; such a file cannot be stored as one object",
-                             scope="key", code="EntityTooLarge", key=src.key) from None
+                             scope=KEY, code="EntityTooLarge", key=src.key) from None
         rec = self.uploads.get(src.path)
         head = self.store.head(src.key)
         if head is not None and head.meta is not None and head.meta.get(META_SHA256) \
@@ -164,11 +176,11 @@ class MultipartUploader:
             self.abort(src.path, src.key, upload_id)
             raise
         except StoreError as exc:
-            if exc.code == "NoSuchUpload":
+            if isinstance(exc, UploadGone):
                 # Aborted behind our back (a sweep, a lifecycle rule): start over next time.
                 self.uploads.remove(src.path, upload_id)
                 raise StoreError(str(exc), scope=TRANSIENT, code=exc.code, key=src.key) from exc
-            if not exc.transient and exc.scope != "folder":
+            if not exc.transient and exc.scope != FOLDER:
                 self.abort(src.path, src.key, upload_id)  # it cannot succeed: leave nothing behind
             raise
         # After the upload, not before its first part: one request less on the way to the
@@ -216,7 +228,7 @@ class MultipartUploader:
         except StoreError as exc:
             # A Complete whose response was lost is retried by the client and then finds no
             # upload: the object is there if its ETag is the one those parts make.
-            head = self.store.head(src.key) if exc.code == "NoSuchUpload" else None
+            head = self.store.head(src.key) if isinstance(exc, UploadGone) else None
             if head is None or head.etag != multipart_etag(ordered):
                 raise
             etag = head.etag

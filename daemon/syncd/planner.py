@@ -13,11 +13,12 @@ import stat as statmod
 import structlog
 
 from .beneath import NotBeneath, folder_root
+from .choices import DeleteMode
 from .config import FolderConfig
-from .journal import Journal, Outcome, Pending
+from .journal import Journal, Outcome, OutcomeKind, Pending
 from .multipart import part_size_for
 from .paths import IgnoreRules, key_problem, reserved
-from .transfer import Task
+from .transfer import Task, TaskKind
 
 SKIPPED_LOG_LIMIT = 10_000  # paths remembered so a skipped symlink is logged once, not per event
 
@@ -36,9 +37,9 @@ class Planner:
         rel = p.path
         problem = key_problem(self.folder.key_for(rel))
         if problem is not None:
-            return Outcome("park", rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}")
+            return Outcome(OutcomeKind.PARK, rel, p.gen, error=f"{self.folder.key_for(rel)!r}: {problem}")
         if reserved(rel):
-            return Outcome("park", rel, p.gen, error=(
+            return Outcome(OutcomeKind.PARK, rel, p.gen, error=(
                 f"{os.path.join(self.folder.path, rel)}: '{rel.partition('/')[0]}' at the top of the folder "
                 "collides with syncd's own bookkeeping keys under the prefix (the owner marker, the trash); it is not "
                 "uploaded: rename it, or ignore it with an 'ignore' pattern"))
@@ -50,7 +51,7 @@ class Planner:
         except (FileNotFoundError, NotADirectoryError):
             st = None
         except OSError as exc:
-            return Outcome("park", rel, p.gen, error=f"cannot stat {rel}: {exc.strerror}")
+            return Outcome(OutcomeKind.PARK, rel, p.gen, error=f"cannot stat {rel}: {exc.strerror}")
         if st is not None and statmod.S_ISREG(st.st_mode) and not self.ignore.ignored_with_parents(rel):
             return self._plan_file(p, st, now)
         if st is not None and not statmod.S_ISDIR(st.st_mode) and not statmod.S_ISREG(st.st_mode):
@@ -58,25 +59,25 @@ class Planner:
         # Absent from the mirror's point of view: remove the key if we put one there, or may
         # have (a write whose answer was lost, or that a crash interrupted: its intent).
         if self.journal.entry(rel) is None and self.journal.intent(rel) is None:
-            return Outcome("done", rel, p.gen)
-        if self.folder.delete == "keep":
-            return Outcome("done", rel, p.gen, settled=True)
+            return Outcome(OutcomeKind.DONE, rel, p.gen)
+        if self.folder.delete == DeleteMode.KEEP:
+            return Outcome(OutcomeKind.DONE, rel, p.gen, settled=True)
         if rel in copy_sources or self.journal.has_mover(rel):
             # A renamed file still needs this key as its copy source: delete it afterwards.
-            return Outcome("defer", rel, p.gen, delay=max(self.folder.settle, 0.2))
-        return Task("delete", [p])
+            return Outcome(OutcomeKind.DEFER, rel, p.gen, delay=max(self.folder.settle, 0.2))
+        return Task(TaskKind.DELETE, [p])
 
     def _plan_file(self, p: Pending, st: os.stat_result, now: float) -> Outcome | Task:
         rel = p.path
         age = now - st.st_mtime_ns / 1e9
         if 0 <= age < self.folder.settle and now < p.first_seen + self.folder.max_delay:
             # Written moments ago (its events may still be on the way): let it settle.
-            return Outcome("defer", rel, p.gen, delay=self.folder.settle - age)
+            return Outcome(OutcomeKind.DEFER, rel, p.gen, delay=self.folder.settle - age)
         entry = self.journal.entry(rel)
         if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns) \
                 and self.journal.intent(rel) is None:
             # (With an intent the key may hold another version, written after this entry's.)
-            return Outcome("done", rel, p.gen)
+            return Outcome(OutcomeKind.DONE, rel, p.gen)
         source = None
         if p.move_from:
             candidate = self.journal.entry(p.move_from)
@@ -85,15 +86,15 @@ class Planner:
         if source is None:
             source = self.journal.entry_by_inode(st.st_ino, st.st_size, st.st_mtime_ns, rel)
         if source is not None:
-            return Task("copy", [p], copy_from=source)
+            return Task(TaskKind.COPY, [p], copy_from=source)
         if st.st_size <= self.folder.multipart_threshold:
-            return Task("upload", [p], cost=st.st_size)
+            return Task(TaskKind.UPLOAD, [p], cost=st.st_size)
         # A multipart upload holds one part being read plus the parts in flight.
         try:
             part = part_size_for(st.st_size, self.folder.part_size)
         except ValueError:
             part = self.folder.part_size  # too large for S3: the transfer parks it with the reason
-        return Task("upload", [p], cost=min(st.st_size, (self.folder.part_concurrency + 1) * part))
+        return Task(TaskKind.UPLOAD, [p], cost=min(st.st_size, (self.folder.part_concurrency + 1) * part))
 
     def _note_skipped(self, rel: str, st: os.stat_result | None, why: str | None = None) -> None:
         if rel in self._skipped_logged or len(self._skipped_logged) > SKIPPED_LOG_LIMIT:

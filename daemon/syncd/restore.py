@@ -36,7 +36,7 @@ from .beneath import NotBeneath, RootDir
 from .config import FolderConfig
 from .paths import IgnoreRules, reserved
 from .reconciler import walk
-from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError, Version
+from .store import META_MTIME, META_RCLONE_MTIME, TRANSIENT, ObjectStore, RemoteObject, StoreError, Version
 from .units import format_size
 from .verify import expected_digest
 
@@ -370,7 +370,7 @@ class Restorer:
         infos = [f.result()[0] for f in futures]
         if any(i.etag != infos[0].etag for i in infos):
             raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
-                             scope="transient", key=item.key)
+                             scope=TRANSIENT, key=item.key)
         return infos[0], None
 
     def _fetch(self, fd: int, item: Item, first: int, last: int | None,
@@ -397,7 +397,7 @@ class Restorer:
             expected_end = item.size if last is None else last + 1
             if offset != expected_end:
                 raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {offset} of "
-                                 f"{expected_end}", scope="transient", key=item.key)
+                                 f"{expected_end}", scope=TRANSIENT, key=item.key)
             return body.info, None if digest is None else digest.hexdigest()
         finally:
             body.close()

@@ -25,6 +25,7 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 from botocore.config import Config as BotoConfig  # noqa: E402
 
 from .bandwidth import Payload
+from .choices import AddressingStyle, Checksum
 from .config import FolderConfig
 from .s3crt import CrtFailure, CrtPutter
 from .s3role import assume_role_session
@@ -34,12 +35,14 @@ from .store import (
     NO_HEADERS,
     TRANSIENT,
     UNREACHABLE,
+    NotFound,
     Part,
     PutResult,
     RemoteObject,
     RequestCounts,
     StoreError,
     Upload,
+    UploadGone,
     Version,
 )
 
@@ -52,6 +55,11 @@ def _etag(resp: Mapping[str, Any]) -> str:
 
 def _code(exc: bexc.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+# HEAD answers a bare 404; GET and copy say NoSuchKey; a versioned GET or HEAD says NoSuchVersion
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
+_UPLOAD_GONE = ("NoSuchUpload", "404")
 
 
 # boto3 parameter -> HTTP header, for the requests the CRT sends.
@@ -80,7 +88,7 @@ _UNREACHABLE = {"AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_TIMEOUT", "AW
 
 
 # checksum mode -> (the algorithm named at CreateMultipartUpload, the per-request parameter).
-_FLEXIBLE = {"sha256": ("SHA256", "ChecksumSHA256"), "crc32c": ("CRC32C", "ChecksumCRC32C")}
+_FLEXIBLE = {Checksum.SHA256: ("SHA256", "ChecksumSHA256"), Checksum.CRC32C: ("CRC32C", "ChecksumCRC32C")}
 
 
 def _timestamp(value: Any) -> datetime:
@@ -103,7 +111,7 @@ def _fast_timestamps(session: Any) -> None:
         core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
 
 
-def _crt_putter(session: Any, client: Any, folder: FolderConfig, addressing: str) -> CrtPutter | None:
+def _crt_putter(session: Any, client: Any, folder: FolderConfig, addressing: AddressingStyle) -> CrtPutter | None:
     """The CRT data path for small PUTs, or None where it cannot serve (no credentials yet:
     the probe reports that; a bandwidth limit: bodies are paced by the boto3 path)."""
     credentials = session.get_credentials()
@@ -116,9 +124,9 @@ def _crt_putter(session: Any, client: Any, folder: FolderConfig, addressing: str
 
     # boto3 picks virtual-hosted style for AWS; a dotted bucket name cannot match the TLS
     # wildcard certificate, so boto3 (and we) fall back to path style for it.
-    path_style = addressing == "path" or (addressing == "auto" and "." in folder.bucket)
+    path_style = addressing == AddressingStyle.PATH or (addressing == AddressingStyle.AUTO and "." in folder.bucket)
     return CrtPutter(client.meta.endpoint_url, client.meta.region_name or "us-east-1", folder.bucket, path_style,
-                     current, timeout=folder.request_timeout, sign_body=folder.checksum == "off")
+                     current, timeout=folder.request_timeout, sign_body=folder.checksum == Checksum.OFF)
 
 
 def _crt_error(exc: CrtFailure, key: str, bucket: str) -> StoreError:
@@ -184,7 +192,9 @@ def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreE
         if code == "AccessDenied":
             return StoreError(f"{where}: AccessDenied: the credentials are not allowed this request; "
                               "check the bucket policy and the IAM permissions", scope=KEY, code=code, key=key)
-        return StoreError(f"{where}: {code or status}: {message}", scope=KEY, code=code, key=key)
+        # Typed, so that no caller matches S3's codes (a second store maps its own).
+        kind = NotFound if code in _NOT_FOUND else UploadGone if code == "NoSuchUpload" else StoreError
+        return kind(f"{where}: {code or status}: {message}", scope=KEY, code=code, key=key)
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.ProfileNotFound,
                         bexc.CredentialRetrievalError)):
         return StoreError(f"{where}: no usable credentials ({exc}); configure the AWS credential chain "
@@ -239,8 +249,8 @@ class S3Store:
         # (algorithm, parameter) of a flexible checksum, or None (md5 and off have none).
         self._flexible = _FLEXIBLE.get(folder.checksum)
         addressing = folder.addressing_style
-        if addressing == "auto" and folder.endpoint_url:
-            addressing = "path"  # S3-compatible servers on an IP or localhost need path style
+        if addressing == AddressingStyle.AUTO and folder.endpoint_url:
+            addressing = AddressingStyle.PATH  # S3-compatible servers on an IP or localhost need path style
         boto_config = BotoConfig(
             region_name=folder.region,
             connect_timeout=10,
@@ -251,12 +261,12 @@ class S3Store:
             # minutes, never dropping a change) handles outages, so botocore's retry quota
             # draining during a long outage does not matter.
             retries={"mode": "standard", "max_attempts": 3},
-            s3={"addressing_style": addressing,  # type: ignore[arg-type]
+            s3={"addressing_style": addressing.value,
                 # Over plain HTTP botocore would SHA-256 every body for the signature: a second
                 # read of each part (and a third hash). The signed checksum header we send
                 # already lets the server reject a damaged or altered body; with
                 # `checksum: off` there is no such header, so the body stays signed.
-                "payload_signing_enabled": folder.checksum == "off"},
+                "payload_signing_enabled": folder.checksum == Checksum.OFF},
             # We send our own integrity checks (config 'checksum'); some S3-compatible
             # stores reject the CRC headers newer boto3 sends by default (boto3 issue 4392).
             request_checksum_calculation="when_required",
@@ -309,14 +319,14 @@ class S3Store:
         recomputes it and rejects a body damaged on the way (BadDigest). ``sha256`` is the
         body's digest when the caller already has it."""
         mode = self._folder.checksum
-        if mode == "sha256":
+        if mode == Checksum.SHA256:
             digest = sha256 if sha256 is not None else hashlib.sha256(payload.data).digest()
             return {"ChecksumSHA256": base64.b64encode(digest).decode()}
-        if mode == "crc32c":
+        if mode == Checksum.CRC32C:
             # awscrt's CRC32C uses the CPU's crc32 instructions: far cheaper than SHA-256
             # on both ends (docs/behaviour.md, "Large files").
             return {"ChecksumCRC32C": base64.b64encode(crc32c(payload.data).to_bytes(4, "big")).decode()}
-        if mode == "md5":
+        if mode == Checksum.MD5:
             return {"ContentMD5": base64.b64encode(hashlib.md5(payload.data).digest()).decode()}
         return {}
 
@@ -399,7 +409,7 @@ class S3Store:
         try:
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except bexc.ClientError as exc:
-            if _code(exc) not in ("NoSuchUpload", "404"):
+            if _code(exc) not in _UPLOAD_GONE:
                 raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
@@ -414,7 +424,7 @@ class S3Store:
                                   self._part_checksum(p), int(p.get("Size", 0)))
                              for p in page.get("Parts", []))
         except bexc.ClientError as exc:
-            if _code(exc) in ("NoSuchUpload", "404"):
+            if _code(exc) in _UPLOAD_GONE:
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -478,7 +488,7 @@ class S3Store:
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
             return bytes(resp["Body"].read())
         except bexc.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in _NOT_FOUND:
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -506,7 +516,7 @@ class S3Store:
         try:
             resp = self._client.head_object(Bucket=self.bucket, Key=key, **args)
         except bexc.ClientError as exc:
-            if _code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchVersion"):
+            if _code(exc) in _NOT_FOUND:
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:

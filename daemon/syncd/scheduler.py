@@ -21,24 +21,24 @@ import structlog
 from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .guard import DeleteGuard, RootProblem
+from .health import FolderHealth
 from .inbox import Inbox
-from .journal import Journal, Outcome, Pending
+from .journal import IntentOp, Journal, Outcome, OutcomeKind, Pending
 from .metrics import FolderStats
 from .owner import Ownership
 from .planner import Planner
 from .store import ObjectStore, StoreError
-from .transfer import Result, Task, Transfers
+from .transfer import Result, Task, TaskKind, Transfers
 from .uploads import UploadLog
 
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
 DELETE_LULL = 0.25           # a partial delete batch waits this long for more keys to join it...
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first batch waits for a pause in events
-PROBE_MIN, PROBE_MAX = 2.0, 30.0
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
-CONNECTING = "connecting to the object store"  # the halt before the first contact succeeds
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
-WRITE_OPS = {"upload": "put", "copy": "copy"}  # task kinds that write a key: journaled as intents first
+# The task kinds that write a key: journaled as intents first.
+WRITE_OPS = {TaskKind.UPLOAD: IntentOp.PUT, TaskKind.COPY: IntentOp.COPY}
 
 
 @dataclass
@@ -75,31 +75,19 @@ class Scheduler:
         self._copy_sources: set[str] = set()
         self._delete_since = self._delete_grew = 0.0
 
-        self.paused = False
-        self.halt: str | None = None        # folder-level error: nothing is dispatched
-        self.stalled = False                # ...because the endpoint cannot be reached
-        self._probe_at = 0.0
-        self._probe_delay = PROBE_MIN
-        self._probing = False
+        self.guard = DeleteGuard(folder, journal)
+        self.health = FolderHealth(self.guard, self._log, self._wake)  # may it dispatch, and why not
         self._probes: deque[Future[Transfers]] = deque()
-        self._first_probe = True
-        self.last_error: str | None = None
         self._last_logged: dict[str, float] = {}
         self.done = Counters()
         self.stats = FolderStats()   # syncd.metrics: retries, errors by scope, change -> visible
         self._rate: deque[tuple[float, int, int]] = deque()
         self.last_tick = time.monotonic()
-        self.pause_reason: str | None = None
         self.rebuilding = False                    # journal rebuild running: transfers wait for it
-        self.root_recovered = threading.Event()   # the folder service re-watches and rescans
-        self._halted_on_root = False
-        self.guard = DeleteGuard(folder, journal)
         self._root_checked = 0.0
         self.ownership = Ownership(folder, journal)
-        self._take_over = False
         self.versioned: bool | None = None  # the bucket's versioning (status), asked once by the probe
-        self._folder_errors: deque[StoreError] = deque()  # found by other threads (the remote pass)
-        self._drain_deadline = 0.0
+        self._drain_deadline = 0.0                 # set by stop(): in-flight transfers get until then
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -122,15 +110,15 @@ class Scheduler:
         failing_since: float | None = None
         while not self._stop.is_set():
             try:
-                self._turn()
+                self._turn(time.time())
                 if failing_since is not None:
                     self._log.info("scheduler.recovered", after_s=round(time.monotonic() - failing_since, 1))
                     failing_since = None
-                    self.last_error = None
+                    self.health.last_error = None
                 timeout = self._next_timeout()
             except Exception as exc:  # e.g. disk full: keep everything in memory and retry
                 failing_since = failing_since or time.monotonic()
-                self.last_error = f"journal: {exc}"
+                self.health.last_error = f"journal: {exc}"
                 self._log_limited("scheduler.failed", error=str(exc))
                 timeout = min(5.0, 0.2 + time.monotonic() - failing_since)
             self.last_tick = time.monotonic()
@@ -167,27 +155,27 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the loop turn
 
-    def _turn(self) -> None:
+    def _turn(self, now: float) -> None:
+        """One loop turn; ``now`` is wall-clock time (what the journal's due times are in)."""
+        health = self.health
         self.inbox.ingest()
         self._collect()
         self._probe_results()
-        while self._folder_errors:
-            self._halt(str(self._folder_errors.popleft()))
-        if self.halt is None and time.monotonic() - self._root_checked >= 1.0:
+        health.apply_reports()
+        if health.halt is None and time.monotonic() - self._root_checked >= 1.0:
             # A root moved away or unmounted sends no event for the files below it.
             self._root_checked = time.monotonic()
             problem = self.guard.root_problem()
             if problem is not None:
-                self._halted_on_root = True
-                self._halt(problem)
+                health.fail(problem, root=True)
         if self.guard.in_wave and not (self._inflight or self._ready or self._deletes) \
                 and self.journal.next_due() is None:
             self.guard.wave_over()
-        now = time.time()
-        if self.halt is not None or self._transfers is None:
-            self._maybe_probe(now)
+        if health.halt is not None or self._transfers is None:
+            if health.probe_due(now):
+                self._pool.submit(self._probe).add_done_callback(self._on_probe)
             return
-        if not self.paused and not self.rebuilding:
+        if not health.paused and not self.rebuilding:
             self._dispatch(now)
 
     def _collect(self) -> None:
@@ -201,7 +189,7 @@ class Scheduler:
             self.budget.release(r.task.cost)
             if r.task.copy_from is not None:
                 self._copy_sources.discard(r.task.copy_from.path)
-                if any(o.kind == "done" for o in r.outcomes):
+                if any(o.kind == OutcomeKind.DONE for o in r.outcomes):
                     self.guard.moved()
             self._outcomes.extend(r.outcomes)
             self.stats.observe(r)
@@ -210,10 +198,10 @@ class Scheduler:
                 self.done.bytes += r.bytes_sent
                 self._rate.append((time.monotonic(), r.files, r.bytes_sent))
             if r.folder_error is not None:
-                self._halt(str(r.folder_error), stalled=r.folder_error.transient)
+                self.health.fail(str(r.folder_error), stalled=r.folder_error.transient)
             for o in r.outcomes:
-                if o.kind in ("retry", "park") and o.error:
-                    self.last_error = o.error
+                if o.kind in (OutcomeKind.RETRY, OutcomeKind.PARK) and o.error:
+                    self.health.last_error = o.error
                     self._log_limited("transfer.failed", path=o.path, error=o.error, outcome=o.kind)
         if self._outcomes:
             self.journal.apply(self._outcomes)
@@ -290,41 +278,34 @@ class Scheduler:
         batch, self._deletes = self._deletes[:DELETE_BATCH], self._deletes[DELETE_BATCH:]
         problem = self.guard.root_problem(check_empty=True)
         if problem is not None:
-            self._halted_on_root = True
-            self._hold_deletes(batch, problem, halt=True)
+            self.health.fail(problem, root=True)
+            self._hold_deletes(batch)
             return
         problem = self.guard.wave_problem(len(batch) + len(self._deletes))
         if problem is not None:
-            self._hold_deletes(batch, problem, halt=False)
+            self.health.hold_wave(problem)
+            self._hold_deletes(batch)
             return
         self.guard.counted(len(batch))
-        self._submit(Task("delete", batch))
+        self._submit(Task(TaskKind.DELETE, batch))
 
-    def _hold_deletes(self, batch: list[Pending], reason: str, halt: bool) -> None:
-        """Keep these deletions pending and stop the folder until a human or the root says so."""
-        if halt:
-            self._halt(reason)
-        else:
-            if self.pause_reason is None:
-                self._log.error("folder.delete_wave_held", error=reason)
-            self.paused = True
-            self.pause_reason = reason
-            self.last_error = reason
-        self._outcomes.extend(Outcome("defer", p.path, p.gen, delay=1.0) for p in batch + self._deletes)
+    def _hold_deletes(self, batch: list[Pending]) -> None:
+        """Keep these deletions pending while the folder is held (until a human or the root says so)."""
+        self._outcomes.extend(Outcome(OutcomeKind.DEFER, p.path, p.gen, delay=1.0) for p in batch + self._deletes)
         self._deletes = []
 
     def _plan(self, p: Pending, now: float) -> None:
         """Route the planner's decision: an outcome now, a transfer, or a batched delete."""
         decision = self.planner.plan(p, now, self._copy_sources)
-        if not (isinstance(decision, Task) and decision.kind == "upload"):
+        if not (isinstance(decision, Task) and decision.kind == TaskKind.UPLOAD):
             upload_id = self.journal.uploads.upload_id(p.path)
-            if upload_id is not None or (isinstance(decision, Task) and self.journal.intent(p.path) == "put"):
+            if upload_id is not None or (isinstance(decision, Task) and self.journal.intent(p.path) == IntentOp.PUT):
                 # A large upload was under way for a file that is gone or no longer needs it
                 # (None: a crash may have come before its upload id was journaled).
-                self._ready.append(Task("abort", [p], upload_id=upload_id))
+                self._ready.append(Task(TaskKind.ABORT, [p], upload_id=upload_id))
         if isinstance(decision, Outcome):
             self._outcomes.append(decision)
-        elif decision.kind == "delete":
+        elif decision.kind == TaskKind.DELETE:
             if not self._deletes:
                 self._delete_since = time.monotonic()
             self._delete_grew = time.monotonic()
@@ -334,50 +315,23 @@ class Scheduler:
                 self._copy_sources.add(decision.copy_from.path)
             self._ready.append(decision)
 
-    # ------------------------------------------------------------------ folder errors
-
-    def _halt(self, reason: str, stalled: bool = False) -> None:
-        """Stop dispatching until a probe succeeds. ``stalled``: the endpoint cannot be
-        reached (nothing is wrong with the folder itself; it resumes on its own)."""
-        if self.halt is None:
-            self._log.error("folder.stalled" if stalled else "folder.error", error=reason)
-            self._probe_delay = PROBE_MIN
-        self.stalled = stalled
-        self.halt = reason
-        self.last_error = reason
-        self._probe_at = time.time() + self._probe_delay
-
-    def _maybe_probe(self, now: float) -> None:
-        if self._probing or now < self._probe_at:
-            return
-        self._probing = True
-        self._pool.submit(self._probe).add_done_callback(self._on_probe)
+    # ------------------------------------------------------------------ probes
 
     def _probe(self) -> Transfers:
         """Pool thread: can the folder work again (root present, store reachable)?"""
-        problem = self.guard.root_problem(check_empty=self._halted_on_root)
+        halt = self.health.halt
+        problem = self.guard.root_problem(check_empty=halt is not None and halt.root)
         if problem is not None:
             raise RootProblem(problem)
         transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
         if self.versioned is None:
             self.versioned = _versioned(transfers.store)
-        take_over = self._take_over
+        take_over = self.health.taking_over
         transfers.owner = self.ownership.claim(transfers.store, take_over=take_over)
         if take_over:
-            self._take_over = False
+            self.health.taking_over = False
         return transfers
-
-    def folder_error(self, exc: StoreError) -> None:
-        """Any thread: the folder cannot work (e.g. the remote pass found the prefix taken over)."""
-        self._folder_errors.append(exc)
-        self._wake.set()
-
-    def take_over(self) -> None:
-        """``syncd resume FOLDER --take-over``: claim the prefix even though another owner holds it."""
-        self._take_over = True
-        self._probe_at = 0.0
-        self._wake.set()
 
     def _on_probe(self, future: Future[Transfers]) -> None:
         self._probes.append(future)
@@ -387,59 +341,22 @@ class Scheduler:
         """Scheduler thread: apply what the probe found."""
         while self._probes:
             future = self._probes.popleft()
-            self._probing = False
             exc = future.exception()
-            if exc is None:
-                self._transfers = future.result()
-                if self._halted_on_root:
-                    self._halted_on_root = False
-                    self.root_recovered.set()
-                if self.halt is not None:
-                    self._log.info("folder.ready" if self._first_probe else "folder.recovered")
-                if self.stalled:
-                    # Changes that failed while the endpoint was away are tried again now,
-                    # not after whatever backoff they had reached.
-                    self._log.info("folder.expedited", changes=self.journal.expedite_retries())
-                self._first_probe = False
-                self.stalled = False
-                self.halt = None
-                self.last_error = None
+            if exc is not None:
+                self.health.probe_failed(exc)
                 continue
-            message = str(exc) if isinstance(exc, StoreError) else f"internal error: {exc!r}"
-            if isinstance(exc, RootProblem):
-                self._halted_on_root = True  # also at startup: watched and rescanned once it is back
-            elif self._halted_on_root:
-                # The root passed the probe's check: that hold is over, the store is the problem now.
-                self._halted_on_root = False
-                self.root_recovered.set()
-            if self._first_probe or self.halt != message:
-                self._log.error("folder.error", error=message)
-            else:
-                self._log_limited("folder.still_failing", error=message)
-            self._first_probe = False
-            self.halt = message
-            self.stalled = isinstance(exc, StoreError) and exc.transient
-            self.last_error = message
-            self._probe_delay = min(PROBE_MAX, self._probe_delay * 2)
-            self._probe_at = time.time() + self._probe_delay
-
-    def start_probe(self, hold: bool = False) -> None:
-        """First contact with the store happens in the pool, never in the loop; ``hold``
-        postpones it until :meth:`release_probe`."""
-        self.halt = CONNECTING
-        self._probe_at = float("inf") if hold else 0.0
-
-    def release_probe(self) -> None:
-        if self._probe_at == float("inf"):
-            self._probe_at = 0.0
-            self._wake.set()
+            self._transfers = future.result()
+            if self.health.probe_ok():
+                # Changes that failed while the endpoint was away are tried again now,
+                # not after whatever backoff they had reached.
+                self._log.info("folder.expedited", changes=self.journal.expedite_retries())
 
     # ------------------------------------------------------------------ helpers
 
     def _next_timeout(self) -> float:
         if self.inbox or self._results or self._probes:
             return 0.0
-        if self.halt is not None or self.paused:
+        if self.health.stopped:
             return 1.0
         if len(self._inflight) >= self.folder.workers:
             # Every worker is busy: nothing can start before one finishes, and a finishing
@@ -460,29 +377,6 @@ class Scheduler:
             self._log.warning(event, **kw)
 
     # ------------------------------------------------------------------ control
-
-    def held(self) -> str | None:
-        """Why a guard holds the folder (a deletion wave over max_delete; a missing, replaced
-        or emptied root) until the root is back or `syncd resume` confirms, or None."""
-        if self.pause_reason is not None:
-            return self.pause_reason
-        # A root swapped for a symlink is no guard hold but an error: `resume` never accepts it.
-        return self.halt if self._halted_on_root and not self.guard.root_is_symlink() else None
-
-    def set_paused(self, paused: bool) -> None:
-        """``syncd pause`` / ``syncd resume``. Resuming also confirms what a guard paused for:
-        the current deletion wave, an emptied root, or a root that was replaced."""
-        self.paused = paused
-        if not paused:
-            if self.pause_reason is not None:
-                self._log.info("folder.delete_wave_confirmed", wave=self.guard.wave_deletes)
-                self.guard.confirm_wave()
-                self.pause_reason = None
-                self.last_error = None
-            if self._halted_on_root:
-                self.guard.confirm_root()
-                self._probe_at = 0.0
-        self._wake.set()
 
     def set_rebuilding(self, rebuilding: bool) -> None:
         self.rebuilding = rebuilding

@@ -257,9 +257,9 @@ class Daemon:
         if cmd in ("pause", "resume"):
             targets = self._select(folder)
             for r in targets:
-                r.scheduler.set_paused(cmd == "pause")
+                r.health.set_paused(cmd == "pause")
                 if cmd == "resume" and request.get("take_over"):
-                    r.scheduler.take_over()
+                    r.health.take_over()
             log.info(f"folder.{cmd}d", folders=[r.folder.name for r in targets])
             return {"folders": [r.folder.name for r in targets]}
         if cmd == "retry":

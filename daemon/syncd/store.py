@@ -45,10 +45,15 @@ def object_meta(mtime_ns: int, owner: str, sha256_hex: str | None = None) -> dic
     return meta
 
 
-# Error scopes: how far a failure reaches.
-TRANSIENT = "transient"  # try this change again later (5xx, throttling, network)
-FOLDER = "folder"        # the whole folder cannot work (credentials, bucket missing)
-KEY = "key"              # this change cannot succeed as it is (invalid key, too large)
+class Scope(StrEnum):
+    """How far a store failure reaches."""
+
+    TRANSIENT = "transient"  # try this change again later (5xx, throttling, network)
+    FOLDER = "folder"        # the whole folder cannot work (credentials, bucket missing)
+    KEY = "key"              # this change cannot succeed as it is (invalid key, too large)
+
+
+TRANSIENT, FOLDER, KEY = Scope.TRANSIENT, Scope.FOLDER, Scope.KEY
 
 UNREACHABLE = "Unreachable"  # error code: no connection could be made at all (folder is stalled)
 
@@ -91,7 +96,7 @@ class RequestCounts:
 class StoreError(Exception):
     """An object-store failure, classified so callers know whether to retry, park or halt."""
 
-    def __init__(self, message: str, *, scope: str, code: str = "", key: str | None = None):
+    def __init__(self, message: str, *, scope: Scope, code: str = "", key: str | None = None):
         super().__init__(message)
         self.scope = scope
         self.code = code
@@ -100,6 +105,16 @@ class StoreError(Exception):
     @property
     def transient(self) -> bool:
         return self.scope == TRANSIENT
+
+
+class NotFound(StoreError):
+    """The key (a copy's source, say) does not exist. The store maps its own codes for that
+    (S3: NoSuchKey, 404) to this, so callers never match them."""
+
+
+class UploadGone(StoreError):
+    """The multipart upload does not exist (any more): aborted, completed, or never created
+    (S3: NoSuchUpload)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +207,7 @@ class ObjectStore(Protocol):
         """Send one part with its checksum (the server checks it)."""
 
     def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
-        """Publish the object from ``parts``; returns its ETag. NoSuchUpload raises StoreError."""
+        """Publish the object from ``parts``; returns its ETag; raises UploadGone if the upload does not exist."""
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         """Discard an upload and its parts; an upload that no longer exists is not an error."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,9 +25,9 @@ from .bandwidth import Payload, Throttle
 from .beneath import NotBeneath, folder_root
 from .config import FolderConfig
 from .headers import object_headers
-from .journal import Entry, Outcome, Pending
+from .journal import Entry, Outcome, OutcomeKind, Pending
 from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
-from .store import FOLDER, TRANSIENT, UNREACHABLE, ObjectStore, PutResult, StoreError, object_meta
+from .store import FOLDER, TRANSIENT, UNREACHABLE, NotFound, ObjectStore, PutResult, StoreError, object_meta
 from .uploads import UploadLog
 
 BACKOFF_BASE = 1.0
@@ -38,11 +39,20 @@ def backoff(attempts: int) -> float:
     return float(min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(attempts, 16))) * random.uniform(0.5, 1.0))
 
 
+class TaskKind(StrEnum):
+    """What a pool task does."""
+
+    UPLOAD = "upload"
+    COPY = "copy"        # a rename: server-side copy from the old key
+    DELETE = "delete"    # a batch of up to 1000 keys
+    ABORT = "abort"      # discard a multipart upload nobody will finish
+
+
 @dataclass
 class Task:
-    """One unit of pool work. ``kind``: upload, copy or delete (a batch of up to 1000)."""
+    """One unit of pool work (see :class:`TaskKind`)."""
 
-    kind: str
+    kind: TaskKind
     items: list[Pending]
     cost: int = 0                       # bytes held against the in-flight budget
     copy_from: Entry | None = None
@@ -96,13 +106,13 @@ class Transfers:
         exactly once: before this returns, or later from the store's own thread (a small
         file's PUT is sent without a thread waiting for the answer)."""
         try:
-            if task.kind == "upload":
+            if task.kind == TaskKind.UPLOAD:
                 result = self._upload(task, deliver)
-            elif task.kind == "copy":
+            elif task.kind == TaskKind.COPY:
                 result = self._copy(task, deliver)
-            elif task.kind == "delete":
+            elif task.kind == TaskKind.DELETE:
                 result = self._delete(task)
-            elif task.kind == "abort":
+            elif task.kind == TaskKind.ABORT:
                 result = self._abort(task)
             else:
                 raise ValueError(f"unknown task kind {task.kind}")
@@ -116,7 +126,7 @@ class Transfers:
     def _crashed(self, task: Task, exc: Exception) -> Result:
         self._log.exception("transfer.crashed", path=task.path, op=task.kind, error=str(exc))
         p = task.items[0]
-        return Result(task, [Outcome("retry", i.path, i.gen, error=f"internal error: {exc}",
+        return Result(task, [Outcome(OutcomeKind.RETRY, i.path, i.gen, error=f"internal error: {exc}",
                                      delay=backoff(p.attempts)) for i in task.items])
 
     def _count(self, op: str, n: int = 1) -> None:
@@ -134,13 +144,13 @@ class Transfers:
         except (FileNotFoundError, NotADirectoryError, NotBeneath):
             # Gone since it was planned, or now behind a symlink: look again now (it
             # becomes a delete or nothing).
-            return Result(task, [Outcome("defer", p.path, p.gen)])
+            return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen)])
         except OSError as exc:
             return self._unreadable(task, exc)
         with os.fdopen(fd, "rb", buffering=0) as f:
             before = os.fstat(fd)
             if not statmod.S_ISREG(before.st_mode):
-                return Result(task, [Outcome("defer", p.path, p.gen)])
+                return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen)])
             try:
                 if before.st_size <= self.folder.multipart_threshold:
                     data, digest = self._read_whole(f, fd, before)
@@ -149,12 +159,12 @@ class Transfers:
                     self._count("multipart")
                     self._log.debug("upload.done", path=p.path, key=key, bytes=before.st_size, parts=True)
                     # bytes were counted part by part through `progress`
-                    return Result(task, [Outcome("done", p.path, p.gen, entry=entry)], files=1)
+                    return Result(task, [Outcome(OutcomeKind.DONE, p.path, p.gen, entry=entry)], files=1)
             except FileChanged:
                 self._log.info("upload.file_changed", path=p.path)
-                return Result(task, [Outcome("defer", p.path, p.gen, delay=self.folder.settle)])
+                return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen, delay=self.folder.settle)])
             except Interrupted:
-                return Result(task, [Outcome("defer", p.path, p.gen)])
+                return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen)])
             except OSError as exc:
                 return self._unreadable(task, exc)
 
@@ -166,7 +176,7 @@ class Transfers:
                 self._count("put")
                 entry = Entry(p.path, before.st_size, before.st_mtime_ns, before.st_ino, digest.hex(), answer.etag)
                 self._log.debug("upload.done", path=p.path, key=key, bytes=before.st_size)
-                deliver(Result(task, [Outcome("done", p.path, p.gen, entry=entry)],
+                deliver(Result(task, [Outcome(OutcomeKind.DONE, p.path, p.gen, entry=entry)],
                                bytes_sent=answer.bytes_sent, files=1))
             except Exception as exc:  # the change must come back to the scheduler, whatever happened
                 deliver(self._crashed(task, exc))
@@ -195,7 +205,7 @@ class Transfers:
         reason = (f"cannot read {self.root / p.path}: {exc.strerror}; fix its permissions "
                   f"(syncd runs as uid {os.getuid()})")
         self._log.error("upload.unreadable", path=p.path, error=reason)
-        return Result(task, [Outcome("park", p.path, p.gen, error=reason)])
+        return Result(task, [Outcome(OutcomeKind.PARK, p.path, p.gen, error=reason)])
 
     # ------------------------------------------------------------------ copy (rename)
 
@@ -207,9 +217,9 @@ class Transfers:
         try:
             st = self.rootdir.lstat(p.path)
         except (FileNotFoundError, NotADirectoryError, NotBeneath):
-            return Result(task, [Outcome("defer", p.path, p.gen)])
+            return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen)])
         if not statmod.S_ISREG(st.st_mode):
-            return Result(task, [Outcome("defer", p.path, p.gen)])
+            return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen)])
         if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
             return self._upload(task, deliver)
         try:
@@ -219,13 +229,11 @@ class Transfers:
             etag = self.store.copy(self.folder.key_for(src.path), key,
                                    headers=None if headers == object_headers(self.folder, src.path) else headers)
             self._count("copy")
-        except StoreError as exc:
-            if exc.scope != FOLDER and exc.code in ("NoSuchKey", "404", "NotFound"):
-                return self._upload(task, deliver)  # the source object is gone: upload instead
-            raise
+        except NotFound:
+            return self._upload(task, deliver)  # the source object is gone: upload instead
         entry = Entry(p.path, st.st_size, st.st_mtime_ns, st.st_ino, src.sha256, etag)
         self._log.debug("copy.done", key=key, source=self.folder.key_for(src.path))
-        return Result(task, [Outcome("done", p.path, p.gen, entry=entry)], files=1)
+        return Result(task, [Outcome(OutcomeKind.DONE, p.path, p.gen, entry=entry)], files=1)
 
     # ------------------------------------------------------------------ delete (batched)
 
@@ -236,9 +244,9 @@ class Transfers:
         outcomes = []
         for key, p in keys.items():
             if key in errors:
-                outcomes.append(Outcome("retry", p.path, p.gen, error=errors[key], delay=backoff(p.attempts)))
+                outcomes.append(Outcome(OutcomeKind.RETRY, p.path, p.gen, error=errors[key], delay=backoff(p.attempts)))
             else:
-                outcomes.append(Outcome("done", p.path, p.gen, forget=True))
+                outcomes.append(Outcome(OutcomeKind.DONE, p.path, p.gen, forget=True))
         self._log.debug("delete.done", keys=len(keys), errors=len(errors))
         return Result(task, outcomes, files=len(keys) - len(errors))
 
@@ -261,9 +269,9 @@ class Transfers:
     def _failed(self, task: Task, exc: StoreError) -> Result:
         if exc.scope == FOLDER or exc.code == UNREACHABLE:
             # Not the change's fault: keep it pending; the scheduler halts the folder.
-            return Result(task, [Outcome("defer", p.path, p.gen, delay=1.0) for p in task.items],
+            return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen, delay=1.0) for p in task.items],
                           folder_error=exc)
         if exc.scope == TRANSIENT:
-            return Result(task, [Outcome("retry", p.path, p.gen, error=str(exc), delay=backoff(p.attempts))
+            return Result(task, [Outcome(OutcomeKind.RETRY, p.path, p.gen, error=str(exc), delay=backoff(p.attempts))
                                  for p in task.items])
-        return Result(task, [Outcome("park", p.path, p.gen, error=str(exc)) for p in task.items])
+        return Result(task, [Outcome(OutcomeKind.PARK, p.path, p.gen, error=str(exc)) for p in task.items])
