@@ -185,7 +185,7 @@ def test_head_of_an_absent_key_is_none(store: ObjectStore) -> None:
     assert store.head("nothing/here") is None
 
 
-def test_put_with_headers_is_stored(store: ObjectStore) -> None:
+def test_put_accepts_object_headers(store: ObjectStore) -> None:
     answer = put(store, "page.html", b"<p>", headers={"Content-Type": "text/html", "Cache-Control": "no-cache"})
     assert isinstance(answer, PutResult)
     assert store.head("page.html") is not None
@@ -331,7 +331,7 @@ def test_delete_takes_at_most_1000_keys(store: ObjectStore) -> None:
         store.delete([f"k{i}" for i in range(1001)])
 
 
-def test_delete_of_1000_keys_is_one_call(store: ObjectStore) -> None:
+def test_delete_of_1000_keys_at_once_succeeds(store: ObjectStore) -> None:
     keys = [f"bulk/{i:04d}" for i in range(1000)]
     for key in keys[:20]:
         store.write(key, b"", if_absent=False)
