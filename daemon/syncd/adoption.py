@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .beneath import RootDir
-from .config import MiB
 from .multipart import MAX_PARTS, part_size_for, same_version
 from .store import META_MTIME, META_SHA256
+from .validators import MiB
 
 # Part sizes of the tools people move in from, with the adjustment each makes when a file
 # would need more than S3's 10,000 parts:

@@ -8,41 +8,49 @@ problems in a file are reported together so a user fixes them in one go.
 from __future__ import annotations
 
 import difflib
-import grp
-import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .choices import AddressingStyle, Checksum, ContentTypeMode, DeleteMode
-from .units import parse_duration, parse_rate, parse_size
+from .units import parse_duration, parse_size
+from .validators import (
+    HeaderRule,
+    MiB,
+    Parser,
+    _bool,
+    _bucket,
+    _choice,
+    _endpoint,
+    _group,
+    _headers,
+    _int_range,
+    _listen,
+    _max_delete,
+    _opt,
+    _part_size,
+    _positive_duration,
+    _positive_rate,
+    _prefix,
+    _role_arn,
+    _role_duration,
+    _role_external_id,
+    _role_session_name,
+    _str,
+    _str_list,
+    _url,
+)
 
 DEFAULT_CONFIG = Path(os.environ.get("SYNCD_CONFIG", "/etc/syncd/syncd.yaml"))
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-# S3 limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html)
-S3_MIN_PART = 5 * MiB
-S3_MAX_PART = 5 * GiB
-# In percent form, a deletion wave this small is never held: routine tools delete hundreds
-# of files at once (`git gc` prunes every loose object it packed, `make clean`, cache
-# cleanups), while the mistakes the guard is for either empty or replace the root (caught by
-# the root checks, whatever the size) or delete thousands (an `rm -rf` of most of a large tree).
 MIN_DELETE_WAVE = 1000
 
 
-# Object headers a `headers:` rule may set (canonical spelling; names match case-insensitively).
-# Only these: the rest are either S3's own (ETag, x-amz-*) or not stored by S3 at all.
-HEADER_NAMES = ("Cache-Control", "Content-Type", "Content-Disposition", "Content-Encoding", "Content-Language",
-                "Expires")
-MIN_ROLE_DURATION = 900      # STS AssumeRole: DurationSeconds is 900 s to 12 h (the role's maximum)
-MAX_ROLE_DURATION = 43200
 
 
 class ConfigError(Exception):
@@ -51,15 +59,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class HeaderRule:
-    """One `headers:` entry: objects whose path (relative to the folder root) matches
-    ``pattern`` (gitignore syntax) get ``headers``; the first matching rule wins."""
-
-    pattern: str
-    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
@@ -157,222 +156,6 @@ class Config:
 
 # --------------------------------------------------------------------------- value parsers
 
-Parser = Callable[[Any], Any]
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _opt(parser: Parser) -> Parser:
-    def parse(value: Any) -> Any:
-        return None if value is None else parser(value)
-    return parse
-
-
-def _choice(*choices: str, kind: Callable[[str], Any] = str) -> Parser:
-    """One of ``choices``, as ``kind`` (a StrEnum of them, say)."""
-    def parse(value: Any) -> Any:
-        if value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
-        return kind(value)
-    return parse
-
-
-def _int_range(lo: int, hi: int) -> Parser:
-    def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ValueError(f"expected a whole number from {lo} to {hi}, got {value!r}")
-        return value
-    return parse
-
-
-def _str_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"expected a list of strings, got {value!r}")
-    return tuple(value)
-
-
-def _bucket(value: Any) -> str:
-    # AWS allows 3-63 of [a-z0-9.-]; S3-compatible stores and legacy buckets are laxer.
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}", value):
-        raise ValueError(f"expected a bucket name (3+ characters of letters, digits, '.', '-', '_'), got {value!r}")
-    return str(value)
-
-
-def _prefix(value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError(f"expected a key prefix such as 'photos/', got {value!r}")
-    prefix = value.lstrip("/")
-    # "photos" almost always means "photos/": keys are prefix + relative path.
-    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
-
-
-def _part_size(value: Any) -> int:
-    size = parse_size(value)
-    if not S3_MIN_PART <= size <= S3_MAX_PART:
-        raise ValueError("expected a part size from 5MiB to 5GiB (S3's multipart limits)")
-    return size
-
-
-def _positive_rate(value: Any) -> int:
-    rate = parse_rate(value)
-    if rate <= 0:
-        raise ValueError("expected a rate greater than zero such as 20MiB/s (omit the key for no limit)")
-    return rate
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("expected a duration greater than zero")
-    return seconds
-
-
-def _group(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        try:
-            return grp.getgrnam(value).gr_gid
-        except KeyError:
-            raise ValueError(f"no such group {value!r} on this system") from None
-    raise ValueError(f"expected a group name or number, got {value!r}")
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _max_delete(value: Any) -> str:
-    text = str(value).strip()
-    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+%?|[0-9]+\.[0-9]+%", text):
-        raise ValueError(f"expected a count such as 1000 or a percentage such as 25%, got {value!r}")
-    if text.endswith("%") and float(text[:-1]) > 100:
-        raise ValueError("a percentage cannot exceed 100%")
-    return text
-
-
-def _endpoint(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8333, got {value!r}")
-    return value.rstrip("/")
-
-
-def _listen(value: Any) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9108`` for IPv6): an address to bind, not a URL."""
-    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
-    host, _, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        valid_host = _is_ip(host, 6)
-    else:
-        valid_host = _is_ip(host, 4) or bool(re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?", host))
-    if not valid_host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9108 (IPv6: [::1]:9108), got {value!r}")
-    return host, int(port)
-
-
-def _is_ip(text: str, version: int) -> bool:
-    try:
-        return ipaddress.ip_address(text).version == version
-    except ValueError:
-        return False
-
-
-def _url(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value) or any(c.isspace() for c in value):
-        raise ValueError(f"expected an http(s) URL such as https://hc-ping.com/UUID, got {value!r}")
-    return value
-
-
-def _role_arn(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"arn:[a-z-]+:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}", value):
-        raise ValueError(f"expected a role ARN such as arn:aws:iam::123456789012:role/Uploader, got {value!r}")
-    return value
-
-
-def _role_session_name(value: Any) -> str:
-    # STS: RoleSessionName is 2-64 of [\w+=,.@-]
-    if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@-]{2,64}", value):
-        raise ValueError(f"expected 2 to 64 letters, digits or any of + = , . @ - _, got {value!r}")
-    return value
-
-
-def _role_external_id(value: Any) -> str:
-    # STS: ExternalId is 2-1224 of [\w+=,.@:/-]
-    if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@:/-]{2,1224}", value):
-        raise ValueError(f"expected 2 to 1224 letters, digits or any of + = , . @ : / - _, got {value!r}")
-    return value
-
-
-def _role_duration(value: Any) -> int:
-    seconds = parse_duration(value)
-    if not MIN_ROLE_DURATION <= seconds <= MAX_ROLE_DURATION:
-        raise ValueError(f"expected a session duration from 15m to 12h (STS AssumeRole's limits), got {value!r}")
-    return int(seconds)
-
-
-def _header_value(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"header {name!r}: expected a non-empty string, got {value!r}")
-    if not all(" " <= c <= "~" for c in value):
-        raise ValueError(f"header {name!r}: only printable ASCII is allowed in a header value, got {value!r}")
-    if name == "Expires":
-        try:
-            parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"header 'Expires': expected an HTTP date such as 'Wed, 21 Oct 2026 07:28:00 GMT', "
-                             f"got {value!r}") from None
-    return value
-
-
-def _headers(value: Any) -> tuple[HeaderRule, ...]:
-    """``[{pattern: GLOB, Header-Name: value, ...}, ...]``; an unknown header name is an error."""
-    if not isinstance(value, list):
-        raise ValueError("expected a list of rules such as [{pattern: '*.html', Cache-Control: 'max-age=60'}]")
-    canonical = {n.lower(): n for n in HEADER_NAMES}
-    rules = []
-    for number, entry in enumerate(value, 1):
-        where = f"rule {number}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: expected a mapping such as {{pattern: '*.html', Cache-Control: 'max-age=60'}}, "
-                             f"got {entry!r}")
-        pattern = entry.get("pattern")
-        if not isinstance(pattern, str) or not pattern.strip():
-            raise ValueError(f"{where}: 'pattern' is required: a gitignore-style pattern such as '*.html' "
-                             "or 'assets/**'")
-        if pattern.startswith("!"):
-            raise ValueError(f"{where}: pattern {pattern!r}: a negated pattern cannot select objects; "
-                             "put a more specific rule first instead (the first match wins)")
-        where = f"rule {number} (pattern {pattern!r})"
-        headers = []
-        for name, header_value in entry.items():
-            if name == "pattern":
-                continue
-            known = canonical.get(str(name).lower())
-            if known is None:
-                close = difflib.get_close_matches(str(name).lower(), list(canonical), n=1, cutoff=0.6)
-                hint = f"did you mean '{canonical[close[0]]}'?" if close else f"allowed: {', '.join(HEADER_NAMES)}"
-                raise ValueError(f"{where}: unknown header {name!r} ({hint})")
-            try:
-                headers.append((known, _header_value(known, header_value)))
-            except ValueError as exc:
-                raise ValueError(f"{where}: {exc}") from None
-        if not headers:
-            raise ValueError(f"{where}: no header to set; allowed: {', '.join(HEADER_NAMES)}")
-        rules.append(HeaderRule(pattern, tuple(headers)))
-    return tuple(rules)
 
 
 # Every folder setting; all but `path` may be defaulted in the global file's `defaults`.

@@ -22,8 +22,9 @@ from functools import lru_cache
 import pathspec
 
 from .choices import ContentTypeMode
-from .config import FolderConfig, HeaderRule
+from .config import FolderConfig
 from .store import NO_HEADERS
+from .validators import HeaderRule
 
 # The table is read lazily on first use, and that first read is not thread-safe: do it now.
 mimetypes.init()

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 import structlog
 
 from .bandwidth import Payload, Throttle
-from .config import S3_MAX_PART as MAX_PART
-from .config import S3_MIN_PART as MIN_PART
-from .config import FolderConfig, MiB
+from .config import FolderConfig
 from .headers import object_headers
 from .journal import Entry
 from .store import (
@@ -43,6 +41,9 @@ from .store import (
     object_meta,
 )
 from .uploads import UploadLog, UploadRecord
+from .validators import S3_MAX_PART as MAX_PART
+from .validators import S3_MIN_PART as MIN_PART
+from .validators import MiB
 
 MAX_PARTS = 10_000                 # S3: at most 10,000 parts per upload, each 5 MiB to 5 GiB
 MAX_OBJECT = 5 * 1024 * 1024 * MiB  # S3: objects are at most 5 TiB

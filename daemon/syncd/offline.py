@@ -12,9 +12,10 @@ from pathlib import Path
 from types import FrameType
 from urllib.parse import urlsplit
 
-from .config import Config, ConfigError, FolderConfig, _bucket, _prefix, load_config
+from .config import Config, ConfigError, FolderConfig, load_config
 from .exitcodes import ExitCode
 from .store import StoreError
+from .validators import _bucket, _prefix
 
 VERSIONING_HINT = ("enable versioning to restore earlier states (only changes made after that can be "
                    "restored): aws s3api put-bucket-versioning --bucket {bucket} "
