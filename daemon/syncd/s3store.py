@@ -28,21 +28,18 @@ from .bandwidth import Payload
 from .choices import AddressingStyle, Checksum
 from .config import FolderConfig
 from .s3crt import CrtFailure, CrtPutter
+from .s3errors import NOT_FOUND_CODES, UPLOAD_GONE_CODES, classify, crt_error, crt_status, error_code
 from .s3role import assume_role_session
 from .store import (
     FOLDER,
     KEY,
     NO_HEADERS,
-    TRANSIENT,
-    UNREACHABLE,
-    NotFound,
     Part,
     PutResult,
     RemoteObject,
     RequestCounts,
     StoreError,
     Upload,
-    UploadGone,
     Version,
 )
 
@@ -53,13 +50,6 @@ def _etag(resp: Mapping[str, Any]) -> str:
     return str(resp.get("ETag", "")).strip('"')
 
 
-def _code(exc: bexc.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-# HEAD answers a bare 404; GET and copy say NoSuchKey; a versioned GET or HEAD says NoSuchVersion
-_NOT_FOUND = ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
-_UPLOAD_GONE = ("NoSuchUpload", "404")
 
 
 # boto3 parameter -> HTTP header, for the requests the CRT sends.
@@ -79,12 +69,6 @@ def _header_args(headers: Mapping[str, str]) -> dict[str, Any]:
     for name, value in headers.items():
         out[_HEADER_PARAMS[name]] = parsedate_to_datetime(value) if name == "Expires" else value
     return out
-
-
-# CRT errors meaning no connection could be made at all.
-_UNREACHABLE = {"AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_TIMEOUT", "AWS_IO_SOCKET_NO_ROUTE_TO_HOST",
-                "AWS_IO_SOCKET_NETWORK_DOWN", "AWS_IO_DNS_INVALID_NAME", "AWS_IO_DNS_QUERY_FAILED",
-                "AWS_IO_DNS_NO_ADDRESS_FOR_HOST", "AWS_IO_DNS_HOST_REMOVED_FROM_CACHE"}
 
 
 # checksum mode -> (the algorithm named at CreateMultipartUpload, the per-request parameter).
@@ -129,85 +113,9 @@ def _crt_putter(session: Any, client: Any, folder: FolderConfig, addressing: Add
                      current, timeout=folder.request_timeout, sign_body=folder.checksum == Checksum.OFF)
 
 
-def _crt_error(exc: CrtFailure, key: str, bucket: str) -> StoreError:
-    if exc.status:
-        response = {"Error": {"Code": exc.code or str(exc.status), "Message": exc.message},
-                    "ResponseMetadata": {"HTTPStatusCode": exc.status}}
-        return classify(bexc.ClientError(response, "PutObject"), key, bucket)  # type: ignore[arg-type]
-    where = f"s3://{bucket}/{key}"
-    if exc.transport in _UNREACHABLE:
-        return StoreError(f"{where}: endpoint unreachable: {exc.transport}: {exc}", scope=TRANSIENT,
-                          code=UNREACHABLE, key=key)
-    code = "RequestTimeout" if exc.timed_out else "ConnectionError"
-    return StoreError(f"{where}: {code}: {exc.transport or exc}", scope=TRANSIENT, code=code, key=key)
-
-
-# The CRT retries these answers itself and then fails with a name, not the status.
-_CRT_STATUS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500}
-
-
-def _crt_status(exc: CrtFailure) -> int | None:
-    """The HTTP status a failed CRT PUT ended with (syncd_s3_requests_total), None: no answer."""
-    return exc.status or _CRT_STATUS.get(exc.transport)
-
-
 def _body(payload: Payload) -> Any:
     """Plain bytes go out in one sendall; a watched body is read (and paced) in chunks."""
     return payload.data if payload.plain else payload
-
-# Codes meaning "nothing in this folder can work until a human fixes something".
-_FOLDER_CODES = {
-    "NoSuchBucket": "the bucket does not exist: create it or fix 'bucket'",
-    "InvalidAccessKeyId": "the access key is not known to the server: fix the credentials",
-    "SignatureDoesNotMatch": "the secret key does not match the access key: fix the credentials",
-    "ExpiredToken": "the session token has expired: refresh the credentials",
-    "InvalidToken": "the session token is invalid: fix the credentials",
-    "TokenRefreshRequired": "the session token must be refreshed",
-    "AllAccessDisabled": "all access to this bucket has been disabled",
-    "AccountProblem": "the account has a problem; see the provider's console",
-    "RequestTimeTooSkewed": "this machine's clock is too far off: fix time synchronisation",
-    "PermanentRedirect": "the bucket is in another region: set 'region'",
-    "AuthorizationHeaderMalformed": "wrong region for this bucket: set 'region'",
-}
-# Codes worth retrying: throttling and server-side trouble (S3 asks clients to back off on 503).
-_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
-                    "ServiceUnavailable", "RequestTimeTooSkewed", "BadDigest", "OperationAborted",
-                    "IncompleteBody"}
-
-
-def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreError:
-    """Turn a boto3/botocore exception into a StoreError with a scope and a fix."""
-    if isinstance(exc, StoreError):  # already classified (assuming the role failed: see s3role)
-        return exc
-    where = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
-    if isinstance(exc, bexc.ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        message = err.get("Message") or code
-        if code in _FOLDER_CODES:
-            return StoreError(f"{where}: {code}: {_FOLDER_CODES[code]}", scope=FOLDER, code=code, key=key)
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return StoreError(f"{where}: {code or status}: {message}", scope=TRANSIENT, code=code, key=key)
-        if code == "AccessDenied":
-            return StoreError(f"{where}: AccessDenied: the credentials are not allowed this request; "
-                              "check the bucket policy and the IAM permissions", scope=KEY, code=code, key=key)
-        # Typed, so that no caller matches S3's codes (a second store maps its own).
-        kind = NotFound if code in _NOT_FOUND else UploadGone if code == "NoSuchUpload" else StoreError
-        return kind(f"{where}: {code or status}: {message}", scope=KEY, code=code, key=key)
-    if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.ProfileNotFound,
-                        bexc.CredentialRetrievalError)):
-        return StoreError(f"{where}: no usable credentials ({exc}); configure the AWS credential chain "
-                          "(environment, ~/.aws/credentials or 'profile')", scope=FOLDER, code="NoCredentials")
-    if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectTimeoutError)):
-        # Nothing answers at all: the whole folder is stalled, not this one change.
-        return StoreError(f"{where}: endpoint unreachable: {exc}", scope=TRANSIENT, code=UNREACHABLE, key=key)
-    if isinstance(exc, (bexc.ConnectionError, bexc.HTTPClientError, bexc.ReadTimeoutError)):
-        return StoreError(f"{where}: connection failed: {exc}", scope=TRANSIENT, code="ConnectionError", key=key)
-    if isinstance(exc, bexc.BotoCoreError):
-        return StoreError(f"{where}: {exc}", scope=TRANSIENT, code=type(exc).__name__, key=key)
-    raise exc
-
 
 def _answered(key: str, resp: Mapping[str, Any]) -> RemoteObject:
     """The RemoteObject of a HEAD or GET answer (a ranged GET: the whole object's size)."""
@@ -302,7 +210,7 @@ class S3Store:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except bexc.ClientError as exc:
-            code = _code(exc)
+            code = error_code(exc)
             if code in ("404", "NoSuchBucket"):
                 raise StoreError(f"bucket {self.bucket!r} does not exist at "
                                  f"{self._folder.endpoint_url or 'AWS'}: create it or fix 'bucket' in "
@@ -347,8 +255,8 @@ class S3Store:
             size = len(body)
 
             def finished(answer: str | CrtFailure) -> None:
-                self.requests.add("PutObject", _crt_status(answer) if isinstance(answer, CrtFailure) else 200)
-                done(_crt_error(answer, key, self.bucket) if isinstance(answer, CrtFailure)
+                self.requests.add("PutObject", crt_status(answer) if isinstance(answer, CrtFailure) else 200)
+                done(crt_error(answer, key, self.bucket) if isinstance(answer, CrtFailure)
                      else PutResult(etag=answer, bytes_sent=size))
 
             self._crt.put(key, body.data, http, finished)
@@ -409,7 +317,7 @@ class S3Store:
         try:
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except bexc.ClientError as exc:
-            if _code(exc) not in _UPLOAD_GONE:
+            if error_code(exc) not in UPLOAD_GONE_CODES:
                 raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
@@ -424,7 +332,7 @@ class S3Store:
                                   self._part_checksum(p), int(p.get("Size", 0)))
                              for p in page.get("Parts", []))
         except bexc.ClientError as exc:
-            if _code(exc) in _UPLOAD_GONE:
+            if error_code(exc) in UPLOAD_GONE_CODES:
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -488,7 +396,7 @@ class S3Store:
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
             return bytes(resp["Body"].read())
         except bexc.ClientError as exc:
-            if _code(exc) in _NOT_FOUND:
+            if error_code(exc) in NOT_FOUND_CODES:
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -504,7 +412,7 @@ class S3Store:
         except bexc.ClientError as exc:
             # 412: an object exists. 409 ConditionalRequestConflict: a concurrent conditional
             # write to the same key is in progress (S3 asks to retry; the other one wins).
-            if if_absent and _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if if_absent and error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 return False
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -516,7 +424,7 @@ class S3Store:
         try:
             resp = self._client.head_object(Bucket=self.bucket, Key=key, **args)
         except bexc.ClientError as exc:
-            if _code(exc) in _NOT_FOUND:
+            if error_code(exc) in NOT_FOUND_CODES:
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -530,7 +438,7 @@ class S3Store:
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
         except bexc.ClientError as exc:
-            if _code(exc) in ("404", "NotFound", "NoSuchVersion"):
+            if error_code(exc) in ("404", "NotFound", "NoSuchVersion"):
                 raise StoreError(f"s3://{self.bucket}/{key}: NoSuchKey: gone since it was listed",
                                  scope=KEY, code="NoSuchKey", key=key) from exc
             raise classify(exc, key, self.bucket) from exc
