@@ -22,7 +22,7 @@ from syncd import beneath, statedir
 from syncd.beneath import NotBeneath, RootDir
 from syncd.config import ConfigError, load_config
 from syncd.paths import IgnoreRules
-from syncd.reconciler import walk
+from syncd.scan import walk
 
 from tests.support.daemon import assert_mirror, await_condition, bucket_keys
 

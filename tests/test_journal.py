@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from syncd.journal import CLAIMED, Entry, Journal, Outcome, OutcomeKind
+from syncd.changes import Entry, Outcome, OutcomeKind
+from syncd.journal import CLAIMED, Journal
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from syncd import reconciler, tree
-from syncd.journal import Entry, Journal
+from syncd import scan as scan_module
+from syncd import tree
+from syncd.changes import Entry
+from syncd.journal import Journal
 from syncd.paths import IgnoreRules
-from syncd.reconciler import SCAN_RULES, LocalScan, ScanReport
+from syncd.scan import SCAN_RULES, LocalScan, ScanReport
 
 pytestmark = pytest.mark.skipif(not tree.available(), reason="GNU find and sort are not installed")
 
@@ -135,7 +137,7 @@ def mutate(root: Path, rng: random.Random) -> None:
 @pytest.mark.parametrize("patterns", [IGNORE, IGNORE_PRUNED], ids=["negation", "pruned"])
 def test_the_fast_listing_submits_exactly_what_the_python_walk_submits(tmp_path, monkeypatch, seed, block_rows,
                                                                        patterns):
-    monkeypatch.setattr(reconciler, "BLOCK_ROWS", block_rows)  # 7: many equal and unequal blocks
+    monkeypatch.setattr(scan_module, "BLOCK_ROWS", block_rows)  # 7: many equal and unequal blocks
     rng = random.Random(seed)
     root = tmp_path / "root"
     root.mkdir()

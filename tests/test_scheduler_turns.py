@@ -51,6 +51,9 @@ class MemoryStore:
         self.objects[key] = body
         return True
 
+    def versioning(self) -> str:
+        return ""  # never versioned (the probe asks once, for `syncd status`)
+
     def head(self, key: str) -> RemoteObject | None:
         data = self.objects.get(key)
         return None if data is None else RemoteObject(key, len(data), hashlib.md5(data).hexdigest(), {})

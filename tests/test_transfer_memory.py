@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from syncd.changes import Entry, Pending
 from syncd.config import FolderConfig
-from syncd.journal import Entry, Journal, Pending
+from syncd.journal import Journal
 from syncd.store import FOLDER, KEY, META_OWNER, META_SHA256, TRANSIENT
 from syncd.transfer import Result, Task, Transfers
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from syncd.paths import IgnoreRules, key_problem
-from syncd.reconciler import walk
+from syncd.scan import walk
 from syncd.units import parse_duration, parse_rate, parse_size
 
 

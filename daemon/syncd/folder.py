@@ -24,7 +24,8 @@ from .health import FolderState as FolderState  # re-exported: its home was here
 from .journal import Journal
 from .owner import OWNED_ELSEWHERE
 from .paths import IgnoreRules
-from .reconciler import SCAN_RULES, LocalScan, RemotePass, RemoteReport, ScanReport
+from .reconciler import RemotePass, RemoteReport
+from .scan import SCAN_RULES, LocalScan, ScanReport
 from .scheduler import Scheduler
 from .store import StoreError
 from .transfer import Transfers

@@ -12,8 +12,9 @@ import time
 from collections import deque
 from typing import Any
 
+from .changes import Entry
 from .config import FolderConfig
-from .journal import Entry, Journal
+from .journal import Journal
 
 INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
 INGEST_BATCH = 20_000        # changes journaled per transaction

@@ -32,12 +32,12 @@ import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from pathlib import Path
 
 import structlog
 
+from .changes import Entry, IntentOp, Outcome, OutcomeKind, Pending
 from .sql import immediate
 from .uploads import SCHEMA as UPLOADS_SCHEMA
 from .uploads import UploadLog
@@ -128,66 +128,6 @@ _UPSERT = "INSERT INTO pending(path, move_from, first_seen, due) VALUES (?, ?, ?
 # Everything the manifest holds below a directory (a directory deleted or moved away).
 _UPSERT_DIR = ("INSERT INTO pending(path, move_from, first_seen, due) "
                "SELECT path, NULL, ?, ? FROM manifest WHERE path >= ? AND path < ? " + _ON_CONFLICT)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A claimed change: "this path may differ from the bucket"."""
-
-    path: str
-    move_from: str | None
-    gen: int
-    attempts: int
-    first_seen: float
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What the bucket holds for one path, as last written by syncd."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    inode: int | None
-    sha256: str | None
-    etag: str | None
-
-
-class IntentOp(StrEnum):
-    """What may have reached a key whose write intent is unresolved (table ``intents``)."""
-
-    PUT = "put"
-    MULTIPART = "multipart"
-    COPY = "copy"
-
-
-class OutcomeKind(StrEnum):
-    """How a claimed change ended (see :class:`Outcome`)."""
-
-    DONE = "done"
-    RETRY = "retry"
-    DEFER = "defer"
-    PARK = "park"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one claimed change ended; applied in a batch by :meth:`Journal.apply`.
-
-    kind: ``done`` (row finished; ``entry`` upserted or ``forget`` removes the manifest row),
-    ``retry`` (transient error: back off ``delay``), ``defer`` (not ready: look again after
-    ``delay`` without counting an attempt), ``park`` (permanent error, needs the user).
-    A ``done`` with ``entry`` or ``forget`` (or ``settled``) also ends the path's write intent.
-    """
-
-    kind: OutcomeKind
-    path: str
-    gen: int
-    entry: Entry | None = None
-    forget: bool = False
-    error: str | None = None
-    delay: float = 0.0
-    settled: bool = False  # the key needs nothing more (delete: keep): drop its write intent
 
 
 class Journal:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import structlog
 
 from .bandwidth import Payload, Throttle
+from .changes import Entry
 from .config import FolderConfig
 from .headers import object_headers
-from .journal import Entry
 from .store import (
     FOLDER,
     KEY,

@@ -13,9 +13,10 @@ import stat as statmod
 import structlog
 
 from .beneath import NotBeneath, folder_root
+from .changes import Outcome, OutcomeKind, Pending
 from .choices import DeleteMode
 from .config import FolderConfig
-from .journal import Journal, Outcome, OutcomeKind, Pending
+from .journal import Journal
 from .multipart import part_size_for
 from .paths import IgnoreRules, key_problem, reserved
 from .transfer import Task, TaskKind

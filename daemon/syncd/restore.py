@@ -35,7 +35,7 @@ import pathspec
 from .beneath import NotBeneath, RootDir
 from .config import FolderConfig
 from .paths import IgnoreRules, reserved
-from .reconciler import walk
+from .scan import walk
 from .store import META_MTIME, META_RCLONE_MTIME, TRANSIENT, ObjectStore, RemoteObject, StoreError, Version
 from .units import format_size
 from .verify import expected_digest

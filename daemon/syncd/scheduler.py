@@ -19,11 +19,12 @@ from typing import Any
 import structlog
 
 from .bandwidth import ByteBudget
+from .changes import IntentOp, Outcome, OutcomeKind, Pending
 from .config import FolderConfig
 from .guard import DeleteGuard, RootProblem
 from .health import FolderHealth
 from .inbox import Inbox
-from .journal import IntentOp, Journal, Outcome, OutcomeKind, Pending
+from .journal import Journal
 from .metrics import FolderStats
 from .owner import Ownership
 from .planner import Planner

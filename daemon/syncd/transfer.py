@@ -23,9 +23,9 @@ import structlog
 
 from .bandwidth import Payload, Throttle
 from .beneath import NotBeneath, folder_root
+from .changes import Entry, Outcome, OutcomeKind, Pending
 from .config import FolderConfig
 from .headers import object_headers
-from .journal import Entry, Outcome, OutcomeKind, Pending
 from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
 from .store import FOLDER, TRANSIENT, UNREACHABLE, NotFound, ObjectStore, PutResult, StoreError, object_meta
 from .uploads import UploadLog

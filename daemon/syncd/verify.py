@@ -26,7 +26,7 @@ from . import statedir
 from .beneath import NotBeneath, RootDir, folder_root
 from .config import FolderConfig
 from .paths import IgnoreRules, reserved
-from .reconciler import walk
+from .scan import walk
 from .store import META_MTIME, META_SHA256, ObjectStore, RemoteObject, StoreError
 
 READ_CHUNK = 1 << 20

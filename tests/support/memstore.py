@@ -328,6 +328,10 @@ class MemoryStore:
             self._after("write", key)
             return True
 
+    def versioning(self) -> str:
+        """A memory bucket is never versioned (`get` and `list_versions` are not modelled yet)."""
+        return ""
+
     def head(self, key: str) -> RemoteObject | None:
         with self._lock:
             self._before("head", key)
