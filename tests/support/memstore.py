@@ -29,11 +29,13 @@ from syncd.store import (
     KEY,
     NO_HEADERS,
     TRANSIENT,
+    NotFound,
     Part,
     PutResult,
     RemoteObject,
     StoreError,
     Upload,
+    UploadGone,
     multipart_etag,
 )
 
@@ -165,13 +167,13 @@ class MemoryStore:
                              f"{MAX_KEY_BYTES} bytes", scope=KEY, code="KeyTooLongError", key=key)
 
     def _missing(self, key: str, code: str = "NoSuchKey") -> StoreError:
-        return StoreError(f"memory://{self.bucket}/{key}: {code}: the key does not exist", scope=KEY, code=code,
+        return NotFound(f"memory://{self.bucket}/{key}: {code}: the key does not exist", scope=KEY, code=code,
                           key=key)
 
     def _upload(self, key: str, upload_id: str) -> _Upload:
         upload = self._uploads.get(upload_id)
         if upload is None or upload.key != key:
-            raise StoreError(f"memory://{self.bucket}/{key}: NoSuchUpload: upload {upload_id!r} does not exist",
+            raise UploadGone(f"memory://{self.bucket}/{key}: NoSuchUpload: upload {upload_id!r} does not exist",
                              scope=KEY, code="NoSuchUpload", key=key)
         return upload
 
