@@ -93,6 +93,8 @@ def test_changes_missed_in_an_inotify_overflow_are_found_and_the_overflow_logged
             (late / f"{i:02}.txt").write_text(f"only a rescan can find me {i}")
     finally:
         os.kill(syncd.proc.pid, signal.SIGCONT)
+    # `wait` cannot see events still queued in the kernel: let the daemon reach the overflow first.
+    await_condition(lambda: "watch.overflow" in syncd.log(), 60, "the overflow noticed")
     syncd.wait_idle(240)
     assert_mirror(s3, bucket, tree)
     log = syncd.log()
