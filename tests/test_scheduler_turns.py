@@ -1,65 +1,28 @@
 """The scheduler's loop turn, driven in-process with its clock as a parameter.
 
-A memory store stands in for S3 here: these tests are about when the scheduler acts, not
+The memory store (tests/support/memstore.py) stands in for S3 here: these tests are about when the scheduler acts, not
 about store behaviour (which the integration tests check against SeaweedFS).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from syncd import beneath
-from syncd.bandwidth import ByteBudget, Payload
+from syncd.bandwidth import ByteBudget
 from syncd.config import FolderConfig
 from syncd.health import FolderState
 from syncd.journal import Journal
 from syncd.scheduler import Scheduler
-from syncd.store import PutResult, RemoteObject, StoreError
 from syncd.transfer import Transfers
 from syncd.uploads import UploadLog
 
 from tests.support.daemon import await_condition
-
-
-class MemoryStore:
-    """Just enough of an ObjectStore for small files and the owner marker."""
-
-    bucket = "memory"
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def check(self) -> None:
-        pass
-
-    def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes,
-            done: Callable[[PutResult | StoreError], None], headers: Mapping[str, str] = {}) -> None:
-        self.objects[key] = bytes(body.data)
-        done(PutResult(hashlib.md5(body.data).hexdigest(), len(body.data)))
-
-    def read(self, key: str) -> bytes | None:
-        return self.objects.get(key)
-
-    def write(self, key: str, body: bytes, *, if_absent: bool) -> bool:
-        if if_absent and key in self.objects:
-            return False
-        self.objects[key] = body
-        return True
-
-    def versioning(self) -> str:
-        return ""  # never versioned (the probe asks once, for `syncd status`)
-
-    def head(self, key: str) -> RemoteObject | None:
-        data = self.objects.get(key)
-        return None if data is None else RemoteObject(key, len(data), hashlib.md5(data).hexdigest(), {})
-
-    def close(self) -> None:
-        pass
+from tests.support.memstore import MemoryStore
 
 
 @pytest.fixture
@@ -68,10 +31,10 @@ def scheduler(tmp_path: Path) -> Iterator[tuple[Scheduler, MemoryStore, Path]]:
     root.mkdir()
     folder = FolderConfig(name="turns", source=tmp_path / "turns.yaml", path=root, bucket="memory", settle=0.0)
     journal = Journal(tmp_path / "turns.sqlite3", "memory|turns|")
-    store = MemoryStore()
+    store = MemoryStore(bucket="memory")
 
     def make(f: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:
-        return Transfers(f, store, uploads, progress)  # type: ignore[arg-type]
+        return Transfers(f, store, uploads, progress)
 
     s = Scheduler(folder, journal, ByteBudget(1 << 30), make)
     yield s, store, root
@@ -110,7 +73,7 @@ def test_a_change_is_sent_once_the_turns_clock_reaches_its_due_time(scheduler):
     s.journal.record([("a.txt", None, now + 60)], max_delay=600)
     _turn_until(s, now + 61, lambda: s.journal.open_and_failed() == (0, 0) and s.in_flight() == 0,
                 "the change to be sent and recorded")
-    assert store.objects["a.txt"] == b"hello"
+    assert store.objects["a.txt"].body == b"hello"
     assert s.journal.entry("a.txt") is not None
 
 

@@ -19,7 +19,18 @@ import pytest
 from syncd.bandwidth import Payload
 from syncd.config import FolderConfig
 from syncd.s3store import S3Store
-from syncd.store import FOLDER, KEY, TRANSIENT, ObjectStore, Part, PutResult, StoreError, multipart_etag
+from syncd.store import (
+    FOLDER,
+    KEY,
+    TRANSIENT,
+    NotFound,
+    ObjectStore,
+    Part,
+    PutResult,
+    RemoteObject,
+    StoreError,
+    multipart_etag,
+)
 
 from tests.support.memstore import MemoryStore
 
@@ -219,6 +230,59 @@ def test_read_gives_the_bytes_or_none(store: ObjectStore) -> None:
     put_ok(store, "r", b"\x00\x01bytes")
     assert store.read("r") == b"\x00\x01bytes"
     assert store.read("absent") is None
+
+
+def _fetch(store: ObjectStore, key: str, **kw: Any) -> tuple[RemoteObject, bytes]:
+    body = store.get(key, **kw)
+    try:
+        return body.info, b"".join(body.chunks(64 * 1024))
+    finally:
+        body.close()
+
+
+def test_get_gives_the_bytes_size_etag_and_metadata(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 1000
+    etag = put_ok(store, "g", data, {"syncd-mtime-ns": "7"}).etag
+    info, got = _fetch(store, "g")
+    assert (got, info.size, info.etag, info.meta.get("syncd-mtime-ns")) == (data, len(data), etag, "7")
+
+
+def test_get_of_a_range_gives_those_bytes_and_the_whole_size(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 100
+    put_ok(store, "g", data)
+    info, got = _fetch(store, "g", first=1000, last=1999)
+    assert (got, info.size) == (data[1000:2000], len(data))
+
+
+def test_get_of_an_absent_key_raises_not_found(store: ObjectStore) -> None:
+    with pytest.raises(NotFound) as caught:
+        store.get("absent")
+    assert caught.value.scope == KEY
+
+
+@pytest.fixture(scope="module")
+def versioned_bucket(s3_server: Any) -> str:
+    name = f"contract-v-{uuid.uuid4().hex[:12]}"
+    client = s3_server.client()
+    client.create_bucket(Bucket=name)
+    client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name
+
+
+def test_a_versioned_bucket_keeps_every_version_and_delete_marker(kind: str, request: pytest.FixtureRequest,
+                                                                  tmp_path: Path) -> None:
+    store: ObjectStore = (MemoryStore(versioned=True) if kind == "memory" else
+                          _s3_store(request, tmp_path, request.getfixturevalue("versioned_bucket")))
+    key = f"v-{uuid.uuid4().hex[:8]}"
+    put_ok(store, key, b"one")
+    put_ok(store, key, b"two")
+    assert store.delete([key]) == {}
+    assert store.versioning() == "Enabled"
+    versions = [v for page in store.list_versions(key) for v in page]
+    assert sorted(v.deleted for v in versions) == [False, False, True]
+    bodies = {_fetch(store, key, version=v.version_id)[1] for v in versions if not v.deleted}
+    assert bodies == {b"one", b"two"}
+    assert store.head(key) is None
 
 
 # ---------------------------------------------------------------------- write (bookkeeping)

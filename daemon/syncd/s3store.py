@@ -32,7 +32,6 @@ from .s3errors import NOT_FOUND_CODES, UPLOAD_GONE_CODES, classify, crt_error, c
 from .s3role import assume_role_session
 from .store import (
     FOLDER,
-    KEY,
     NO_HEADERS,
     Part,
     PutResult,
@@ -437,11 +436,6 @@ class S3Store:
             args["Range"] = f"bytes={first}-{'' if last is None else last}"
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
-        except bexc.ClientError as exc:
-            if error_code(exc) in ("404", "NotFound", "NoSuchVersion"):
-                raise StoreError(f"s3://{self.bucket}/{key}: NoSuchKey: gone since it was listed",
-                                 scope=KEY, code="NoSuchKey", key=key) from exc
-            raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
         return _Body(_answered(key, resp), resp["Body"], self.bucket)

@@ -242,7 +242,7 @@ class ObjectStore(Protocol):
 
     def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> Fetched:
         """Start reading the object (that version; bytes ``first``..``last`` inclusive with a
-        range). StoreError(code="NoSuchKey") if it is gone."""
+        range). NotFound if it is gone."""
 
     def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""

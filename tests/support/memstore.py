@@ -29,6 +29,7 @@ from syncd.store import (
     KEY,
     NO_HEADERS,
     TRANSIENT,
+    Fetched,
     NotFound,
     Part,
     PutResult,
@@ -36,6 +37,7 @@ from syncd.store import (
     StoreError,
     Upload,
     UploadGone,
+    Version,
     multipart_etag,
 )
 
@@ -94,13 +96,30 @@ def _read(body: Payload) -> bytes:
     return b"".join(chunks)
 
 
+class _Fetched:
+    """A body being read (syncd.store.Fetched), from bytes already held."""
+
+    def __init__(self, info: RemoteObject, body: bytes) -> None:
+        self.info = info
+        self._body = body
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        for start in range(0, len(self._body), size):
+            yield self._body[start:start + size]
+
+    def close(self) -> None:
+        pass
+
+
 class MemoryStore:
     """A bucket in a dict; thread-safe (one lock), every answer given before the call returns."""
 
     def __init__(self, bucket: str = "memory", *, seed: int = 0, page_size: int = PAGE_SIZE,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, versioned: bool = False) -> None:
         self.bucket = bucket
         self.objects: dict[str, StoredObject] = {}  # tests may look at headers here
+        self.versioned = versioned                  # keep every version and delete marker, as S3 does
+        self._history: dict[str, list[tuple[str, float, StoredObject | None]]] = {}
         self.exists = True                          # False: the bucket is gone (FOLDER errors)
         self.hook: Hook | None = None
         self.calls: Counter[str] = Counter()        # operations attempted, by method name
@@ -170,6 +189,20 @@ class MemoryStore:
         return NotFound(f"memory://{self.bucket}/{key}: {code}: the key does not exist", scope=KEY, code=code,
                           key=key)
 
+    def _store(self, key: str, obj: StoredObject) -> None:
+        self.objects[key] = obj
+        if self.versioned:
+            self._history.setdefault(key, []).append((f"v{next(self._ids)}", self._clock(), obj))
+
+    def _remove(self, key: str) -> None:
+        if self.objects.pop(key, None) is not None and self.versioned:
+            self._history[key].append((f"v{next(self._ids)}", self._clock(), None))  # a delete marker
+
+    def _version(self, key: str, version: str | None) -> StoredObject | None:
+        if version is None:
+            return self.objects.get(key)
+        return next((obj for vid, _, obj in self._history.get(key, []) if vid == version), None)
+
     def _upload(self, key: str, upload_id: str) -> _Upload:
         upload = self._uploads.get(upload_id)
         if upload is None or upload.key != key:
@@ -197,7 +230,7 @@ class MemoryStore:
                     raise StoreError(f"memory://{self.bucket}/{key}: BadDigest: the body does not match its "
                                      "checksum", scope=TRANSIENT, code="BadDigest", key=key)
                 etag = _md5(data)
-                self.objects[key] = StoredObject(data, etag, dict(meta), dict(headers))
+                self._store(key, StoredObject(data, etag, dict(meta), dict(headers)))
                 self._after("put", key)
         except StoreError as exc:
             done(exc)
@@ -242,7 +275,7 @@ class MemoryStore:
                                      "5 MiB", scope=KEY, code="EntityTooSmall", key=key)
                 chunks.append(held[1])
             etag: str = multipart_etag([upload.parts[p.number][0] for p in ordered])
-            self.objects[key] = StoredObject(b"".join(chunks), etag, upload.meta, upload.headers)
+            self._store(key, StoredObject(b"".join(chunks), etag, upload.meta, upload.headers))
             del self._uploads[upload_id]
             self._after("complete_upload", key)
             return etag
@@ -278,7 +311,7 @@ class MemoryStore:
                 raise self._missing(key)
             # A copy onto itself: S3 gives the result the MD5 of its bytes, multipart or not.
             etag = _md5(obj.body)
-            self.objects[key] = StoredObject(obj.body, etag, dict(meta), dict(headers))
+            self._store(key, StoredObject(obj.body, etag, dict(meta), dict(headers)))
             self._after("set_meta", key)
             return etag
 
@@ -290,7 +323,7 @@ class MemoryStore:
             if src is None:
                 raise self._missing(src_key)
             kept = dict(src.headers) if headers is None else dict(headers)
-            self.objects[dst_key] = StoredObject(src.body, _md5(src.body), dict(src.meta), kept)
+            self._store(dst_key, StoredObject(src.body, _md5(src.body), dict(src.meta), kept))
             self._after("copy", dst_key)
             return self.objects[dst_key].etag
 
@@ -310,7 +343,7 @@ class MemoryStore:
                         self._faults.remove(fault)
                     errors[key] = f"{fault.code}: injected failure"
                 else:
-                    self.objects.pop(key, None)  # deleting an absent key succeeds, as on S3
+                    self._remove(key)  # deleting an absent key succeeds, as on S3
             self._after("delete")
             return errors
 
@@ -326,19 +359,41 @@ class MemoryStore:
             self._check_key(key)
             if if_absent and key in self.objects:
                 return False
-            self.objects[key] = StoredObject(bytes(body), _md5(body), {}, {"Content-Type": "application/json"})
+            self._store(key, StoredObject(bytes(body), _md5(body), {}, {"Content-Type": "application/json"}))
             self._after("write", key)
             return True
 
     def versioning(self) -> str:
-        """A memory bucket is never versioned (`get` and `list_versions` are not modelled yet)."""
-        return ""
+        return "Enabled" if self.versioned else ""
 
-    def head(self, key: str) -> RemoteObject | None:
+    def list_versions(self, prefix: str) -> Iterator[list[Version]]:
+        with self._lock:
+            self._before("list_versions")
+            found = [Version(key, vid, when, obj is None, 0 if obj is None else len(obj.body),
+                             "" if obj is None else obj.etag)
+                     for key, history in self._history.items() if key.startswith(prefix)
+                     for vid, when, obj in history]
+        for start in range(0, len(found), self._page_size):
+            yield found[start:start + self._page_size]
+        if not found:
+            yield []
+
+    def head(self, key: str, version: str | None = None) -> RemoteObject | None:
         with self._lock:
             self._before("head", key)
-            obj = self.objects.get(key)
+            obj = self._version(key, version)
             return None if obj is None else RemoteObject(key, len(obj.body), obj.etag, dict(obj.meta))
+
+    def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> Fetched:
+        with self._lock:
+            self._before("get", key)
+            obj = self._version(key, version)
+            if obj is None:
+                raise NotFound(f"memory://{self.bucket}/{key}: NoSuchKey: no such object", scope=KEY,
+                               code="NoSuchKey", key=key)
+            body = obj.body[first:None if last is None else last + 1]
+            # The size is the whole object's, as a ranged GET's Content-Range gives it.
+            return _Fetched(RemoteObject(key, len(obj.body), obj.etag, dict(obj.meta)), body)
 
     def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
         with self._lock:
