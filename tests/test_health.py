@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import structlog
-from syncd.guard import RootProblem
+from syncd.guard import RootIssue, RootProblem
 from syncd.health import PROBE_MAX, PROBE_MIN, FolderHealth, FolderState
 from syncd.store import FOLDER, TRANSIENT, StoreError
 
@@ -25,9 +25,6 @@ class FakeGuard:
 
     def confirm_root(self) -> None:
         self.root_confirmed = True
-
-    def root_is_symlink(self) -> bool:
-        return False
 
 
 @pytest.fixture
@@ -115,14 +112,14 @@ def test_the_endpoint_coming_back_says_retries_may_go_now(health):
 
 
 def test_a_root_problem_holds_the_folder_whatever_else_is_going_on(health):
-    health.fail("folder root /x is unavailable", root=True)
+    health.fail_root(RootIssue("folder root /x is unavailable"))
     health.set_paused(True)
     assert health.state(scanning=True) is FolderState.HELD
     assert health.held() == "folder root /x is unavailable"
 
 
 def test_a_root_hold_ends_when_a_probe_passes_the_root_check(health):
-    health.fail("folder root /x is unavailable", root=True)
+    health.fail_root(RootIssue("folder root /x is unavailable"))
     health.probe_due(time.time() + 60)
     health.probe_failed(_unreachable())  # the root is back; the store is the problem now
     assert health.root_recovered.is_set()
@@ -133,15 +130,24 @@ def test_a_root_hold_ends_when_a_probe_passes_the_root_check(health):
 def test_a_root_problem_found_by_the_probe_is_a_hold(health):
     health.connect()
     health.probe_due(time.time())
-    health.probe_failed(RootProblem("folder root /x is unavailable"))
+    health.probe_failed(RootProblem(RootIssue("folder root /x is unavailable")))
     assert health.state(scanning=False) is FolderState.HELD
 
 
 def test_resume_accepts_the_root_and_probes_at_once(health, guard):
-    health.fail("folder root /x was replaced", root=True)
+    health.fail_root(RootIssue("folder root /x was replaced"))
     health.set_paused(False)
     assert guard.root_confirmed
     assert health.probe_due(time.time())
+
+
+def test_a_root_swapped_for_a_symlink_is_an_error_that_resume_does_not_accept(health, guard):
+    health.fail_root(RootIssue("folder root /x was replaced by a symlink", holds=False))
+    assert health.state(scanning=False) is FolderState.ERROR
+    assert health.held() is None
+    health.set_paused(False)
+    assert not guard.root_confirmed
+    assert health.state(scanning=False) is FolderState.ERROR
 
 
 def test_a_held_deletion_wave_pauses_until_resume_confirms_it(health, guard):

@@ -9,14 +9,16 @@ it: moving a large directory is not a deletion wave.
 
 A root replaced by a symlink, another directory or a mount is also a root problem: every read
 goes through the directory fd held by :class:`~syncd.beneath.RootDir`, so nothing is read
-through the replacement, and the folder is held in ``error`` until the old root is back or
-``syncd resume`` accepts the new one (which reopens the fd).
+through the replacement. The folder is ``held`` until the old root is back or ``syncd resume``
+accepts the new one (which reopens the fd); a root swapped for a symlink is an ``error`` that
+resume does not accept (:class:`RootIssue` says which).
 """
 
 from __future__ import annotations
 
 import os
 import stat as statmod
+from dataclasses import dataclass
 
 from .beneath import folder_root
 from .config import FolderConfig
@@ -26,11 +28,22 @@ from .store import FOLDER, StoreError
 LOOKAHEAD = 20_000  # open changes a deletion wave's check looks at (one lstat each), at most
 
 
-class RootProblem(StoreError):
-    """The folder root cannot be trusted (missing, replaced, emptied): a guard hold."""
+@dataclass(frozen=True, slots=True)
+class RootIssue:
+    """Why the root cannot be trusted. ``holds``: a guard hold, over when the root is back or
+    `syncd resume` accepts it; False for a root swapped for a symlink, an error that resume
+    never accepts (syncd never reads through a symlinked root)."""
 
-    def __init__(self, message: str):
-        super().__init__(message, scope=FOLDER, code="RootProblem")
+    reason: str
+    holds: bool = True
+
+
+class RootProblem(StoreError):
+    """The folder root cannot be trusted (missing, replaced, emptied, a symlink)."""
+
+    def __init__(self, issue: RootIssue):
+        super().__init__(issue.reason, scope=FOLDER, code="RootProblem")
+        self.holds = issue.holds
 
 
 class DeleteGuard:
@@ -46,29 +59,26 @@ class DeleteGuard:
         self.wave_deletes = 0
         self.wave_moves = 0            # server-side copies (renames) in the same wave
 
-    def root_is_symlink(self) -> bool:
-        try:
-            return statmod.S_ISLNK(os.lstat(self.root).st_mode)
-        except OSError:
-            return False
-
-    def root_problem(self, check_empty: bool = False) -> str | None:
+    def root_problem(self, check_empty: bool = False) -> RootIssue | None:
         """Why the root cannot be trusted right now, or None. ``check_empty`` costs a
         directory read and a manifest count: it is done before deleting, not every second."""
         try:
             st = os.lstat(self.root)
         except OSError as exc:
-            return f"folder root {self.root} is unavailable ({exc.strerror}): no remote deletions until it is back"
+            return RootIssue(f"folder root {self.root} is unavailable ({exc.strerror}): no remote deletions until "
+                             "it is back")
         if statmod.S_ISLNK(st.st_mode):
-            return (f"folder root {self.root} was replaced by a symlink: nothing is read through it and no remote "
-                    f"deletions; put the directory back (syncd never follows a symlinked root)")
+            return RootIssue(f"folder root {self.root} was replaced by a symlink: nothing is read through it and "
+                             "no remote deletions; put the directory back (syncd never follows a symlinked root)",
+                             holds=False)
         if not statmod.S_ISDIR(st.st_mode):
-            return f"folder root {self.root} is not a directory: no remote deletions until it is fixed"
+            return RootIssue(f"folder root {self.root} is not a directory: no remote deletions until it is fixed")
         if self.rootdir.identity is None and not self.rootdir.reopen():
-            return f"{self.rootdir.open_error}: no remote deletions until it is fixed"
+            return RootIssue(f"{self.rootdir.open_error}: no remote deletions until it is fixed")
         if (st.st_dev, st.st_ino) != self.rootdir.identity:
-            return (f"folder root {self.root} was replaced or unmounted (another directory or device is there now): "
-                    f"no remote deletions; restore it, or run 'syncd resume {self.folder.name}' to accept the new one")
+            return RootIssue(f"folder root {self.root} was replaced or unmounted (another directory or device is "
+                             f"there now): no remote deletions; restore it, or run 'syncd resume {self.folder.name}' "
+                             "to accept the new one")
         if not check_empty:
             return None
         fd = self.rootdir.open_dir("")  # the directory that is read, not whatever the path names
@@ -80,8 +90,9 @@ class DeleteGuard:
         if not empty:
             self.empty_confirmed = False  # refilled: guard the next emptying again
         elif not self.empty_confirmed and (objects := self.journal.manifest_count()) > 0:
-            return (f"folder root {self.root} is empty but {objects} objects are mirrored (unmounted disk?): "
-                    f"no remote deletions; run 'syncd resume {self.folder.name}' if the folder really was emptied")
+            return RootIssue(f"folder root {self.root} is empty but {objects} objects are mirrored (unmounted "
+                             f"disk?): no remote deletions; run 'syncd resume {self.folder.name}' if the folder "
+                             "really was emptied")
         return None
 
     def wave_problem(self, deleting: int) -> str | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from .guard import DeleteGuard, RootProblem
+from .guard import DeleteGuard, RootIssue, RootProblem
 from .store import StoreError
 
 PROBE_MIN, PROBE_MAX = 2.0, 30.0   # spacing of the probes of a halted folder: first, at most
@@ -43,7 +43,8 @@ class Halt:
 
     reason: str
     state: FolderState       # STARTING (before the first contact), ERROR or STALLED
-    root: bool = False       # a root guard: held until the root is back or `syncd resume`
+    root: bool = False       # a root problem: no deletions; rescanned once the root is back
+    holds: bool = True       # with ``root``: a guard hold (`held`); False: an error resume never accepts
 
 
 CONNECTING = Halt("connecting to the object store", FolderState.STARTING)
@@ -78,8 +79,7 @@ class FolderHealth:
         if self.wave_held is not None:
             return self.wave_held
         halt = self.halt
-        # A root swapped for a symlink is no guard hold but an error: `resume` never accepts it.
-        return halt.reason if halt is not None and halt.root and not self.guard.root_is_symlink() else None
+        return halt.reason if halt is not None and halt.root and halt.holds else None
 
     def state(self, scanning: bool) -> FolderState:
         """The folder's state; ``scanning``: a reconcile pass is running."""
@@ -148,6 +148,7 @@ class FolderHealth:
         halt = self.halt
         # A root problem also holds at startup: watched and rescanned once it is back.
         root = isinstance(exc, RootProblem)
+        holds = exc.holds if isinstance(exc, RootProblem) else True
         if not root and halt is not None and halt.root:
             # The root passed the probe's check: that hold is over, the store is the problem now.
             self.root_recovered.set()
@@ -158,24 +159,34 @@ class FolderHealth:
             self._log.warning("folder.still_failing", error=message)
         self._first_probe = False
         stalled = isinstance(exc, StoreError) and exc.transient
-        self.halt = Halt(message, FolderState.STALLED if stalled else FolderState.ERROR, root)
+        self.halt = Halt(message, FolderState.STALLED if stalled else FolderState.ERROR, root, holds)
         self.last_error = message
         self._probe_delay = min(PROBE_MAX, self._probe_delay * 2)
         self._probe_at = time.time() + self._probe_delay
 
     # ------------------------------------------------------------------ halts and holds
 
-    def fail(self, reason: str, stalled: bool = False, root: bool = False) -> None:
+    def fail(self, reason: str, stalled: bool = False) -> None:
         """Stop dispatching until a probe succeeds. ``stalled``: the endpoint cannot be
-        reached (nothing is wrong with the folder itself; it resumes on its own). ``root``: a
-        root guard holds it (a root hold lasts while the halt does)."""
+        reached (nothing is wrong with the folder itself; it resumes on its own). A root
+        problem already halting the folder stays (it lasts while the halt does)."""
         halt = self.halt
-        if halt is None:
-            self._log.error("folder.stalled" if stalled else "folder.error", error=reason)
+        if halt is not None and halt.root:
+            self._halt(Halt(reason, FolderState.ERROR, True, halt.holds), stalled)
+        else:
+            self._halt(Halt(reason, FolderState.STALLED if stalled else FolderState.ERROR), stalled)
+
+    def fail_root(self, issue: RootIssue) -> None:
+        """The root cannot be trusted: no deletions, and a hold (or an error, for a root
+        swapped for a symlink) until the root is back or `syncd resume` accepts it."""
+        self._halt(Halt(issue.reason, FolderState.ERROR, True, issue.holds), False)
+
+    def _halt(self, new: Halt, stalled: bool) -> None:
+        if self.halt is None:
+            self._log.error("folder.stalled" if stalled else "folder.error", error=new.reason)
             self._probe_delay = PROBE_MIN
-        root = root or (halt is not None and halt.root)
-        self.halt = Halt(reason, FolderState.STALLED if stalled else FolderState.ERROR, root)
-        self.last_error = reason
+        self.halt = new
+        self.last_error = new.reason
         self._probe_at = time.time() + self._probe_delay
 
     def report(self, exc: StoreError) -> None:
@@ -209,7 +220,7 @@ class FolderHealth:
                 self.wave_held = None
                 self.last_error = None
             halt = self.halt
-            if halt is not None and halt.root:
+            if halt is not None and halt.root and halt.holds:
                 self.guard.confirm_root()
                 self._probe_at = 0.0
         self._wake.set()

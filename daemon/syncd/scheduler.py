@@ -166,9 +166,9 @@ class Scheduler:
         if health.halt is None and time.monotonic() - self._root_checked >= 1.0:
             # A root moved away or unmounted sends no event for the files below it.
             self._root_checked = time.monotonic()
-            problem = self.guard.root_problem()
-            if problem is not None:
-                health.fail(problem, root=True)
+            issue = self.guard.root_problem()
+            if issue is not None:
+                health.fail_root(issue)
         if self.guard.in_wave and not (self._inflight or self._ready or self._deletes) \
                 and self.journal.next_due() is None:
             self.guard.wave_over()
@@ -277,9 +277,9 @@ class Scheduler:
 
     def _flush_deletes(self) -> None:
         batch, self._deletes = self._deletes[:DELETE_BATCH], self._deletes[DELETE_BATCH:]
-        problem = self.guard.root_problem(check_empty=True)
-        if problem is not None:
-            self.health.fail(problem, root=True)
+        issue = self.guard.root_problem(check_empty=True)
+        if issue is not None:
+            self.health.fail_root(issue)
             self._hold_deletes(batch)
             return
         problem = self.guard.wave_problem(len(batch) + len(self._deletes))
@@ -321,9 +321,9 @@ class Scheduler:
     def _probe(self) -> Transfers:
         """Pool thread: can the folder work again (root present, store reachable)?"""
         halt = self.health.halt
-        problem = self.guard.root_problem(check_empty=halt is not None and halt.root)
-        if problem is not None:
-            raise RootProblem(problem)
+        issue = self.guard.root_problem(check_empty=halt is not None and halt.root)
+        if issue is not None:
+            raise RootProblem(issue)
         transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
         if self.versioned is None:
