@@ -273,7 +273,7 @@ def test_restore_at_a_time_gives_back_the_tree_as_it_was(syncd, tree, s3, bucket
     syncd.add_folder("main", tree, bucket, prefix="m/")
     syncd.start()
     syncd.wait_idle()
-    assert syncd.folder_status("main")["versioned"] is True
+    await_condition(lambda: syncd.folder_status("main")["versioned"] is True, 10, "status to say versioned")
     then = _snapshot(tree)
     t1 = time.time()
     time.sleep(1.1)  # S3 timestamps have one-second resolution: later writes must be after T1
@@ -300,7 +300,7 @@ def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning(syncd
     syncd.add_folder("main", tree, bucket, prefix="m/")
     syncd.start()
     syncd.wait_idle()
-    assert syncd.folder_status("main")["versioned"] is False
+    await_condition(lambda: syncd.folder_status("main")["versioned"] is False, 10, "status to say unversioned")
     assert "versioned no" in syncd.cli("status").stdout
     assert syncd.stop() == 0
     r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z")

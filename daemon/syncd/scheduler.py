@@ -326,13 +326,19 @@ class Scheduler:
             raise RootProblem(issue)
         transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
         transfers.store.check()
-        if self.versioned is None:
-            self.versioned = _versioned(transfers.store)
         take_over = self.health.taking_over
         transfers.owner = self.ownership.claim(transfers.store, take_over=take_over)
         if take_over:
             self.health.taking_over = False
         return transfers
+
+    def _ask_versioning(self, store: ObjectStore) -> None:
+        """Pool thread: is the bucket versioned (GetBucketVersioning says Enabled)? Left None
+        if it cannot be asked: only `syncd status` shows it, never the folder's work."""
+        try:
+            self.versioned = store.versioning() == "Enabled"
+        except StoreError:
+            pass
 
     def _on_probe(self, future: Future[Transfers]) -> None:
         self._probes.append(future)
@@ -347,6 +353,9 @@ class Scheduler:
                 self.health.probe_failed(exc)
                 continue
             self._transfers = future.result()
+            if self.versioned is None:
+                # Beside the first uploads, not before them: only `syncd status` shows it.
+                self._pool.submit(self._ask_versioning, self._transfers.store)
             if self.health.probe_ok():
                 # Changes that failed while the endpoint was away are tried again now,
                 # not after whatever backoff they had reached.
@@ -407,12 +416,3 @@ class Scheduler:
 
     def ops(self) -> dict[str, int]:
         return dict(self._transfers.ops) if self._transfers is not None else {}
-
-
-def _versioned(store: ObjectStore) -> bool | None:
-    """Is the bucket versioned (GetBucketVersioning says Enabled)? None if it cannot be asked:
-    only `syncd status` and `restore --at` care, never the folder's work."""
-    try:
-        return store.versioning() == "Enabled"
-    except StoreError:
-        return None
