@@ -109,3 +109,27 @@ def test_claimed_rows_stay_claimed_when_touched_again(journal):
     state = sqlite3.connect(journal.path).execute("SELECT state FROM pending WHERE path='a'").fetchone()[0]
     assert state == CLAIMED
     assert journal.claim_due(time.time(), 10) == []  # never handed out twice
+
+
+def test_counts_are_not_recomputed_while_nothing_is_written(journal):
+    # A million changes behind an unreachable endpoint: status and STATUS= must not scan them
+    # every few seconds while nothing changes.
+    journal.record([(f"f{i}", None, 0.0) for i in range(50)], max_delay=30)
+    assert journal.counts()["pending"] == 50
+    statements: list[str] = []
+    assert journal._reader is not None
+    journal._reader.set_trace_callback(statements.append)
+    for _ in range(5):
+        assert journal.open_and_failed() == (50, 0)
+        assert journal.manifest_count() == 0
+    assert statements == []
+
+
+def test_counts_see_every_write_at_once(journal):
+    assert journal.open_and_failed() == (0, 0)
+    journal.record([("a.txt", None, 0.0)], max_delay=30)
+    assert journal.open_and_failed() == (1, 0)
+    (p,) = journal.claim_due(time.time(), 10)
+    journal.apply([Outcome(OutcomeKind.DONE, p.path, p.gen, entry=_entry("a.txt"))])
+    assert journal.open_and_failed() == (0, 0)
+    assert journal.manifest_count() == 1

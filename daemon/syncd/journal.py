@@ -30,10 +30,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import structlog
 
@@ -59,6 +60,7 @@ class RowState(IntEnum):
 
 
 READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
+_T = TypeVar("_T")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -138,6 +140,8 @@ class Journal:
         self.identity = identity
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self.fresh_reason = "new" if not db_path.exists() else ""
+        self._writes = 0  # write transactions ended so far: the counts below are cached until the next
+        self._counted: dict[str, tuple[int, Any]] = {}
         try:
             self._db = self._open(db_path)
             self._prepare()
@@ -198,8 +202,13 @@ class Journal:
             # Claims do not survive a restart: whatever was in flight is simply redone.
             db.execute(f"UPDATE pending SET state={READY:d} WHERE state={CLAIMED:d}")
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate(self._db)
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with immediate(self._db) as db:
+                yield db
+        finally:
+            self._writes += 1  # after COMMIT: a count read from now on sees this transaction
 
     def close(self) -> None:
         self.uploads.close()
@@ -323,8 +332,7 @@ class Journal:
 
     def manifest_count(self) -> int:
         """Read side: the scheduler's probe calls this from a pool thread."""
-        with self.reader() as db:
-            return int(db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0])
+        return self._count("manifest", lambda db: int(db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0]))
 
     def has_mover(self, path: str) -> bool:
         """True if another pending row was renamed from ``path`` (its key is a copy source)."""
@@ -356,10 +364,24 @@ class Journal:
         by_state = dict(db.execute("SELECT state, COUNT(*) FROM pending GROUP BY state").fetchall())
         return by_state.get(READY, 0) + by_state.get(CLAIMED, 0), by_state.get(FAILED, 0)
 
+    def _count(self, what: str, count: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``count`` over the reader, recomputed only once the journal was written since.
+
+        Each count is a scan of a whole table or index; status, STATUS= (every few seconds),
+        `syncd wait` and /metrics ask for them, and a folder with a million changes waiting
+        behind an unreachable endpoint writes nothing for minutes."""
+        writes = self._writes  # read before counting: a write during the count means counting again
+        with self.reader() as db:
+            hit = self._counted.get(what)
+            if hit is not None and hit[0] == writes:
+                return cast(_T, hit[1])
+            value = count(db)
+            self._counted[what] = (writes, value)
+            return value
+
     def open_and_failed(self) -> tuple[int, int]:
         """(changes not yet done, parked changes): all `syncd wait` needs, polled often."""
-        with self.reader() as db:
-            return self._by_state(db)
+        return self._count("by_state", self._by_state)
 
     def oldest_unsynced(self) -> float | None:
         """When the oldest change not yet synced (parked ones aside) was first seen (epoch s)."""
@@ -374,12 +396,9 @@ class Journal:
 
     def counts(self) -> dict[str, int]:
         """Pending rows by state (``settling``: not yet due), plus the manifest size."""
-        with self.reader() as db:
-            pending, failed = self._by_state(db)
-            settling = db.execute(f"SELECT COUNT(*) FROM pending WHERE state={READY:d} AND due>?",
-                                  (time.time(),)).fetchone()[0]
-            manifest = db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0]
-        return {"pending": pending, "settling": settling, "failed": failed, "manifest": manifest}
+        pending, failed = self.open_and_failed()
+        settling = self.settling_count(time.time())
+        return {"pending": pending, "settling": settling, "failed": failed, "manifest": self.manifest_count()}
 
     def lookup_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> str | None:
         """Reader-side :meth:`entry_by_inode` for the scan thread: the other path's name."""
