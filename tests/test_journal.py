@@ -10,6 +10,8 @@ import pytest
 from syncd.changes import Entry, Outcome, OutcomeKind
 from syncd.journal import CLAIMED, Journal
 
+from tests.support.daemon import await_condition
+
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Journal:
@@ -133,3 +135,13 @@ def test_counts_see_every_write_at_once(journal):
     journal.apply([Outcome(OutcomeKind.DONE, p.path, p.gen, entry=_entry("a.txt"))])
     assert journal.open_and_failed() == (0, 0)
     assert journal.manifest_count() == 1
+
+
+def test_an_approximate_count_lags_only_by_a_multiple_of_its_own_cost(journal):
+    journal.record([("a.txt", None, 0.0)], max_delay=30)
+    assert journal.open_and_failed(approximate=True) == (1, 0)
+    journal.record([("b.txt", None, 0.0)], max_delay=30)
+    assert journal.open_and_failed() == (2, 0)
+    # Counting two rows takes well under a millisecond: the approximate figure catches up at once.
+    await_condition(lambda: journal.open_and_failed(approximate=True) == (2, 0), 1.0,
+                    "the approximate count to see the second change", interval=0.005)

@@ -61,6 +61,7 @@ class RowState(IntEnum):
 
 READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
 _T = TypeVar("_T")
+APPROXIMATE_AGE = 50  # an approximate count may be this many times as old as counting took
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -141,7 +142,7 @@ class Journal:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self.fresh_reason = "new" if not db_path.exists() else ""
         self._writes = 0  # write transactions ended so far: the counts below are cached until the next
-        self._counted: dict[str, tuple[int, Any]] = {}
+        self._counted: dict[str, tuple[int, Any, float, float]] = {}  # what -> (writes, value, at, took)
         try:
             self._db = self._open(db_path)
             self._prepare()
@@ -364,24 +365,29 @@ class Journal:
         by_state = dict(db.execute("SELECT state, COUNT(*) FROM pending GROUP BY state").fetchall())
         return by_state.get(READY, 0) + by_state.get(CLAIMED, 0), by_state.get(FAILED, 0)
 
-    def _count(self, what: str, count: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _count(self, what: str, count: Callable[[sqlite3.Connection], _T], approximate: bool = False) -> _T:
         """``count`` over the reader, recomputed only once the journal was written since.
 
         Each count is a scan of a whole table or index; status, STATUS= (every few seconds),
         `syncd wait` and /metrics ask for them, and a folder with a million changes waiting
-        behind an unreachable endpoint writes nothing for minutes."""
+        behind an unreachable endpoint writes nothing for minutes. ``approximate``: during a
+        large sync (written all the time) a figure up to APPROXIMATE_AGE times as old as its
+        count took may serve, which bounds the counting's share of a core."""
         writes = self._writes  # read before counting: a write during the count means counting again
         with self.reader() as db:
             hit = self._counted.get(what)
-            if hit is not None and hit[0] == writes:
+            if hit is not None and (hit[0] == writes or (
+                    approximate and time.monotonic() - hit[2] < hit[3] * APPROXIMATE_AGE)):
                 return cast(_T, hit[1])
+            started = time.monotonic()
             value = count(db)
-            self._counted[what] = (writes, value)
+            self._counted[what] = (writes, value, started, time.monotonic() - started)
             return value
 
-    def open_and_failed(self) -> tuple[int, int]:
-        """(changes not yet done, parked changes): all `syncd wait` needs, polled often."""
-        return self._count("by_state", self._by_state)
+    def open_and_failed(self, approximate: bool = False) -> tuple[int, int]:
+        """(changes not yet done, parked changes): all `syncd wait` needs, polled often.
+        ``approximate``: for a summary line, never for a decision (see :meth:`_count`)."""
+        return self._count("by_state", self._by_state, approximate)
 
     def oldest_unsynced(self) -> float | None:
         """When the oldest change not yet synced (parked ones aside) was first seen (epoch s)."""
