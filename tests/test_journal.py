@@ -145,3 +145,45 @@ def test_an_approximate_count_lags_only_by_a_multiple_of_its_own_cost(journal):
     # Counting two rows takes well under a millisecond: the approximate figure catches up at once.
     await_condition(lambda: journal.open_and_failed(approximate=True) == (2, 0), 1.0,
                     "the approximate count to see the second change", interval=0.005)
+
+
+def _statements_at_open(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> tuple[Journal, list[str]]:
+    statements: list[str] = []
+    opened = Journal._open
+
+    def traced(path: Path) -> sqlite3.Connection:
+        db = opened(path)
+        db.set_trace_callback(statements.append)
+        return db
+    monkeypatch.setattr(Journal, "_open", staticmethod(traced))
+    return Journal(db_path, "test|bucket|"), statements
+
+
+def test_a_journal_closed_cleanly_is_not_integrity_checked_at_the_next_open(tmp_path, monkeypatch):
+    # quick_check reads every page: seconds for a million-file manifest, at every start.
+    Journal(tmp_path / "j.sqlite3", "test|bucket|").close()
+    journal, statements = _statements_at_open(monkeypatch, tmp_path / "j.sqlite3")
+    journal.close()
+    assert not any("quick_check" in s for s in statements)
+
+
+def test_a_journal_not_closed_is_integrity_checked_at_the_next_open(tmp_path, monkeypatch):
+    first = Journal(tmp_path / "j.sqlite3", "test|bucket|")
+    first.record([("a.txt", None, 0.0)], max_delay=30)
+    first._db.close()  # as kill -9 leaves it: close() never ran
+    journal, statements = _statements_at_open(monkeypatch, tmp_path / "j.sqlite3")
+    journal.close()
+    assert any("quick_check" in s for s in statements)
+
+
+def test_a_journal_truncated_after_a_clean_close_is_moved_aside(tmp_path):
+    db_path = tmp_path / "j.sqlite3"
+    first = Journal(db_path, "test|bucket|")
+    first.record([(f"dir/file-{i:05d}.txt", None, 0.0) for i in range(5000)], max_delay=30)
+    first.close()
+    with db_path.open("r+b") as f:
+        f.truncate(db_path.stat().st_size // 2)
+    journal = Journal(db_path, "test|bucket|")
+    assert journal.fresh_reason == "corrupt"
+    assert journal.counts()["pending"] == 0
+    journal.close()

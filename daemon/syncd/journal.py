@@ -61,6 +61,7 @@ class RowState(IntEnum):
 
 READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
 _T = TypeVar("_T")
+CLOSED = "closed"    # meta: close() completed (the next open may skip the integrity check)
 APPROXIMATE_AGE = 50  # an approximate count may be this many times as old as counting took
 
 _SCHEMA = f"""
@@ -178,10 +179,12 @@ class Journal:
         with self.transaction():
             migrate_uploads(db)
         db.executescript(_SCHEMA)
-        row = db.execute("PRAGMA quick_check(1)").fetchone()
-        if row is None or row[0] != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {row}")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if not self._closed_whole(meta):
+            # Reads every page: after a crash, not on every start of a large journal.
+            row = db.execute("PRAGMA quick_check(1)").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {row}")
         # A journal without an identity was just created: lost, deleted or corrupt before.
         self.fresh = "identity" not in meta
         if self.fresh and not self.fresh_reason:
@@ -198,6 +201,7 @@ class Journal:
                 db.execute("DELETE FROM meta WHERE key='owner'")  # the old prefix's owner id
                 self.fresh = True
                 self.fresh_reason = "target changed"
+            db.execute(f"DELETE FROM meta WHERE key='{CLOSED}'")  # until the next close() completes
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # Claims do not survive a restart: whatever was in flight is simply redone.
@@ -211,13 +215,28 @@ class Journal:
         finally:
             self._writes += 1  # after COMMIT: a count read from now on sees this transaction
 
+    def _closed_whole(self, meta: dict[str, str]) -> bool:
+        """Did the last run close the journal (no crash since) and is the file as long as its
+        header says (not truncated since)? Then its pages need no integrity check."""
+        wal = Path(f"{self.path}-wal")
+        if meta.get(CLOSED) != "1" or (wal.exists() and wal.stat().st_size > 0):
+            return False  # (opening it created an empty WAL; a crash leaves frames in it)
+        page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return bool(self.path.stat().st_size == page_count * page_size)
+
     def close(self) -> None:
         self.uploads.close()
         with self._read_lock:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
-        self._db.close()
+        try:
+            with self.transaction() as db:
+                db.execute(f"INSERT OR REPLACE INTO meta VALUES ('{CLOSED}', '1')")
+        except sqlite3.Error as exc:  # the next open checks the whole file instead
+            log.warning("journal.close_not_recorded", db=str(self.path), error=str(exc))
+        self._db.close()  # the last connection: SQLite checkpoints and removes the WAL
 
     # ------------------------------------------------------------------ writer side
 
