@@ -10,6 +10,8 @@ import pytest
 from syncd.changes import Entry, Outcome, OutcomeKind
 from syncd.journal import CLAIMED, Journal
 
+from tests.support.daemon import await_condition
+
 
 @pytest.fixture
 def journal(tmp_path: Path) -> Journal:
@@ -109,3 +111,79 @@ def test_claimed_rows_stay_claimed_when_touched_again(journal):
     state = sqlite3.connect(journal.path).execute("SELECT state FROM pending WHERE path='a'").fetchone()[0]
     assert state == CLAIMED
     assert journal.claim_due(time.time(), 10) == []  # never handed out twice
+
+
+def test_counts_are_not_recomputed_while_nothing_is_written(journal):
+    # A million changes behind an unreachable endpoint: status and STATUS= must not scan them
+    # every few seconds while nothing changes.
+    journal.record([(f"f{i}", None, 0.0) for i in range(50)], max_delay=30)
+    assert journal.counts()["pending"] == 50
+    statements: list[str] = []
+    assert journal._reader is not None
+    journal._reader.set_trace_callback(statements.append)
+    for _ in range(5):
+        assert journal.open_and_failed() == (50, 0)
+        assert journal.manifest_count() == 0
+    assert statements == []
+
+
+def test_counts_see_every_write_at_once(journal):
+    assert journal.open_and_failed() == (0, 0)
+    journal.record([("a.txt", None, 0.0)], max_delay=30)
+    assert journal.open_and_failed() == (1, 0)
+    (p,) = journal.claim_due(time.time(), 10)
+    journal.apply([Outcome(OutcomeKind.DONE, p.path, p.gen, entry=_entry("a.txt"))])
+    assert journal.open_and_failed() == (0, 0)
+    assert journal.manifest_count() == 1
+
+
+def test_an_approximate_count_lags_only_by_a_multiple_of_its_own_cost(journal):
+    journal.record([("a.txt", None, 0.0)], max_delay=30)
+    assert journal.open_and_failed(approximate=True) == (1, 0)
+    journal.record([("b.txt", None, 0.0)], max_delay=30)
+    assert journal.open_and_failed() == (2, 0)
+    # Counting two rows takes well under a millisecond: the approximate figure catches up at once.
+    await_condition(lambda: journal.open_and_failed(approximate=True) == (2, 0), 1.0,
+                    "the approximate count to see the second change", interval=0.005)
+
+
+def _statements_at_open(monkeypatch: pytest.MonkeyPatch, db_path: Path) -> tuple[Journal, list[str]]:
+    statements: list[str] = []
+    opened = Journal._open
+
+    def traced(path: Path) -> sqlite3.Connection:
+        db = opened(path)
+        db.set_trace_callback(statements.append)
+        return db
+    monkeypatch.setattr(Journal, "_open", staticmethod(traced))
+    return Journal(db_path, "test|bucket|"), statements
+
+
+def test_a_journal_closed_cleanly_is_not_integrity_checked_at_the_next_open(tmp_path, monkeypatch):
+    # quick_check reads every page: seconds for a million-file manifest, at every start.
+    Journal(tmp_path / "j.sqlite3", "test|bucket|").close()
+    journal, statements = _statements_at_open(monkeypatch, tmp_path / "j.sqlite3")
+    journal.close()
+    assert not any("quick_check" in s for s in statements)
+
+
+def test_a_journal_not_closed_is_integrity_checked_at_the_next_open(tmp_path, monkeypatch):
+    first = Journal(tmp_path / "j.sqlite3", "test|bucket|")
+    first.record([("a.txt", None, 0.0)], max_delay=30)
+    first._db.close()  # as kill -9 leaves it: close() never ran
+    journal, statements = _statements_at_open(monkeypatch, tmp_path / "j.sqlite3")
+    journal.close()
+    assert any("quick_check" in s for s in statements)
+
+
+def test_a_journal_truncated_after_a_clean_close_is_moved_aside(tmp_path):
+    db_path = tmp_path / "j.sqlite3"
+    first = Journal(db_path, "test|bucket|")
+    first.record([(f"dir/file-{i:05d}.txt", None, 0.0) for i in range(5000)], max_delay=30)
+    first.close()
+    with db_path.open("r+b") as f:
+        f.truncate(db_path.stat().st_size // 2)
+    journal = Journal(db_path, "test|bucket|")
+    assert journal.fresh_reason == "corrupt"
+    assert journal.counts()["pending"] == 0
+    journal.close()

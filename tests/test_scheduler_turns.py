@@ -18,6 +18,7 @@ from syncd.config import FolderConfig
 from syncd.health import FolderState
 from syncd.journal import Journal
 from syncd.scheduler import Scheduler
+from syncd.store import FOLDER, TRANSIENT
 from syncd.transfer import Transfers
 from syncd.uploads import UploadLog
 
@@ -86,3 +87,42 @@ def test_nothing_is_sent_before_the_first_contact(scheduler):
         s._turn(time.time() + 60)
     assert s.in_flight() == 0 and "a.txt" not in store.objects
     assert s.health.state(scanning=False) is FolderState.STARTING
+
+
+def _probes_with_store_failing(tmp_path: Path, scope: str) -> int:
+    """How many times the scheduler built its transfers (a store client) over three failed probes."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    folder = FolderConfig(name="down", source=tmp_path / "down.yaml", path=root, bucket="memory")
+    journal = Journal(tmp_path / "down.sqlite3", "memory|down|")
+    store = MemoryStore(bucket="memory")
+    store.fail("check", scope, times=100)
+    made: list[Transfers] = []
+
+    def make(f: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:
+        made.append(Transfers(f, store, uploads, progress))
+        return made[-1]
+
+    s = Scheduler(folder, journal, ByteBudget(1 << 30), make)
+    try:
+        s.health.connect()
+        for probe in range(1, 4):
+            s.health.last_error = None
+            s._turn(time.time() + 1000)  # the next probe is due: it starts
+            # Turns at the real time: the failure is applied, the probe after it is not due yet.
+            _turn_until(s, time.time(), lambda: s.health.last_error is not None, f"failed probe {probe}")
+        return len(made)
+    finally:
+        s._pool.shutdown(wait=True)
+        journal.close()
+        beneath.release(folder)
+
+
+def test_a_stalled_folders_probes_reuse_one_store_client(tmp_path):
+    # Building a client (botocore loads its models) was the largest cost of an unreachable endpoint.
+    assert _probes_with_store_failing(tmp_path, TRANSIENT) == 1
+
+
+def test_a_probe_after_a_credentials_error_builds_a_new_client(tmp_path):
+    # The user may have fixed the credentials or the role: they are read afresh.
+    assert _probes_with_store_failing(tmp_path, FOLDER) == 3

@@ -139,6 +139,7 @@ class FolderRuntime:
     def stop_intake(self, watcher: Watcher) -> None:
         watcher.remove(self.folder.name)
         self._stop.set()
+        self.health.up.set()  # a remote pass waiting for the store sees the stop at once
         if self._pass_thread is not None:
             self._pass_thread.join(10)
 
@@ -249,8 +250,13 @@ class FolderRuntime:
             transfers = self.scheduler.transfers
             if self.health.halt is None and transfers is not None:
                 return transfers
-            # Short: a journal rebuild holds every upload until this pass has listed the bucket.
-            self._stop.wait(0.05)
+            if self.health.up.is_set():
+                # Short: a journal rebuild holds every upload until this pass has listed the bucket.
+                self._stop.wait(0.05)
+            else:
+                # Halted (an endpoint down for hours): no polling; a successful probe sets `up`,
+                # and the timeout only bounds how late a stop is noticed.
+                self.health.up.wait(1.0)
         return None
 
     def on_overflow(self) -> None:

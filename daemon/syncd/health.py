@@ -59,6 +59,7 @@ class FolderHealth:
         self._log = log
         self._wake = wake
         self.halt: Halt | None = None
+        self.up = threading.Event()        # set while not halted: a remote pass waits on it
         self.paused = False                # `syncd pause`, or a held deletion wave
         self.wave_held: str | None = None  # why a deletion wave waits for `syncd resume`
         self.last_error: str | None = None
@@ -112,6 +113,7 @@ class FolderHealth:
         """First contact with the store happens in a probe; ``hold`` postpones it until
         :meth:`release`."""
         self.halt = CONNECTING
+        self.up.clear()
         self._probe_at = float("inf") if hold else 0.0
 
     def release(self) -> None:
@@ -138,6 +140,7 @@ class FolderHealth:
             self._log.info("folder.ready" if self._first_probe else "folder.recovered")
         self._first_probe = False
         self.halt = None
+        self.up.set()
         self.last_error = None
         return halt is not None and halt.state is FolderState.STALLED
 
@@ -160,6 +163,7 @@ class FolderHealth:
         self._first_probe = False
         stalled = isinstance(exc, StoreError) and exc.transient
         self.halt = Halt(message, FolderState.STALLED if stalled else FolderState.ERROR, root, holds)
+        self.up.clear()
         self.last_error = message
         self._probe_delay = min(PROBE_MAX, self._probe_delay * 2)
         self._probe_at = time.time() + self._probe_delay
@@ -186,6 +190,7 @@ class FolderHealth:
             self._log.error("folder.stalled" if stalled else "folder.error", error=new.reason)
             self._probe_delay = PROBE_MIN
         self.halt = new
+        self.up.clear()
         self.last_error = new.reason
         self._probe_at = time.time() + self._probe_delay
 

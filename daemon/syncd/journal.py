@@ -30,10 +30,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import structlog
 
@@ -59,6 +60,9 @@ class RowState(IntEnum):
 
 
 READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
+_T = TypeVar("_T")
+CLOSED = "closed"    # meta: close() completed (the next open may skip the integrity check)
+APPROXIMATE_AGE = 50  # an approximate count may be this many times as old as counting took
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -138,6 +142,8 @@ class Journal:
         self.identity = identity
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self.fresh_reason = "new" if not db_path.exists() else ""
+        self._writes = 0  # write transactions ended so far: the counts below are cached until the next
+        self._counted: dict[str, tuple[int, Any, float, float]] = {}  # what -> (writes, value, at, took)
         try:
             self._db = self._open(db_path)
             self._prepare()
@@ -173,10 +179,12 @@ class Journal:
         with self.transaction():
             migrate_uploads(db)
         db.executescript(_SCHEMA)
-        row = db.execute("PRAGMA quick_check(1)").fetchone()
-        if row is None or row[0] != "ok":
-            raise sqlite3.DatabaseError(f"integrity check failed: {row}")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if not self._closed_whole(meta):
+            # Reads every page: after a crash, not on every start of a large journal.
+            row = db.execute("PRAGMA quick_check(1)").fetchone()
+            if row is None or row[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {row}")
         # A journal without an identity was just created: lost, deleted or corrupt before.
         self.fresh = "identity" not in meta
         if self.fresh and not self.fresh_reason:
@@ -193,13 +201,29 @@ class Journal:
                 db.execute("DELETE FROM meta WHERE key='owner'")  # the old prefix's owner id
                 self.fresh = True
                 self.fresh_reason = "target changed"
+            db.execute(f"DELETE FROM meta WHERE key='{CLOSED}'")  # until the next close() completes
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # Claims do not survive a restart: whatever was in flight is simply redone.
             db.execute(f"UPDATE pending SET state={READY:d} WHERE state={CLAIMED:d}")
 
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate(self._db)
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with immediate(self._db) as db:
+                yield db
+        finally:
+            self._writes += 1  # after COMMIT: a count read from now on sees this transaction
+
+    def _closed_whole(self, meta: dict[str, str]) -> bool:
+        """Did the last run close the journal (no crash since) and is the file as long as its
+        header says (not truncated since)? Then its pages need no integrity check."""
+        wal = Path(f"{self.path}-wal")
+        if meta.get(CLOSED) != "1" or (wal.exists() and wal.stat().st_size > 0):
+            return False  # (opening it created an empty WAL; a crash leaves frames in it)
+        page_count = self._db.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return bool(self.path.stat().st_size == page_count * page_size)
 
     def close(self) -> None:
         self.uploads.close()
@@ -207,7 +231,12 @@ class Journal:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
-        self._db.close()
+        try:
+            with self.transaction() as db:
+                db.execute(f"INSERT OR REPLACE INTO meta VALUES ('{CLOSED}', '1')")
+        except sqlite3.Error as exc:  # the next open checks the whole file instead
+            log.warning("journal.close_not_recorded", db=str(self.path), error=str(exc))
+        self._db.close()  # the last connection: SQLite checkpoints and removes the WAL
 
     # ------------------------------------------------------------------ writer side
 
@@ -323,8 +352,7 @@ class Journal:
 
     def manifest_count(self) -> int:
         """Read side: the scheduler's probe calls this from a pool thread."""
-        with self.reader() as db:
-            return int(db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0])
+        return self._count("manifest", lambda db: int(db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0]))
 
     def has_mover(self, path: str) -> bool:
         """True if another pending row was renamed from ``path`` (its key is a copy source)."""
@@ -356,10 +384,29 @@ class Journal:
         by_state = dict(db.execute("SELECT state, COUNT(*) FROM pending GROUP BY state").fetchall())
         return by_state.get(READY, 0) + by_state.get(CLAIMED, 0), by_state.get(FAILED, 0)
 
-    def open_and_failed(self) -> tuple[int, int]:
-        """(changes not yet done, parked changes): all `syncd wait` needs, polled often."""
+    def _count(self, what: str, count: Callable[[sqlite3.Connection], _T], approximate: bool = False) -> _T:
+        """``count`` over the reader, recomputed only once the journal was written since.
+
+        Each count is a scan of a whole table or index; status, STATUS= (every few seconds),
+        `syncd wait` and /metrics ask for them, and a folder with a million changes waiting
+        behind an unreachable endpoint writes nothing for minutes. ``approximate``: during a
+        large sync (written all the time) a figure up to APPROXIMATE_AGE times as old as its
+        count took may serve, which bounds the counting's share of a core."""
+        writes = self._writes  # read before counting: a write during the count means counting again
         with self.reader() as db:
-            return self._by_state(db)
+            hit = self._counted.get(what)
+            if hit is not None and (hit[0] == writes or (
+                    approximate and time.monotonic() - hit[2] < hit[3] * APPROXIMATE_AGE)):
+                return cast(_T, hit[1])
+            started = time.monotonic()
+            value = count(db)
+            self._counted[what] = (writes, value, started, time.monotonic() - started)
+            return value
+
+    def open_and_failed(self, approximate: bool = False) -> tuple[int, int]:
+        """(changes not yet done, parked changes): all `syncd wait` needs, polled often.
+        ``approximate``: for a summary line, never for a decision (see :meth:`_count`)."""
+        return self._count("by_state", self._by_state, approximate)
 
     def oldest_unsynced(self) -> float | None:
         """When the oldest change not yet synced (parked ones aside) was first seen (epoch s)."""
@@ -374,12 +421,9 @@ class Journal:
 
     def counts(self) -> dict[str, int]:
         """Pending rows by state (``settling``: not yet due), plus the manifest size."""
-        with self.reader() as db:
-            pending, failed = self._by_state(db)
-            settling = db.execute(f"SELECT COUNT(*) FROM pending WHERE state={READY:d} AND due>?",
-                                  (time.time(),)).fetchone()[0]
-            manifest = db.execute("SELECT COUNT(*) FROM manifest").fetchone()[0]
-        return {"pending": pending, "settling": settling, "failed": failed, "manifest": manifest}
+        pending, failed = self.open_and_failed()
+        settling = self.settling_count(time.time())
+        return {"pending": pending, "settling": settling, "failed": failed, "manifest": self.manifest_count()}
 
     def lookup_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> str | None:
         """Reader-side :meth:`entry_by_inode` for the scan thread: the other path's name."""

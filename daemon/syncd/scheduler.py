@@ -59,6 +59,9 @@ class Scheduler:
         self.planner = Planner(folder, journal)
         self._make_transfers = make_transfers
         self._transfers: Transfers | None = None
+        # What a failed probe built, for the next probe: a new client loads botocore's models
+        # again, the largest cost of a folder whose endpoint is down.
+        self._spare: Transfers | None = None
         self._log = structlog.get_logger("syncd.scheduler").bind(folder=folder.name)
         self._pool = ThreadPoolExecutor(max_workers=folder.workers + 1, thread_name_prefix=f"syncd-{folder.name}")
 
@@ -324,7 +327,9 @@ class Scheduler:
         issue = self.guard.root_problem(check_empty=halt is not None and halt.root)
         if issue is not None:
             raise RootProblem(issue)
-        transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
+        transfers = self._transfers or self._spare or self._make_transfers(
+            self.folder, self.journal.uploads, self._progress.append)
+        self._spare = transfers
         transfers.store.check()
         take_over = self.health.taking_over
         transfers.owner = self.ownership.claim(transfers.store, take_over=take_over)
@@ -350,9 +355,12 @@ class Scheduler:
             future = self._probes.popleft()
             exc = future.exception()
             if exc is not None:
+                if not (isinstance(exc, StoreError) and exc.transient):
+                    # Credentials or settings the user may fix: the next probe reads them afresh.
+                    self._spare = None
                 self.health.probe_failed(exc)
                 continue
-            self._transfers = future.result()
+            self._transfers, self._spare = future.result(), None
             if self.versioned is None:
                 # Beside the first uploads, not before them: only `syncd status` shows it.
                 self._pool.submit(self._ask_versioning, self._transfers.store)

@@ -26,6 +26,7 @@ from tests.support.seaweed import start_seaweed
 
 from . import live as _live  # noqa: F401  (registers the scenarios)
 from . import restores as _restores  # noqa: F401
+from . import scale as _scale  # noqa: F401
 from . import scenarios as _scenarios  # noqa: F401
 from .core import REGISTRY, REPO, SYNCD, Bench, Options, Sample, on_exit
 from .peers import PEERS, Peer, discover, ensure_harness_packages
@@ -33,7 +34,7 @@ from .report import console, machine_facts, main_table, write_report
 
 # Every scenario, in the order of the current report (docs/benchmarks/full/).
 DEFAULT_SCENARIOS = ("initial", "delay", "burst", "large", "nochange", "rebuild", "takeover", "ingest", "latency",
-                     "idle")
+                     "idle", "scale")
 REPORT_DIR = REPO / "docs" / "benchmarks" / "full"   # the current report, which docs/benchmarks/README.md cites
 QUICK_DIR = REPO / "build" / "bench-quick"           # smoke tests never replace it (build/ is ignored by git)
 WEED_STOP_GRACE = 2.0
