@@ -19,7 +19,7 @@ import pytest
 from syncd.bandwidth import Payload
 from syncd.config import FolderConfig
 from syncd.s3store import S3Store
-from syncd.store import FOLDER, KEY, TRANSIENT, ObjectStore, Part, PutResult, StoreError, multipart_etag
+from syncd.store import FOLDER, KEY, TRANSIENT, Changed, ObjectStore, Part, PutResult, StoreError, multipart_etag
 
 from tests.support.memstore import MemoryStore
 
@@ -289,6 +289,16 @@ def test_copy_of_an_absent_source_is_a_key_error(store: ObjectStore) -> None:
         store.copy("absent", "dst")
     assert err.value.scope == KEY
     assert store.head("dst") is None
+
+
+def test_copy_if_match_copies_only_that_version_of_the_source(store: ObjectStore) -> None:
+    etag = put_ok(store, "src", b"payload").etag
+    store.copy("src", "dst", if_match=etag)
+    assert store.read("dst") == b"payload"
+    put_ok(store, "src", b"replaced")
+    with pytest.raises(Changed):
+        store.copy("src", "other", if_match=etag)
+    assert store.head("other") is None
 
 
 def test_copy_again_is_harmless(store: ObjectStore) -> None:

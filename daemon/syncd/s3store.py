@@ -365,13 +365,16 @@ class S3Store:
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
 
-    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None) -> str:
+    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None,
+             if_match: str | None = None) -> str:
         try:
             args: dict[str, Any] = dict(MetadataDirective="COPY")
+            if if_match is not None:
+                args["CopySourceIfMatch"] = f'"{if_match}"'  # the ETag header form, quotes included
             if headers is not None:
                 # Other headers than the source's: REPLACE, which needs the metadata sent again.
                 source = self._client.head_object(Bucket=self.bucket, Key=src_key)
-                args = dict(MetadataDirective="REPLACE", Metadata=dict(source.get("Metadata", {})),
+                args.update(MetadataDirective="REPLACE", Metadata=dict(source.get("Metadata", {})),
                             **_header_args(headers))
             resp = self._client.copy_object(Bucket=self.bucket, Key=dst_key, **args,
                                             CopySource={"Bucket": self.bucket, "Key": src_key}, **self._extra)
@@ -468,7 +471,8 @@ class S3Store:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=_etag(o))
+                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=_etag(o),
+                                    modified=o["LastModified"].timestamp() if "LastModified" in o else None)
                        for o in page.get("Contents", [])]
         except Exception as exc:
             raise classify(exc, bucket=self.bucket) from exc
