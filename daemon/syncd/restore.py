@@ -29,9 +29,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 
 import pathspec
 
+from . import trash
 from .beneath import NotBeneath, RootDir
 from .config import FolderConfig
 from .paths import IgnoreRules, reserved
@@ -49,6 +51,15 @@ ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cu
 BACKOFF = 0.5            # seconds before the second attempt, doubling
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
+class Source(StrEnum):
+    """Where a restore's items come from."""
+
+    CURRENT = "current"      # the objects now
+    VERSIONS = "versions"    # --at on a versioned bucket: ListObjectVersions
+    TRASH = "trash"          # --at from the current objects and the trash (syncd.trash.items_at)
+    DELETED = "deleted"      # --deleted: trash entries of paths with no current object
 
 
 class Interrupted(Exception):
@@ -159,11 +170,13 @@ def _reason(exc: BaseException) -> str:
 class Restorer:
     def __init__(self, folder: FolderConfig, store: ObjectStore, target: str, *, at: float | None = None,
                  patterns: tuple[str, ...] = (), force: bool = False, workers: int | None = None,
-                 progress: bool = False):
+                 progress: bool = False, source: Source | None = None):
+        """``source``: by default the current objects, or the versions with ``at``."""
         self.folder = folder
         self.store = store
         self.target = target
         self.at = at
+        self.source = source or (Source.CURRENT if at is None else Source.VERSIONS)
         self.force = force
         self.select = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
         self.workers = max(1, workers or folder.workers)
@@ -181,8 +194,19 @@ class Restorer:
     # ------------------------------------------------------------------ the run
 
     def plan(self) -> list[Item]:
-        listing = (current_items(self.store, self.folder.prefix) if self.at is None
-                   else items_at(self.store, self.folder.prefix, self.at))
+        prefix = self.folder.prefix
+        if self.source == Source.CURRENT:
+            listing = current_items(self.store, prefix)
+        elif self.source == Source.VERSIONS:
+            assert self.at is not None
+            listing = items_at(self.store, prefix, self.at)
+        else:
+            now = (o for page in self.store.list(prefix) for o in page if not reserved(o.key[len(prefix):]))
+            if self.source == Source.TRASH:
+                assert self.at is not None
+                listing = trash.items_at(self.store, prefix, self.at, now)
+            else:
+                listing = trash.deleted_items(self.store, prefix, now)
         items = []
         for key, rel, size, etag, version in listing:
             if rel.endswith("/") and size == 0 and name_problem(rel[:-1] or ".") is None:
