@@ -237,6 +237,11 @@ class _ListedAsIs:
                 pass
         return Body()
 
+    def fetch(self, key: str, version: str | None, start: Any) -> RemoteObject:
+        info = self._info(key)
+        start(info)(self.objects[key])
+        return info
+
 
 def test_keys_listed_with_dot_dot_absolute_or_empty_components_are_refused_and_never_written(tmp_path):
     target = tmp_path / "deep" / "restored"

@@ -168,7 +168,8 @@ def _restore(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
-        store = S3Store(folder)
+        # Two pools of `workers` threads may each have a GET open: whole files, and ranged parts.
+        store = S3Store(folder, connections=2 * (args.workers or folder.workers) + 4)
         source = _source_of(args, folder, store, at)
         if source is None:
             return ExitCode.FAILURE

@@ -24,7 +24,7 @@ import stat as statmod
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -378,7 +378,7 @@ class Restorer:
         of the bytes in the algorithm the object's metadata calls for when it could be taken
         on the way (one GET; ranged parts arrive out of order and are hashed afterwards)."""
         if item.size < self.threshold or item.size <= self.part_size:
-            return self._fetch(fd, item, 0, None, hash_it=True)
+            return self._fetch_whole(fd, item)
         try:
             os.posix_fallocate(fd, 0, item.size)  # ENOSPC now, not after most of the download
         except OSError as exc:
@@ -396,6 +396,39 @@ class Restorer:
             raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
                              scope=TRANSIENT, key=item.key)
         return infos[0], None
+
+    def _fetch_whole(self, fd: int, item: Item) -> tuple[RemoteObject, str | None]:
+        """One GET of the whole object (the store's fast path for small ones: awscrt),
+        hashed as it arrives in the algorithm its metadata calls for."""
+        digest: list[hashlib._Hash] = []
+        offset = [0]
+
+        def start(info: RemoteObject) -> Callable[[bytes], None]:
+            expected = expected_digest(info)
+            if expected is not None:
+                digest.append(hashlib.new(expected[0]))
+            return consume
+
+        def consume(piece: bytes) -> None:
+            if self._stop.is_set():
+                raise Interrupted()
+            if digest:
+                digest[0].update(piece)
+            view = memoryview(piece)
+            while view:
+                written = os.pwrite(fd, view, offset[0])
+                offset[0] += written
+                view = view[written:]
+            with self._lock:
+                self.result.bytes += len(piece)
+
+        with self._lock:
+            self.result.gets += 1
+        info = self.store.fetch(item.key, item.version, start)
+        if offset[0] != item.size:
+            raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {offset[0]} of "
+                             f"{item.size}", scope=TRANSIENT, key=item.key)
+        return info, digest[0].hexdigest() if digest else None
 
     def _fetch(self, fd: int, item: Item, first: int, last: int | None,
                hash_it: bool = False) -> tuple[RemoteObject, str | None]:

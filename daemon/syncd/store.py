@@ -251,6 +251,13 @@ class ObjectStore(Protocol):
         """Start reading the object (that version; bytes ``first``..``last`` inclusive with a
         range). StoreError(code="NoSuchKey") if it is gone."""
 
+    def fetch(self, key: str, version: str | None,
+              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+        """Read a whole (small) object, waiting for it: ``start`` gets what the answer says of
+        the object and returns the consumer of the body's pieces, called in order. What either
+        raises is raised here. The fast path of a restore's many small files (one request, no
+        thread per piece); StoreError as for :meth:`get`."""
+
     def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""
 

@@ -336,6 +336,20 @@ class MemoryStore:
             self._after("write", key)
             return True
 
+    def fetch(self, key: str, version: str | None,
+              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+        with self._lock:
+            self._before("fetch", key)
+            obj = self.objects.get(key)
+            if obj is None or version is not None:  # versions are not modelled
+                raise self._missing(key)
+            info = RemoteObject(key, len(obj.body), obj.etag, dict(obj.meta), obj.modified)
+            body = obj.body
+        consume = start(info)
+        for at in range(0, len(body), 64 * 1024):
+            consume(body[at:at + 64 * 1024])
+        return info
+
     def versioning(self) -> str:
         """A memory bucket is never versioned (`get` and `list_versions` are not modelled yet)."""
         return ""
