@@ -24,7 +24,7 @@ from syncd.store import KEY, META_MTIME, TRANSIENT
 from syncd.transfer import Result, Task, Transfers
 from syncd.trash import deleted_items, items_at, parse_key, stamp, trash_key
 
-from .support.daemon import Syncd, bucket_keys, local_tree
+from .support.daemon import Syncd, await_condition, bucket_keys, local_tree
 from .support.memstore import MemoryStore, StoredObject
 
 DAY = 86400.0
@@ -278,3 +278,30 @@ def test_deleted_and_overwritten_files_come_back_from_the_trash_and_are_purged_a
     assert r.returncode == 0, r.stderr
     assert syncd.folder_status("main")["last_reconcile"]["trash_purged"] == 16
     assert not [k for k in bucket_keys(s3, bucket, "m/", bookkeeping=True) if k.startswith("m/.syncd-trash/")]
+
+
+def test_a_kill_9_between_the_trash_copies_and_the_delete_loses_nothing_and_makes_no_second_entry(
+        proxied_syncd, s3_proxy, tree, s3, bucket) -> None:
+    for i in range(10):
+        _write(tree / f"f{i}.txt", f"content {i}".encode())
+    proxied_syncd.add_folder("main", tree, bucket, prefix="m/", delete="trash")
+    proxied_syncd.start()
+    proxied_syncd.wait_idle()
+    s3_proxy.set_faults(1.0, ["503"], ops=["DeleteObjects"])  # the copies go through, the delete does not
+    for i in range(5):
+        (tree / f"f{i}.txt").unlink()
+
+    def trash() -> list[str]:
+        return [k for k in bucket_keys(s3, bucket, "m/", bookkeeping=True) if k.startswith("m/.syncd-trash/")]
+
+    await_condition(lambda: len(trash()) == 5 and s3_proxy.injected(), 30, "the trash copies, a failed delete")
+    proxied_syncd.kill9()
+    s3_proxy.clear_faults()
+    proxied_syncd.start()
+    proxied_syncd.wait_idle()
+    assert len(trash()) == 5  # the retry copied to the journaled keys again, not to new ones
+    for key in trash():
+        rel = key.removeprefix("m/.syncd-trash/").rpartition("@")[0]
+        i = int(rel[1:-4])
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == f"content {i}".encode()
+    assert sorted(k.removeprefix("m/") for k in bucket_keys(s3, bucket, "m/")) == [f"f{i}.txt" for i in range(5, 10)]
