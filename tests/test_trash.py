@@ -241,6 +241,10 @@ def _restore(syncd: Syncd, target: Path, *extra: str) -> dict[str, Any]:
     return doc
 
 
+def _mtimes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
 
@@ -253,6 +257,7 @@ def test_deleted_and_overwritten_files_come_back_from_the_trash_and_are_purged_a
     syncd.start()
     syncd.wait_idle()
     then = local_tree(tree)
+    then_mtimes = _mtimes(tree)
     t1 = time.time()
     time.sleep(1.1)  # S3 timestamps have one-second resolution: later writes must be after T1
     files = sorted(tree.rglob("f*.txt"))
@@ -269,6 +274,7 @@ def test_deleted_and_overwritten_files_come_back_from_the_trash_and_are_purged_a
 
     doc = _restore(syncd, tmp_path / "then", "--at", _iso(t1))
     assert local_tree(tmp_path / "then") == then and doc["restored"] == 40
+    assert _mtimes(tmp_path / "then") == then_mtimes
     doc = _restore(syncd, tmp_path / "deleted", "--deleted")
     assert local_tree(tmp_path / "deleted") == {p.relative_to(tree).as_posix(): then[p.relative_to(tree).as_posix()]
                                                 for p in files[8:16]}

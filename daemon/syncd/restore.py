@@ -45,6 +45,9 @@ from .verify import expected_digest
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
+# Objects up to this size come through the store's fetch (awscrt): the CRT may hold a body
+# whole before it hands it over, so larger ones stream through boto3 in CHUNK pieces.
+FETCH_WHOLE_LIMIT = CHUNK
 NAME_MAX = 255           # bytes per path component on Linux filesystems
 PATH_MAX = 4096
 ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
@@ -377,8 +380,10 @@ class Restorer:
         """The object's bytes into ``fd``: what the (first) GET said about it, and the digest
         of the bytes in the algorithm the object's metadata calls for when it could be taken
         on the way (one GET; ranged parts arrive out of order and are hashed afterwards)."""
-        if item.size < self.threshold or item.size <= self.part_size:
+        if item.size <= FETCH_WHOLE_LIMIT:
             return self._fetch_whole(fd, item)
+        if item.size < self.threshold or item.size <= self.part_size:
+            return self._fetch(fd, item, 0, None, hash_it=True)
         try:
             os.posix_fallocate(fd, 0, item.size)  # ENOSPC now, not after most of the download
         except OSError as exc:

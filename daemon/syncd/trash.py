@@ -13,6 +13,7 @@ The reconciler purges entries older than ``trash_retain`` (:func:`expired`), and
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from .store import META_MTIME, ObjectStore, RemoteObject
 TRASH = ".syncd-trash/"        # under the folder's prefix; paths.RESERVED_NAMES keeps it out of the mirror
 _STAMP = "%Y%m%dT%H%M%S.%fZ"
 STAMP_LEN = 23
+HEAD_WORKERS = 16  # restore --at: the HEADs of the paths changed since TIME, in parallel
 
 
 def stamp(when: float) -> str:
@@ -106,15 +108,19 @@ def items_at(store: ObjectStore, prefix: str, at: float, current: Iterator[Remot
     it. Costs one HEAD per path changed since ``at`` (the listing carries no metadata)."""
     trash = entries(store, prefix)
     now: dict[str, RemoteObject] = {o.key[len(prefix):]: o for o in current}
+    later: list[Entry] = []
     for rel in sorted(set(trash) | set(now)):
-        later = next((e for e in trash.get(rel, ()) if e.deleted > at), None)
-        if later is not None:
-            if _written_by(store, later, at):
-                yield later.key, rel, later.size, later.etag, None
+        entry = next((e for e in trash.get(rel, ()) if e.deleted > at), None)
+        if entry is not None:
+            later.append(entry)
             continue
         obj = now.get(rel)
         if obj is not None and (obj.modified is None or obj.modified <= at):
             yield obj.key, rel, obj.size, obj.etag, None
+    with ThreadPoolExecutor(HEAD_WORKERS, thread_name_prefix="trash-head") as pool:
+        for entry, existed in zip(later, pool.map(lambda e: _written_by(store, e, at), later), strict=True):
+            if existed:
+                yield entry.key, entry.rel, entry.size, entry.etag, None
 
 
 def deleted_items(store: ObjectStore, prefix: str, current: Iterator[RemoteObject]) -> Iterator[Item]:
