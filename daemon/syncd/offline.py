@@ -135,10 +135,13 @@ def _source_of(args: argparse.Namespace, folder: FolderConfig, store: S3Store, a
 
     if at is None and not args.deleted:
         return Source.CURRENT
-    if at is not None and store.versioning():
+    versioning = store.versioning() if at is not None else ""
+    if versioning == "Enabled":
         return Source.VERSIONS
     if folder.delete == DeleteMode.TRASH or has_entries(store, folder.prefix):
         return Source.TRASH if at is not None else Source.DELETED
+    if versioning:  # Suspended: the versions kept before the suspension
+        return Source.VERSIONS
     if args.deleted:
         _failed(args, folder, f"restore --deleted: s3://{folder.bucket}/{folder.prefix} has no trash, so deleted "
                 "files are not kept; " + TRASH_HINT)

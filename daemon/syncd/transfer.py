@@ -44,6 +44,9 @@ from .store import (
 from .trash import stamp, trash_key
 from .uploads import UploadLog
 
+# A delete batch's copies into the trash run this many at a time, beside the folder's other
+# workers: the store's HTTP pool holds workers + 4 connections.
+TRASH_COPIES = 4
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0  # a long outage never drops a change; it is retried at least every 5 min
 
@@ -294,7 +297,7 @@ class Transfers:
         if len(todo) == 1:
             return {path: exc for path, key, etag in todo if (exc := self._trash_one(path, key, etag))}
         if self._trash_pool is None:
-            self._trash_pool = ThreadPoolExecutor(self.folder.workers, thread_name_prefix=f"trash-{self.folder.name}")
+            self._trash_pool = ThreadPoolExecutor(TRASH_COPIES, thread_name_prefix=f"trash-{self.folder.name}")
         answers = self._trash_pool.map(lambda t: self._trash_one(*t), todo)
         return {path: exc for (path, _k, _e), exc in zip(todo, answers, strict=True) if exc is not None}
 
