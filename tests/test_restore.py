@@ -300,7 +300,7 @@ def test_restore_at_a_time_gives_back_the_tree_as_it_was(syncd, tree, s3, bucket
     assert _snapshot(tmp_path / "now") == _snapshot(tree)
 
 
-def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning(syncd, tree, bucket, tmp_path):
+def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning_or_the_trash(syncd, tree, bucket, tmp_path):
     _write(tree / "f.txt", b"x")
     syncd.add_folder("main", tree, bucket, prefix="m/")
     syncd.start()
@@ -311,6 +311,7 @@ def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning(syncd
     r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z")
     assert r.returncode == 1
     assert "not versioned" in r.stderr and "put-bucket-versioning" in r.stderr
+    assert "has no trash" in r.stderr and "delete: trash" in r.stderr
     r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z", "--json")
     assert r.returncode == 1 and "not versioned" in json.loads(r.stdout)["error"]
 
