@@ -237,6 +237,11 @@ class _ListedAsIs:
                 pass
         return Body()
 
+    def fetch(self, key: str, version: str | None, start: Any) -> RemoteObject:
+        info = self._info(key)
+        start(info)(self.objects[key])
+        return info
+
 
 def test_keys_listed_with_dot_dot_absolute_or_empty_components_are_refused_and_never_written(tmp_path):
     target = tmp_path / "deep" / "restored"
@@ -295,7 +300,7 @@ def test_restore_at_a_time_gives_back_the_tree_as_it_was(syncd, tree, s3, bucket
     assert _snapshot(tmp_path / "now") == _snapshot(tree)
 
 
-def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning(syncd, tree, bucket, tmp_path):
+def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning_or_the_trash(syncd, tree, bucket, tmp_path):
     _write(tree / "f.txt", b"x")
     syncd.add_folder("main", tree, bucket, prefix="m/")
     syncd.start()
@@ -306,6 +311,7 @@ def test_restore_at_on_an_unversioned_bucket_says_how_to_enable_versioning(syncd
     r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z")
     assert r.returncode == 1
     assert "not versioned" in r.stderr and "put-bucket-versioning" in r.stderr
+    assert "has no trash" in r.stderr and "delete: trash" in r.stderr
     r = syncd.cli("restore", "main", "--to", str(tmp_path / "then"), "--at", "2026-01-01T00:00:00Z", "--json")
     assert r.returncode == 1 and "not versioned" in json.loads(r.stdout)["error"]
 

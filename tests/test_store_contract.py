@@ -23,6 +23,7 @@ from syncd.store import (
     FOLDER,
     KEY,
     TRANSIENT,
+    Changed,
     NotFound,
     ObjectStore,
     Part,
@@ -353,6 +354,16 @@ def test_copy_of_an_absent_source_is_a_key_error(store: ObjectStore) -> None:
         store.copy("absent", "dst")
     assert err.value.scope == KEY
     assert store.head("dst") is None
+
+
+def test_copy_if_match_copies_only_that_version_of_the_source(store: ObjectStore) -> None:
+    etag = put_ok(store, "src", b"payload").etag
+    store.copy("src", "dst", if_match=etag)
+    assert store.read("dst") == b"payload"
+    put_ok(store, "src", b"replaced")
+    with pytest.raises(Changed):
+        store.copy("src", "other", if_match=etag)
+    assert store.head("other") is None
 
 
 def test_copy_again_is_harmless(store: ObjectStore) -> None:

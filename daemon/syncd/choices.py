@@ -14,6 +14,12 @@ class DeleteMode(StrEnum):
 
     MIRROR = "mirror"    # deletions propagate
     KEEP = "keep"        # never delete remotely
+    TRASH = "trash"      # deletions propagate, but the object is first copied into the trash
+
+    @property
+    def propagates(self) -> bool:
+        """A local deletion removes the object from the mirror (mirror and trash do)."""
+        return self is not DeleteMode.KEEP
 
 
 class Checksum(StrEnum):

@@ -73,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(no daemon needed)")
     p.add_argument("folder", nargs="?", help="a configured folder, or s3://BUCKET/PREFIX")
     p.add_argument("--to", required=True, help="the directory to restore into (created if missing)")
-    p.add_argument("--at", default=None, help="ISO 8601 time: the tree as it was then (versioned bucket)")
+    p.add_argument("--at", default=None,
+                   help="ISO 8601 time: the tree as it was then (versioned bucket, or delete: trash)")
+    p.add_argument("--deleted", action="store_true",
+                   help="restore deleted files from the trash (delete: trash), each as it was when deleted")
     p.add_argument("--path", action="append", default=[], dest="paths", metavar="PATTERN",
                    help="restore only paths matching this gitignore-style pattern (repeatable)")
     p.add_argument("--force", action="store_true", help="replace local files whose content differs")

@@ -99,6 +99,7 @@ class FolderConfig:
     request_timeout: float = 60.0
     delete_foreign: bool = False
     max_delete: str = "50%"
+    trash_retain: float = 30 * 86400.0  # delete: trash: entries older than this are purged
     one_file_system: bool = False       # true: mount points inside the folder are not crossed
     max_lag: float = 300.0              # /healthz: 503 once the oldest unsynced change is older
 
@@ -192,6 +193,7 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "request_timeout": _positive_duration,
     "delete_foreign": _bool,
     "max_delete": _max_delete,
+    "trash_retain": _positive_duration,
     "one_file_system": _bool,
     "max_lag": _positive_duration,
 }

@@ -15,6 +15,10 @@ Two tables carry the durability model:
   written is therefore in the manifest or here, and the planner deletes the key of an
   intent whose file is gone, exactly as it deletes a manifest key (DESIGN.md, "No object
   outlives its file").
+* ``trash`` — (``delete: trash``) the trash stamp chosen for a path whose object is being
+  copied into the trash before a delete or an overwrite, committed before the copy and
+  removed with the change's outcome: a retry after kill -9 reuses it, so one deletion makes
+  one trash entry (see syncd.trash).
 * ``foreign`` — keys under the prefix known not to be syncd's (by their ETag), so the
   remote pass need not HEAD them again.
 
@@ -46,8 +50,8 @@ from .uploads import migrate as migrate_uploads
 
 log = structlog.get_logger("syncd.journal")
 
-SCHEMA_VERSION = 4  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
-                    # 4: write intents and the foreign-key cache (tables intents, foreign)
+SCHEMA_VERSION = 5  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
+                    # 4: write intents and the foreign-key cache (tables intents, foreign); 5: trash stamps
 
 
 
@@ -94,6 +98,11 @@ CREATE TABLE IF NOT EXISTS intents(
     path  TEXT PRIMARY KEY,
     op    TEXT NOT NULL,      -- put, multipart or copy: what may have reached the key
     since REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trash(
+    path  TEXT PRIMARY KEY,
+    stamp TEXT NOT NULL,      -- syncd.trash.stamp: the trash key's deletion time
+    etag  TEXT                -- of the object being trashed (the manifest's), NULL if unknown
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS foreign_keys(
     path TEXT PRIMARY KEY,
@@ -197,6 +206,7 @@ class Journal:
                 db.execute("DELETE FROM parts")
                 db.execute("DELETE FROM uploads")  # they belong to the old bucket
                 db.execute("DELETE FROM intents")
+                db.execute("DELETE FROM trash")
                 db.execute("DELETE FROM foreign_keys")
                 db.execute("DELETE FROM meta WHERE key='owner'")  # the old prefix's owner id
                 self.fresh = True
@@ -293,6 +303,7 @@ class Journal:
                     if o.entry is not None or o.forget or o.settled:
                         # The key's content is now known (recorded, or deleted): no longer "may have written".
                         db.execute("DELETE FROM intents WHERE path=?", (o.path,))
+                    db.execute("DELETE FROM trash WHERE path=?", (o.path,))  # that trash entry is made
                     cur = db.execute("DELETE FROM pending WHERE path=? AND gen=?", (o.path, o.gen))
                     if cur.rowcount == 0:
                         # Changed again while we worked on it: look again after it settles.
@@ -319,6 +330,24 @@ class Journal:
         if rows:
             with self.transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO intents VALUES (?, ?, ?)", rows)
+
+    def trash_stamps(self, items: Iterable[tuple[str, str | None]], stamp: str) -> dict[str, str]:
+        """Durably choose the trash stamp of each ``(path, etag)`` about to be trashed: the one
+        an earlier attempt at the same object chose (it may have been copied already), else
+        ``stamp``. Returns ``{path: stamp}``."""
+        rows = list(items)
+        chosen: dict[str, str] = {}
+        if not rows:
+            return chosen
+        with self.transaction() as db:
+            for path, etag in rows:
+                row = db.execute("SELECT stamp, etag FROM trash WHERE path=?", (path,)).fetchone()
+                if row is not None and row[1] == etag:
+                    chosen[path] = str(row[0])
+                else:
+                    db.execute("INSERT OR REPLACE INTO trash VALUES (?, ?, ?)", (path, stamp, etag))
+                    chosen[path] = stamp
+        return chosen
 
     def intent(self, path: str) -> str | None:
         """The op of the path's unresolved write intent, or None."""

@@ -10,16 +10,25 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .choices import DeleteMode
 from .config import Config, ConfigError, FolderConfig, load_config
 from .exitcodes import ExitCode
 from .store import StoreError
 from .validators import _bucket, _prefix
 
+if TYPE_CHECKING:
+    from .restore import Source
+    from .s3store import S3Store
+
 VERSIONING_HINT = ("enable versioning to restore earlier states (only changes made after that can be "
                    "restored): aws s3api put-bucket-versioning --bucket {bucket} "
-                   "--versioning-configuration Status=Enabled")
+                   "--versioning-configuration Status=Enabled; or, on any store, set 'delete: trash' "
+                   "in the folder's config to keep deleted and overwritten objects for trash_retain")
+TRASH_HINT = ("set 'delete: trash' in the folder's config: syncd then keeps every deleted or overwritten "
+              "object under .syncd-trash/ for trash_retain (only changes made after that can be restored)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -117,6 +126,32 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM as Ctrl-C: temp files removed, nothing partial in place
 
 
+def _source_of(args: argparse.Namespace, folder: FolderConfig, store: S3Store, at: float | None) -> Source | None:
+    """Where the items come from: versions where the bucket keeps them, else the trash
+    (configured, or found under the prefix: a restore from a bare s3:// URL); None (after
+    saying why and how to fix it) when earlier states are kept nowhere."""
+    from .restore import Source
+    from .trash import has_entries
+
+    if at is None and not args.deleted:
+        return Source.CURRENT
+    versioning = store.versioning() if at is not None else ""
+    if versioning == "Enabled":
+        return Source.VERSIONS
+    if folder.delete == DeleteMode.TRASH or has_entries(store, folder.prefix):
+        return Source.TRASH if at is not None else Source.DELETED
+    if versioning:  # Suspended: the versions kept before the suspension
+        return Source.VERSIONS
+    if args.deleted:
+        _failed(args, folder, f"restore --deleted: s3://{folder.bucket}/{folder.prefix} has no trash, so deleted "
+                "files are not kept; " + TRASH_HINT)
+    else:
+        _failed(args, folder, f"restore --at: bucket {folder.bucket!r} is not versioned and "
+                f"s3://{folder.bucket}/{folder.prefix} has no trash, so earlier states are not kept; "
+                + VERSIONING_HINT.format(bucket=folder.bucket))
+    return None
+
+
 def _restore(args: argparse.Namespace) -> int:
     from .restore import Restorer, parse_time, render, report
     from .s3store import S3Store
@@ -129,17 +164,21 @@ def _restore(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"syncd: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    if at is not None and args.deleted:
+        print("syncd: restore: --at and --deleted do not go together: --at TIME restores the whole tree as it "
+              "was then (deleted files included), --deleted the files deleted since", file=sys.stderr)
+        return ExitCode.USAGE
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
-        store = S3Store(folder)
-        if at is not None and not store.versioning():
-            _failed(args, folder, f"restore --at: bucket {folder.bucket!r} is not versioned, so earlier states are "
-                    "not kept; " + VERSIONING_HINT.format(bucket=folder.bucket))
+        # Two pools of `workers` threads may each have a GET open: whole files, and ranged parts.
+        store = S3Store(folder, connections=2 * (args.workers or folder.workers) + 4)
+        source = _source_of(args, folder, store, at)
+        if source is None:
             return ExitCode.FAILURE
         restorer = Restorer(folder, store, str(Path(args.to).absolute()), at=at, patterns=tuple(args.paths),
                             force=args.force, workers=args.workers,
-                            progress=sys.stderr.isatty() and not args.json)
+                            progress=sys.stderr.isatty() and not args.json, source=source)
         result = restorer.run()
     except StoreError as exc:
         _failed(args, folder, f"restore {folder.name}: {exc}")

@@ -9,7 +9,7 @@ import sqlite3
 import stat as statmod
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -34,7 +34,8 @@ from .changes import Entry
 from .config import FolderConfig
 from .journal import Journal
 from .paths import IgnoreRules, reserved
-from .store import META_MTIME, META_OWNER, META_SHA256, ObjectStore
+from .store import META_MTIME, META_OWNER, META_SHA256, ObjectStore, StoreError
+from .trash import expired
 
 log = structlog.get_logger("syncd.reconciler")
 
@@ -75,6 +76,7 @@ class RemoteReport:
     foreign: int = 0         # keys under the prefix that syncd did not write
     foreign_examples: list[str] = field(default_factory=list)
     uploads_aborted: int = 0  # incomplete multipart uploads swept (abandoned or stale)
+    trash_purged: int = 0    # trash entries older than trash_retain, deleted
     seconds: float = 0.0
 
 
@@ -97,8 +99,11 @@ class RemotePass:
     HEAD_WORKERS = 16
 
     def __init__(self, folder: FolderConfig, journal: Journal, store: ObjectStore, sink: Adopter,
-                 scratch: Path, ignore: IgnoreRules, owners: frozenset[str]):
+                 scratch: Path, ignore: IgnoreRules, owners: frozenset[str],
+                 clock: Callable[[], float] = time.time):
+        """``clock``: the time trash entries' age is judged by (tests move it on)."""
         self.folder = folder
+        self.clock = clock
         self.owners = owners  # ids whose objects are this folder's own (syncd.owner)
         self.journal = journal
         self.store = store
@@ -120,12 +125,14 @@ class RemotePass:
             db.execute("PRAGMA journal_mode=OFF")
             db.execute("PRAGMA synchronous=OFF")
             db.execute("CREATE TABLE remote(path TEXT PRIMARY KEY, size INTEGER, etag TEXT) WITHOUT ROWID")
+            db.execute("CREATE TABLE purge(key TEXT PRIMARY KEY) WITHOUT ROWID")
             self._spool(db, report, stop)
             if stop.is_set():
                 return report
             db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
             self._drift(db, report)
             self._unknown(db, report, stop)
+            self._purge(db, report, stop)
         finally:
             db.close()
             self.scratch.unlink(missing_ok=True)
@@ -133,7 +140,7 @@ class RemotePass:
         self._log.info("reconcile.done", objects=report.objects, lists=report.lists, heads=report.heads,
                        drift=report.drift, adopted=report.adopted, files_read=report.files_read,
                        bytes_read=report.bytes_read, adopted_by=report.adopted_by, orphans=report.orphans,
-                       unconfirmed=report.unconfirmed, foreign=report.foreign,
+                       unconfirmed=report.unconfirmed, foreign=report.foreign, trash_purged=report.trash_purged,
                        ms=round(report.seconds * 1000))
         if report.foreign:
             self._log.warning("reconcile.foreign_keys", count=report.foreign, examples=report.foreign_examples,
@@ -142,16 +149,35 @@ class RemotePass:
         return report
 
     def _spool(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
-        cut = len(self.folder.prefix)
-        for page in self.store.list(self.folder.prefix):
+        prefix = self.folder.prefix
+        cut = len(prefix)
+        cutoff = self.clock() - self.folder.trash_retain
+        for page in self.store.list(prefix):
             report.lists += 1
             # syncd's bookkeeping keys (owner marker, trash) are not mirror content.
             rows = [(o.key[cut:], o.size, o.etag) for o in page if not reserved(o.key[cut:])]
             report.objects += len(rows)
             db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)", rows)
+            db.executemany("INSERT OR IGNORE INTO purge VALUES (?)",
+                           [(o.key,) for o in page if expired(prefix, o.key, cutoff)])
             if stop.is_set():
                 return
         db.commit()
+
+    def _purge(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
+        """Delete trash entries older than trash_retain, 1000 per request (S3's limit for
+        DeleteObjects). Idempotent: a crash midway leaves the rest to the next pass."""
+        rows = db.execute("SELECT key FROM purge")
+        while not stop.is_set() and (batch := [r[0] for r in rows.fetchmany(1000)]):
+            try:
+                errors = self.store.delete(batch)
+            except StoreError as exc:
+                self._log.warning("trash.purge_failed", error=str(exc), action="left for the next reconcile pass")
+                return
+            report.trash_purged += len(batch) - len(errors)
+            if errors:
+                self._log.warning("trash.purge_failed", keys=len(errors), example=next(iter(errors.items())),
+                                  action="left for the next reconcile pass")
 
     def _drift(self, db: sqlite3.Connection, report: RemoteReport) -> None:
         """Objects deleted or replaced behind syncd's back: forget them, so they are re-sent."""
@@ -295,6 +321,6 @@ class RemotePass:
             report.foreign += 1
             if len(report.foreign_examples) < 5:
                 report.foreign_examples.append(f.path)
-            if self.folder.delete_foreign and self.folder.delete == "mirror":
+            if self.folder.delete_foreign and self.folder.delete.propagates:
                 self.sink.submit_adopt(Entry(f.path, 0, 0, None, None, None))
                 self.sink.submit(f.path, settle=False)

@@ -24,14 +24,16 @@ import stat as statmod
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
 
 import pathspec
 
+from . import trash
 from .beneath import NotBeneath, RootDir
 from .config import FolderConfig
 from .paths import IgnoreRules, reserved
@@ -43,12 +45,24 @@ from .verify import expected_digest
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
+# Objects up to this size come through the store's fetch (awscrt): the CRT may hold a body
+# whole before it hands it over, so larger ones stream through boto3 in CHUNK pieces.
+FETCH_WHOLE_LIMIT = CHUNK
 NAME_MAX = 255           # bytes per path component on Linux filesystems
 PATH_MAX = 4096
 ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
 BACKOFF = 0.5            # seconds before the second attempt, doubling
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+
+
+class Source(StrEnum):
+    """Where a restore's items come from."""
+
+    CURRENT = "current"      # the objects now
+    VERSIONS = "versions"    # --at on a versioned bucket: ListObjectVersions
+    TRASH = "trash"          # --at from the current objects and the trash (syncd.trash.items_at)
+    DELETED = "deleted"      # --deleted: trash entries of paths with no current object
 
 
 class Interrupted(Exception):
@@ -159,11 +173,13 @@ def _reason(exc: BaseException) -> str:
 class Restorer:
     def __init__(self, folder: FolderConfig, store: ObjectStore, target: str, *, at: float | None = None,
                  patterns: tuple[str, ...] = (), force: bool = False, workers: int | None = None,
-                 progress: bool = False):
+                 progress: bool = False, source: Source | None = None):
+        """``source``: by default the current objects, or the versions with ``at``."""
         self.folder = folder
         self.store = store
         self.target = target
         self.at = at
+        self.source = source or (Source.CURRENT if at is None else Source.VERSIONS)
         self.force = force
         self.select = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
         self.workers = max(1, workers or folder.workers)
@@ -181,8 +197,19 @@ class Restorer:
     # ------------------------------------------------------------------ the run
 
     def plan(self) -> list[Item]:
-        listing = (current_items(self.store, self.folder.prefix) if self.at is None
-                   else items_at(self.store, self.folder.prefix, self.at))
+        prefix = self.folder.prefix
+        if self.source == Source.CURRENT:
+            listing = current_items(self.store, prefix)
+        elif self.source == Source.VERSIONS:
+            assert self.at is not None
+            listing = items_at(self.store, prefix, self.at)
+        else:
+            now = (o for page in self.store.list(prefix) for o in page if not reserved(o.key[len(prefix):]))
+            if self.source == Source.TRASH:
+                assert self.at is not None
+                listing = trash.items_at(self.store, prefix, self.at, now)
+            else:
+                listing = trash.deleted_items(self.store, prefix, now)
         items = []
         for key, rel, size, etag, version in listing:
             if rel.endswith("/") and size == 0 and name_problem(rel[:-1] or ".") is None:
@@ -353,6 +380,8 @@ class Restorer:
         """The object's bytes into ``fd``: what the (first) GET said about it, and the digest
         of the bytes in the algorithm the object's metadata calls for when it could be taken
         on the way (one GET; ranged parts arrive out of order and are hashed afterwards)."""
+        if item.size <= FETCH_WHOLE_LIMIT:
+            return self._fetch_whole(fd, item)
         if item.size < self.threshold or item.size <= self.part_size:
             return self._fetch(fd, item, 0, None, hash_it=True)
         try:
@@ -372,6 +401,39 @@ class Restorer:
             raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
                              scope=TRANSIENT, key=item.key)
         return infos[0], None
+
+    def _fetch_whole(self, fd: int, item: Item) -> tuple[RemoteObject, str | None]:
+        """One GET of the whole object (the store's fast path for small ones: awscrt),
+        hashed as it arrives in the algorithm its metadata calls for."""
+        digest: list[hashlib._Hash] = []
+        offset = [0]
+
+        def start(info: RemoteObject) -> Callable[[bytes], None]:
+            expected = expected_digest(info)
+            if expected is not None:
+                digest.append(hashlib.new(expected[0]))
+            return consume
+
+        def consume(piece: bytes) -> None:
+            if self._stop.is_set():
+                raise Interrupted()
+            if digest:
+                digest[0].update(piece)
+            view = memoryview(piece)
+            while view:
+                written = os.pwrite(fd, view, offset[0])
+                offset[0] += written
+                view = view[written:]
+            with self._lock:
+                self.result.bytes += len(piece)
+
+        with self._lock:
+            self.result.gets += 1
+        info = self.store.fetch(item.key, item.version, start)
+        if offset[0] != item.size:
+            raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {offset[0]} of "
+                             f"{item.size}", scope=TRANSIENT, key=item.key)
+        return info, digest[0].hexdigest() if digest else None
 
     def _fetch(self, fd: int, item: Item, first: int, last: int | None,
                hash_it: bool = False) -> tuple[RemoteObject, str | None]:

@@ -1,4 +1,5 @@
-"""PutObject through awscrt's native S3 client: the data path for the many small files.
+"""PutObject and GetObject through awscrt's native S3 client: the data path for the many
+small files (uploads, and restores).
 
 botocore spends most of a small PutObject's time in Python (parameter validation, endpoint
 rules, event hooks, signing, parsing), under the GIL, so its CPU per request caps how many small
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote, urlsplit
 
 import structlog
@@ -31,6 +33,8 @@ from awscrt.exceptions import AwsCrtError
 from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
 from awscrt.s3 import S3Client, S3Request, S3RequestTlsMode, S3RequestType, S3ResponseError, S3RetryConfig
+
+from .store import RemoteObject
 
 log = structlog.get_logger("syncd.s3crt")
 
@@ -103,6 +107,72 @@ class CrtPutter:
                 if name.lower() == "etag":
                     etag[0] = value.strip('"')
 
+        self._send("PutObject", key, request, on_headers, None,
+                   lambda failure: done(etag[0] if failure is None else failure))
+
+    def get(self, key: str, version: str | None, on_headers: Callable[[list[tuple[str, str]]], None],
+            on_body: Callable[[bytes], None], done: Callable[[CrtFailure | None], None]) -> None:
+        """Start one GetObject of the whole object: ``on_headers`` gets the answer's headers
+        (a 200), then ``on_body`` each piece of the body in order, then ``done`` None or the
+        failure, all on the CRT's event-loop thread. Botocore's CPU per GET (parsing, event
+        hooks, signing) caps how many small files a restore fetches per second, as for PUTs."""
+        path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
+        request = HttpRequest("GET", path, HttpHeaders([("Host", self._host)]))
+
+        def headers_seen(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
+            if status_code < 300:
+                on_headers(headers)
+
+        def body_seen(chunk: bytes, **_: object) -> None:
+            on_body(chunk)
+
+        self._send("GetObject", key, request, headers_seen, body_seen, done)
+
+    def fetch(self, key: str, version: str | None,
+              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+        """GET the whole object, waiting for it: ``start`` gets what the headers say of it and
+        returns what consumes the body's pieces. Raises CrtFailure, or what those raised
+        (the request is abandoned then). Returns only once the CRT is done with the request,
+        so nothing is called after it returns."""
+        info: list[RemoteObject] = []
+        consume: list[Callable[[bytes], None]] = []
+        raised: list[BaseException] = []
+        failed: list[CrtFailure] = []
+        finished = threading.Event()
+
+        def on_headers(headers: list[tuple[str, str]]) -> None:
+            try:
+                info.append(_info(key, headers))
+                consume.append(start(info[0]))
+            except BaseException as exc:
+                raised.append(exc)
+                raise  # the CRT ends the request
+
+        def on_body(chunk: bytes) -> None:
+            try:
+                consume[0](chunk)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
+        def done(failure: CrtFailure | None) -> None:
+            if failure is not None:
+                failed.append(failure)
+            finished.set()
+
+        self.get(key, version, on_headers, on_body, done)
+        finished.wait()  # bounded: the reaper cancels a request past its timeout
+        if raised:
+            raise raised[0]
+        if failed:
+            raise failed[0]
+        if not info:
+            raise CrtFailure(None, "", "the answer had no headers", transport="NoHeaders")
+        return info[0]
+
+    def _send(self, operation: str, key: str, request: HttpRequest,
+              on_headers: Callable[..., None], on_body: Callable[..., None] | None,
+              done: Callable[[CrtFailure | None], None]) -> None:
         with self._lock:
             token = self._next_token
             self._next_token += 1
@@ -113,13 +183,14 @@ class CrtPutter:
                 entry = self._inflight.pop(token, None)
             timed_out = entry is not None and entry.timed_out
             try:
-                done(etag[0] if error is None else self._failure(error, timed_out))
+                done(None if error is None else self._failure(error, timed_out))
             except Exception:  # an exception must not reach the CRT's event loop
                 log.exception("crt.callback_failed", key=key)
 
         try:
-            s3_request = self._client.make_request(type=S3RequestType.DEFAULT, operation_name="PutObject",
-                                                   request=request, on_headers=on_headers, on_done=on_done)
+            s3_request = self._client.make_request(type=S3RequestType.DEFAULT, operation_name=operation,
+                                                   request=request, on_headers=on_headers, on_body=on_body,
+                                                   on_done=on_done)
         except Exception as exc:
             with self._lock:
                 self._inflight.pop(token, None)
@@ -169,6 +240,23 @@ class _InFlight:
     deadline: float
     request: S3Request | None = None
     timed_out: bool = False
+
+
+def _info(key: str, headers: list[tuple[str, str]]) -> RemoteObject:
+    """What a GET's headers say of the object: size, ETag, user metadata, LastModified."""
+    meta: dict[str, str] = {}
+    size, etag, modified = 0, "", None
+    for name, value in headers:
+        low = name.lower()
+        if low.startswith("x-amz-meta-"):
+            meta[low[len("x-amz-meta-"):]] = value
+        elif low == "content-length":
+            size = int(value)
+        elif low == "etag":
+            etag = value.strip('"')
+        elif low == "last-modified":
+            modified = parsedate_to_datetime(value).timestamp()
+    return RemoteObject(key=key, size=size, etag=etag, meta=meta, modified=modified)
 
 
 def _xml(text: str, tag: str) -> str:

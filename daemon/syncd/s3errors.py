@@ -8,7 +8,7 @@ from __future__ import annotations
 import botocore.exceptions as bexc
 
 from .s3crt import CrtFailure
-from .store import FOLDER, KEY, TRANSIENT, UNREACHABLE, NotFound, StoreError, UploadGone
+from .store import FOLDER, KEY, TRANSIENT, UNREACHABLE, Changed, NotFound, StoreError, UploadGone
 
 
 def error_code(exc: bexc.ClientError) -> str:
@@ -83,7 +83,8 @@ def classify(exc: Exception, key: str | None = None, bucket: str = "") -> StoreE
             return StoreError(f"{where}: AccessDenied: the credentials are not allowed this request; "
                               "check the bucket policy and the IAM permissions", scope=KEY, code=code, key=key)
         # Typed, so that no caller matches S3's codes (a second store maps its own).
-        kind = NotFound if code in NOT_FOUND_CODES else UploadGone if code == "NoSuchUpload" else StoreError
+        kind = (NotFound if code in NOT_FOUND_CODES else UploadGone if code == "NoSuchUpload"
+                else Changed if code in ("PreconditionFailed", "412") else StoreError)
         return kind(f"{where}: {code or status}: {message}", scope=KEY, code=code, key=key)
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.ProfileNotFound,
                         bexc.CredentialRetrievalError)):

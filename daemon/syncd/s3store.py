@@ -149,8 +149,11 @@ class _Body:
 class S3Store:
     """An S3 bucket via boto3; one client per folder, shared by its worker threads."""
 
-    def __init__(self, folder: FolderConfig, clock: Callable[[], datetime] | None = None):
-        """``clock``: the time assumed-role credentials are judged by (tests fake it)."""
+    def __init__(self, folder: FolderConfig, clock: Callable[[], datetime] | None = None,
+                 connections: int | None = None):
+        """``clock``: the time assumed-role credentials are judged by (tests fake it).
+        ``connections``: the HTTP pool size, by default the folder's workers and a few more
+        (a restore sizes it to its own threads: a full pool discards and reopens connections)."""
         self.bucket = folder.bucket
         self._folder = folder
         # (algorithm, parameter) of a flexible checksum, or None (md5 and off have none).
@@ -162,7 +165,7 @@ class S3Store:
             region_name=folder.region,
             connect_timeout=10,
             read_timeout=folder.request_timeout,
-            max_pool_connections=folder.workers + 4,
+            max_pool_connections=connections or folder.workers + 4,
             tcp_keepalive=True,
             # Few quick client-side retries for blips; the journal's own backoff (capped at
             # minutes, never dropping a change) handles outages, so botocore's retry quota
@@ -364,13 +367,16 @@ class S3Store:
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
 
-    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None) -> str:
+    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None,
+             if_match: str | None = None) -> str:
         try:
             args: dict[str, Any] = dict(MetadataDirective="COPY")
+            if if_match is not None:
+                args["CopySourceIfMatch"] = f'"{if_match}"'  # the ETag header form, quotes included
             if headers is not None:
                 # Other headers than the source's: REPLACE, which needs the metadata sent again.
                 source = self._client.head_object(Bucket=self.bucket, Key=src_key)
-                args = dict(MetadataDirective="REPLACE", Metadata=dict(source.get("Metadata", {})),
+                args.update(MetadataDirective="REPLACE", Metadata=dict(source.get("Metadata", {})),
                             **_header_args(headers))
             resp = self._client.copy_object(Bucket=self.bucket, Key=dst_key, **args,
                                             CopySource={"Bucket": self.bucket, "Key": src_key}, **self._extra)
@@ -440,6 +446,33 @@ class S3Store:
             raise classify(exc, key, self.bucket) from exc
         return _Body(_answered(key, resp), resp["Body"], self.bucket)
 
+    def fetch(self, key: str, version: str | None,
+              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+        if self._crt is None:
+            body = self.get(key, version)
+            try:
+                consume = start(body.info)
+                for piece in body.chunks(1 << 20):
+                    consume(piece)
+            finally:
+                body.close()
+            return body.info
+        try:
+            if self._credentials is not None:
+                self._credentials.get_frozen_credentials()  # a refresh here, not on the CRT's loop
+            info = self._crt.fetch(key, version, start)
+        except CrtFailure as exc:
+            self.requests.add("GetObject", crt_status(exc))
+            raise crt_error(exc, key, self.bucket) from exc
+        except StoreError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, OSError) or type(exc).__module__.startswith("syncd"):
+                raise  # the consumer's own (no space, interrupted)
+            raise classify(exc, key, self.bucket) from exc
+        self.requests.add("GetObject", 200)
+        return info
+
     def versioning(self) -> str:
         try:
             return str(self._client.get_bucket_versioning(Bucket=self.bucket).get("Status", ""))
@@ -462,7 +495,8 @@ class S3Store:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=_etag(o))
+                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=_etag(o),
+                                    modified=o["LastModified"].timestamp() if "LastModified" in o else None)
                        for o in page.get("Contents", [])]
         except Exception as exc:
             raise classify(exc, bucket=self.bucket) from exc

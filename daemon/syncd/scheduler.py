@@ -20,6 +20,7 @@ import structlog
 
 from .bandwidth import ByteBudget
 from .changes import IntentOp, Outcome, OutcomeKind, Pending
+from .choices import DeleteMode
 from .config import FolderConfig
 from .guard import DeleteGuard, RootProblem
 from .health import FolderHealth
@@ -30,6 +31,7 @@ from .owner import Ownership
 from .planner import Planner
 from .store import ObjectStore, StoreError
 from .transfer import Result, Task, TaskKind, Transfers
+from .trash import stamp, trash_key
 from .uploads import UploadLog
 
 DELETE_BATCH = 1000          # S3 DeleteObjects accepts at most 1000 keys per request
@@ -249,7 +251,9 @@ class Scheduler:
         """Journal the write intents of ``tasks`` in one transaction, then send them: after a
         crash or a lost answer, every key that may have been written is known (see Journal)."""
         try:
-            self.journal.intend((t.path, WRITE_OPS[t.kind]) for t in tasks if t.kind in WRITE_OPS)
+            writes = [t for t in tasks if t.kind in WRITE_OPS]
+            self._journal_trash(writes, overwrites=True)
+            self.journal.intend((t.path, WRITE_OPS[t.kind]) for t in writes)
         except Exception:
             # Nothing was sent: the tasks wait at the front, and the loop's error handling
             # retries (e.g. the disk is full).
@@ -290,8 +294,31 @@ class Scheduler:
             self.health.hold_wave(problem)
             self._hold_deletes(batch)
             return
+        task = Task(TaskKind.DELETE, batch)
+        try:
+            self._journal_trash([task], overwrites=False)
+        except Exception:
+            self._deletes = batch + self._deletes  # nothing was sent; the loop retries
+            raise
         self.guard.counted(len(batch))
-        self._submit(Task(TaskKind.DELETE, batch))
+        self._submit(task)
+
+    def _journal_trash(self, tasks: list[Task], overwrites: bool) -> None:
+        """``delete: trash``: choose and journal the trash key of every object these tasks
+        delete or (``overwrites``) replace, before they are sent (see syncd.trash)."""
+        if self.folder.delete != DeleteMode.TRASH:
+            return
+        wanted: list[tuple[Task, str, str | None]] = []
+        for t in tasks:
+            for p in t.items:
+                entry = self.journal.entry(p.path)
+                if entry is not None:
+                    wanted.append((t, p.path, entry.etag))
+                elif not overwrites and self.journal.intent(p.path) is not None:
+                    wanted.append((t, p.path, None))  # an unconfirmed write: whatever it left
+        chosen = self.journal.trash_stamps(((path, etag) for _t, path, etag in wanted), stamp(time.time()))
+        for t, path, etag in wanted:
+            t.trash[path] = (trash_key(self.folder.prefix, path, chosen[path]), etag)
 
     def _hold_deletes(self, batch: list[Pending]) -> None:
         """Keep these deletions pending while the folder is held (until a human or the root says so)."""

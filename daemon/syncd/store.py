@@ -112,6 +112,11 @@ class NotFound(StoreError):
     (S3: NoSuchKey, 404) to this, so callers never match them."""
 
 
+class Changed(StoreError):
+    """A conditional request's precondition failed: the object is not the version the caller
+    named (S3: PreconditionFailed, 412)."""
+
+
 class UploadGone(StoreError):
     """The multipart upload does not exist (any more): aborted, completed, or never created
     (S3: NoSuchUpload)."""
@@ -222,10 +227,12 @@ class ObjectStore(Protocol):
         """Replace an object's user metadata in place (server-side copy); returns the new ETag.
         S3 replaces the headers too (MetadataDirective REPLACE): ``headers`` are sent again."""
 
-    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None) -> str:
+    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None,
+             if_match: str | None = None) -> str:
         """Server-side copy keeping the source's metadata; returns the new ETag. With
         ``headers``, the copy gets those headers instead of the source's (a rename to a name
-        that other headers apply to)."""
+        that other headers apply to). With ``if_match``, only if the source's ETag is that
+        (else Changed)."""
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         """Delete up to 1000 keys in one request; returns ``{key: error}`` for failures."""
@@ -243,6 +250,13 @@ class ObjectStore(Protocol):
     def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> Fetched:
         """Start reading the object (that version; bytes ``first``..``last`` inclusive with a
         range). NotFound if it is gone."""
+
+    def fetch(self, key: str, version: str | None,
+              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+        """Read a whole (small) object, waiting for it: ``start`` gets what the answer says of
+        the object and returns the consumer of the body's pieces, called in order. What either
+        raises is raised here. The fast path of a restore's many small files (one request, no
+        thread per piece); StoreError as for :meth:`get`."""
 
     def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""

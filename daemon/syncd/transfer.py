@@ -14,6 +14,7 @@ import stat as statmod
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -27,9 +28,25 @@ from .changes import Entry, Outcome, OutcomeKind, Pending
 from .config import FolderConfig
 from .headers import object_headers
 from .multipart import FileChanged, Interrupted, MultipartUploader, Source, same_version
-from .store import FOLDER, TRANSIENT, UNREACHABLE, NotFound, ObjectStore, PutResult, StoreError, object_meta
+from .paths import key_problem
+from .store import (
+    FOLDER,
+    KEY,
+    TRANSIENT,
+    UNREACHABLE,
+    Changed,
+    NotFound,
+    ObjectStore,
+    PutResult,
+    StoreError,
+    object_meta,
+)
+from .trash import stamp, trash_key
 from .uploads import UploadLog
 
+# A delete batch's copies into the trash run this many at a time, beside the folder's other
+# workers: the store's HTTP pool holds workers + 4 connections.
+TRASH_COPIES = 4
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0  # a long outage never drops a change; it is retried at least every 5 min
 
@@ -57,6 +74,9 @@ class Task:
     cost: int = 0                       # bytes held against the in-flight budget
     copy_from: Entry | None = None
     upload_id: str | None = None        # abort: the multipart upload to discard
+    # delete: trash: path -> (trash key, ETag of the object to keep there, if known), journaled
+    trash: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    trashed: bool = False               # the copies into the trash are made (an upload falling back)
     touched: float = field(default_factory=time.monotonic)  # last sign of progress (watchdog)
 
     def touch(self) -> None:
@@ -87,10 +107,11 @@ class Transfers:
         self.rootdir = folder_root(folder)  # every read resolves beneath it (syncd.beneath)
         self._log = structlog.get_logger("syncd.transfer").bind(folder=folder.name)
         self._lock = threading.Lock()
-        self.ops = {"put": 0, "copy": 0, "delete": 0, "multipart": 0}
+        self.ops = {"put": 0, "copy": 0, "delete": 0, "multipart": 0, "trash": 0}
         self.stopping = threading.Event()  # shutdown: large uploads stop between parts
         self.throttle = Throttle(folder.bandwidth) if folder.bandwidth else None
         self.multipart = MultipartUploader(folder, store, uploads, self.throttle, self.stopping, progress)
+        self._trash_pool: ThreadPoolExecutor | None = None  # a delete batch's copies into the trash
 
     @property
     def owner(self) -> str:
@@ -151,6 +172,7 @@ class Transfers:
             before = os.fstat(fd)
             if not statmod.S_ISREG(before.st_mode):
                 return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen)])
+            self._keep_overwritten(task)
             try:
                 if before.st_size <= self.folder.multipart_threshold:
                     data, digest = self._read_whole(f, fd, before)
@@ -222,6 +244,7 @@ class Transfers:
             return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen)])
         if (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns):
             return self._upload(task, deliver)
+        self._keep_overwritten(task)
         try:
             # A copy keeps the source's headers; a rename to a name other headers apply to
             # (page.txt -> page.html) gets its own.
@@ -238,17 +261,69 @@ class Transfers:
     # ------------------------------------------------------------------ delete (batched)
 
     def _delete(self, task: Task) -> Result:
-        keys = {self.folder.key_for(p.path): p for p in task.items}
-        errors = self.store.delete(list(keys))
+        kept = self._to_trash(task, task.items) if task.trash else {}
+        keys = {self.folder.key_for(p.path): p for p in task.items if p.path not in kept}
+        errors = self.store.delete(list(keys)) if keys else {}
         self._count("delete", len(keys) - len(errors))
         outcomes = []
+        folder_error = None
+        for p in task.items:
+            if p.path in kept:  # not deleted: it could not be kept in the trash first
+                failed = self._failed(Task(task.kind, [p]), kept[p.path])
+                outcomes += failed.outcomes
+                folder_error = folder_error or failed.folder_error
         for key, p in keys.items():
             if key in errors:
                 outcomes.append(Outcome(OutcomeKind.RETRY, p.path, p.gen, error=errors[key], delay=backoff(p.attempts)))
             else:
                 outcomes.append(Outcome(OutcomeKind.DONE, p.path, p.gen, forget=True))
-        self._log.debug("delete.done", keys=len(keys), errors=len(errors))
-        return Result(task, outcomes, files=len(keys) - len(errors))
+        self._log.debug("delete.done", keys=len(keys), errors=len(errors), trash_failed=len(kept))
+        return Result(task, outcomes, folder_error=folder_error, files=len(keys) - len(errors))
+
+    # ------------------------------------------------------------------ trash (delete: trash)
+
+    def _keep_overwritten(self, task: Task) -> None:
+        """Before an upload or copy replaces the key: its old object into the trash."""
+        if task.trash and not task.trashed:
+            kept = self._to_trash(task, task.items)
+            if kept:
+                raise next(iter(kept.values()))
+            task.trashed = True
+
+    def _to_trash(self, task: Task, items: list[Pending]) -> dict[str, StoreError]:
+        """Server-side copy each item's object to its journaled trash key; ``{path: error}``
+        for those that could not be (their object must not be deleted or overwritten yet)."""
+        todo = [(p.path, *task.trash[p.path]) for p in items if p.path in task.trash]
+        if len(todo) == 1:
+            return {path: exc for path, key, etag in todo if (exc := self._trash_one(path, key, etag))}
+        if self._trash_pool is None:
+            self._trash_pool = ThreadPoolExecutor(TRASH_COPIES, thread_name_prefix=f"trash-{self.folder.name}")
+        answers = self._trash_pool.map(lambda t: self._trash_one(*t), todo)
+        return {path: exc for (path, _k, _e), exc in zip(todo, answers, strict=True) if exc is not None}
+
+    def _trash_one(self, path: str, dst: str, etag: str | None) -> StoreError | None:
+        problem = key_problem(dst)
+        if problem is not None:
+            return StoreError(f"cannot keep {path!r} in the trash before deleting or replacing its object: "
+                              f"{problem} (the trash key adds {len(dst) - len(self.folder.key_for(path))} "
+                              "bytes); shorten the path, or set delete: mirror", scope=KEY, key=dst)
+        src = self.folder.key_for(path)
+        try:
+            try:
+                # If-Match: the version the journal knows. After a crash between an overwrite's
+                # PUT and its record, the key holds the new content, which must not replace the
+                # old one's trash entry.
+                self.store.copy(src, dst, if_match=etag)
+            except Changed:
+                # Another version than the manifest's (written by that PUT, or behind syncd's
+                # back): keep it too, as deleted now.
+                self.store.copy(src, trash_key(self.folder.prefix, path, stamp(time.time())))
+            self._count("trash")
+        except NotFound:
+            pass  # nothing is there to keep (deleted already, or by an earlier attempt)
+        except StoreError as exc:
+            return exc
+        return None
 
     def _abort(self, task: Task) -> Result:
         """Discard the upload of a file that no longer needs it. The change itself is handled

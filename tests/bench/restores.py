@@ -70,7 +70,9 @@ def timed_with_rss(cmd: Sequence[str], env: dict[str, str], timeout: float) -> t
 
 def check_restored(dest: Path, dataset: Dataset) -> str | None:
     """None if ``dest`` holds exactly the dataset's files with their bytes."""
-    found = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    # The peers copy syncd's bookkeeping keys (the owner marker) too: not part of the tree.
+    found = {rel for p in dest.rglob("*") if p.is_file()
+             if not (rel := p.relative_to(dest).as_posix()).startswith((".syncd/", ".syncd-trash/"))}
     if found != set(dataset.files):
         expected = set(dataset.files)
         return f"restored tree differs: {len(expected - found)} missing, {len(found - expected)} extra"

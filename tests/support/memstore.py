@@ -29,6 +29,7 @@ from syncd.store import (
     KEY,
     NO_HEADERS,
     TRANSIENT,
+    Changed,
     Fetched,
     NotFound,
     Part,
@@ -58,6 +59,7 @@ class StoredObject:
     etag: str
     meta: dict[str, str]
     headers: dict[str, str]
+    modified: float = field(default_factory=time.time)  # LastModified
 
 
 @dataclass
@@ -315,13 +317,17 @@ class MemoryStore:
             self._after("set_meta", key)
             return etag
 
-    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None) -> str:
+    def copy(self, src_key: str, dst_key: str, headers: Mapping[str, str] | None = None,
+             if_match: str | None = None) -> str:
         with self._lock:
             self._before("copy", dst_key)
             self._check_key(dst_key)
             src = self.objects.get(src_key)
             if src is None:
                 raise self._missing(src_key)
+            if if_match is not None and src.etag != if_match:
+                raise Changed(f"memory://{self.bucket}/{src_key}: PreconditionFailed: the ETag is not {if_match}",
+                              scope=KEY, code="PreconditionFailed", key=src_key)
             kept = dict(src.headers) if headers is None else dict(headers)
             self._store(dst_key, StoredObject(src.body, _md5(src.body), dict(src.meta), kept))
             self._after("copy", dst_key)
@@ -363,6 +369,20 @@ class MemoryStore:
             self._after("write", key)
             return True
 
+    def fetch(self, key: str, version: str | None,
+              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+        with self._lock:
+            self._before("fetch", key)
+            obj = self._version(key, version)
+            if obj is None:
+                raise self._missing(key)
+            info = RemoteObject(key, len(obj.body), obj.etag, dict(obj.meta), obj.modified)
+            body = obj.body
+        consume = start(info)
+        for at in range(0, len(body), 64 * 1024):
+            consume(body[at:at + 64 * 1024])
+        return info
+
     def versioning(self) -> str:
         return "Enabled" if self.versioned else ""
 
@@ -398,7 +418,8 @@ class MemoryStore:
     def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
         with self._lock:
             self._before("list")
-            found = [RemoteObject(k, len(o.body), o.etag) for k, o in self.objects.items() if k.startswith(prefix)]
+            found = [RemoteObject(k, len(o.body), o.etag, modified=o.modified)
+                     for k, o in self.objects.items() if k.startswith(prefix)]
             self._random.shuffle(found)  # no order is promised (SeaweedFS walks its tree)
         for start in range(0, len(found), self._page_size):
             yield found[start:start + self._page_size]
