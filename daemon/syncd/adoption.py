@@ -134,28 +134,30 @@ class Digest:
 def digest(rootdir: RootDir, rel: str, expected: os.stat_result, part_candidates: list[int]) -> Digest | None:
     """Read ``rel`` once through the folder's root fd, hashing MD5, SHA-256 and every
     candidate part size; None if it is not the version ``expected`` (changed meanwhile: the
-    scan or the watcher uploads it). OSError if it cannot be read."""
+    scan or the watcher uploads it). OSError if it cannot be read.
+
+    Called once per file of a rebuild or a take-over, so it keeps to open, read, fstat and
+    close. One fstat, after the read, is enough: a file replaced since ``expected`` was
+    taken has another inode, and one written to meanwhile another mtime or ctime."""
     fd = rootdir.open_file(rel)
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        before = os.fstat(fd)
-        if not same_version(before, expected):
-            return None
+    try:
+        size = expected.st_size
         md5, sha = hashlib.md5(), hashlib.sha256()
         parts = [_PartHasher(p) for p in part_candidates]
-        buf = bytearray(min(READ_CHUNK, before.st_size + 1))  # +1: notices a file that grew
+        buf = bytearray(min(READ_CHUNK, size + 1))  # +1: notices a file that grew
         view = memoryview(buf)
         total = 0
-        while n := f.readinto(buf):
+        while total <= size and (n := os.readv(fd, (buf,))):
             chunk = view[:n]
             md5.update(chunk)
             sha.update(chunk)
             for p in parts:
                 p.update(chunk)
             total += n
-            if total > before.st_size:
-                break
-        if total != before.st_size or not same_version(before, os.fstat(fd)):
+        if total != size or not same_version(os.fstat(fd), expected):
             return None
+    finally:
+        os.close(fd)
     return Digest(md5.hexdigest(), sha.hexdigest(), frozenset(p.etag() for p in parts), total)
 
 

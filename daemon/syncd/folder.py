@@ -35,6 +35,7 @@ from .watcher import Watcher
 FALLBACK_SCAN_EVERY = 30.0             # without inotify watches, look this often
 OVERFLOW_BACKOFF = (5.0, 300.0)        # rescans after inotify overflows: min, max spacing
 REMOTE_RETRY = 60.0                    # a failed remote pass is tried again this soon
+REBUILD_FIRST_PATIENCE = 10.0          # a rebuild adopts before the walk if the store answers this soon
 
 
 class Pass(StrEnum):
@@ -169,13 +170,20 @@ class FolderRuntime:
 
     def _run_pass(self, kind: Pass) -> None:
         try:
+            adopted = False
+            if kind is Pass.REBUILD and not self._stop.is_set():
+                # Adopt first, if the store answers: the walk then journals only the files
+                # the bucket does not hold, instead of every file for the planner to dismiss
+                # one by one. If it does not, the walk goes first (its findings journaled
+                # while the store is away), and the rebuild follows once it is back.
+                adopted = self._remote(rebuild=True, patience=REBUILD_FIRST_PATIENCE)
             if not self._stop.is_set():
                 try:
                     self._local()
                 finally:
                     self.health.release()
             self._blocking = kind.blocking_remote
-            if kind.remote and not self._stop.is_set():
+            if kind.remote and not adopted and not self._stop.is_set():
                 self._remote(kind is Pass.REBUILD)
         except Exception as exc:  # never let a pass kill the daemon; it runs again later
             self._log.exception("reconcile.failed", error=str(exc))
@@ -198,20 +206,23 @@ class FolderRuntime:
                     self._log.warning("scan.rules_not_recorded", error=str(exc))
             self.last_scan = report
 
-    def _remote(self, rebuild: bool) -> None:
-        """One remote pass. A rebuild is retried until it succeeds: until then the scheduler
-        holds every transfer, or it would re-upload what the bucket already holds."""
+    def _remote(self, rebuild: bool, patience: float | None = None) -> bool:
+        """One remote pass; True once it is over (done, or the prefix is another's). A rebuild
+        is retried until it succeeds: until then the scheduler holds every transfer, or it
+        would re-upload what the bucket already holds. With ``patience`` (seconds) it gives up
+        (False) rather than wait longer for the store, or once the store's first answer is a
+        failure."""
         while not self._stop.is_set():
-            transfers = self._await_transfers()
+            transfers = self._await_transfers(patience)
             if transfers is None:
-                return
+                return False
             try:
                 # The prefix may have been taken over since the probe claimed it.
                 self.scheduler.ownership.claim(transfers.store)
             except StoreError as exc:
                 if exc.code == OWNED_ELSEWHERE:
                     self.health.report(exc)
-                    return
+                    return True  # over: the folder is in error until `resume --take-over`
             try:
                 remote = RemotePass(self.folder, self.journal, transfers.store, self.scheduler.inbox, self._scratch,
                                     self.ignore, self.scheduler.ownership.own_ids())
@@ -220,12 +231,12 @@ class FolderRuntime:
                 self.last_reconcile_error = str(exc)
                 self._next_reconcile = time.monotonic() + REMOTE_RETRY
                 self._log.warning("reconcile.remote_failed", error=str(exc))
-                if rebuild:
+                if rebuild and patience is None:
                     self._stop.wait(REMOTE_RETRY / 6)
                     continue
-                return
+                return False
             if self._stop.is_set():
-                return
+                return False
             self.scheduler.inbox.barrier(timeout=60)
             if rebuild:
                 # The adoptions are journaled: uploads may start. The sweep below need not
@@ -234,7 +245,8 @@ class FolderRuntime:
             report.uploads_aborted = self._sweep_uploads(transfers)
             self.last_reconcile, self.last_reconcile_at, self.last_reconcile_error = report, time.time(), None
             self._next_reconcile = time.monotonic() + self.folder.reconcile_interval
-            return
+            return True
+        return False
 
     def _sweep_uploads(self, transfers: Transfers) -> int:
         """Abort multipart uploads nobody will finish (see MultipartUploader.sweep)."""
@@ -244,19 +256,25 @@ class FolderRuntime:
             self._log.warning("multipart.sweep_failed", error=str(exc))
             return 0
 
-    def _await_transfers(self) -> Transfers | None:
-        """The remote pass needs a working store; wait for the scheduler's probe to get one."""
+    def _await_transfers(self, patience: float | None = None) -> Transfers | None:
+        """The remote pass needs a working store; wait for the scheduler's probe to get one
+        (with ``patience``: None once that long has passed or the first probe failed)."""
+        give_up = None if patience is None else time.monotonic() + patience
         while not self._stop.is_set():
             transfers = self.scheduler.transfers
-            if self.health.halt is None and transfers is not None:
+            halt = self.health.halt
+            if halt is None and transfers is not None:
                 return transfers
+            if give_up is not None and (time.monotonic() >= give_up or (
+                    halt is not None and halt.state is not FolderState.STARTING)):
+                return None
             if self.health.up.is_set():
                 # Short: a journal rebuild holds every upload until this pass has listed the bucket.
                 self._stop.wait(0.05)
             else:
                 # Halted (an endpoint down for hours): no polling; a successful probe sets `up`,
-                # and the timeout only bounds how late a stop is noticed.
-                self.health.up.wait(1.0)
+                # and the timeout only bounds how late a stop (or the patience) is noticed.
+                self.health.up.wait(1.0 if give_up is None else max(0.0, min(1.0, give_up - time.monotonic())))
         return None
 
     def on_overflow(self) -> None:

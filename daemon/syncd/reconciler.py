@@ -9,7 +9,7 @@ import sqlite3
 import stat as statmod
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,6 +18,7 @@ from typing import Protocol
 
 import structlog
 
+from . import scan
 from .adoption import (
     INLINE_READ_LIMIT,
     READ_FIRST_LIMIT,
@@ -38,6 +39,10 @@ from .store import META_MTIME, META_OWNER, META_SHA256, ObjectStore, StoreError
 from .trash import expired
 
 log = structlog.get_logger("syncd.reconciler")
+
+UNKNOWN_BATCH = 512   # unknown objects fetched from the join at once
+READ_SLICE = 32       # ... and handed to a reader thread at once
+READ_WORKERS = min(4, max(2, os.cpu_count() or 1))  # reading and hashing small files in parallel
 
 
 
@@ -78,6 +83,31 @@ class RemoteReport:
     uploads_aborted: int = 0  # incomplete multipart uploads swept (abandoned or stale)
     trash_purged: int = 0    # trash entries older than trash_retain, deleted
     seconds: float = 0.0
+
+
+Row = tuple[str, int, str, int, int]  # an unknown object: path, size, etag, intended, known foreign
+_ASK = os.stat_result((0,) * 10)      # its local file not looked up yet
+Unknown = tuple[Row, os.stat_result | None]  # ... with its local file's lstat, None if there is none
+
+
+class _Walked:
+    """The tree's regular files (syncd.scan.walk), looked up in ascending path order: a
+    merge join with the listing, one directory read instead of one path resolved per file."""
+
+    def __init__(self, files: Iterator[tuple[str, os.stat_result]]):
+        self._files = files
+        self._next = next(files, None)
+
+    def stat(self, path: str) -> os.stat_result | None:
+        # str order is code point order, the UTF-8 byte order of the walk and of SQLite.
+        while self._next is not None and self._next[0] < path:
+            self._next = next(self._files, None)
+        return self._next[1] if self._next is not None and self._next[0] == path else None
+
+    def close(self) -> None:
+        close = getattr(self._files, "close", None)
+        if close is not None:
+            close()  # the walk's directory fds
 
 
 class Adopter(Protocol):
@@ -131,7 +161,7 @@ class RemotePass:
                 return report
             db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
             self._drift(db, report)
-            self._unknown(db, report, stop)
+            self._unknown(db, report, stop, walk=rebuild)
             self._purge(db, report, stop)
         finally:
             db.close()
@@ -188,49 +218,78 @@ class RemotePass:
             report.drift += 1
             self.sink.submit_forget(path, mtime_ns, etag)
 
-    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
+    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, walk: bool) -> None:
         """Objects the manifest does not know: ours (a write intent, a lost journal, an
-        orphan of our own id) or foreign."""
+        orphan of our own id) or foreign. With ``walk`` (a rebuild: every object is unknown)
+        the local files are found by one walk of the tree merged with the objects in path
+        order, not by resolving each object's path on its own."""
         rows = db.execute(
             "SELECT r.path, r.size, r.etag, i.op IS NOT NULL, f.path IS NOT NULL FROM remote r "
             "LEFT JOIN j.manifest m ON m.path = r.path LEFT JOIN j.intents i ON i.path = r.path "
-            "LEFT JOIN j.foreign_keys f ON f.path = r.path AND f.etag = r.etag WHERE m.path IS NULL")
+            "LEFT JOIN j.foreign_keys f ON f.path = r.path AND f.etag = r.etag WHERE m.path IS NULL"
+            + (" ORDER BY r.path" if walk else ""))
+        local = None
+        if walk:
+            try:
+                # Not stopped with the pass: a walk cut short would make files look missing
+                # (the batch loop stops instead).
+                local = _Walked(scan.walk(self.rootdir, self.ignore))
+            except OSError:
+                pass  # the root is not open (the guard holds the folder): each path is looked up
         foreign: list[tuple[str, str]] = []
-        with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool:
-            while not stop.is_set():
-                batch = rows.fetchmany(512)
-                if not batch:
-                    break
-                # What needs no request and only a small read is decided right here: handing
-                # thousands of small files to the pool costs more than reading them.
-                found = [self._classify(r, inline=True) for r in batch]
-                rest = iter(pool.map(self._classify, [r for r, f in zip(batch, found, strict=True) if f is None]))
-                for row, f in zip(batch, found, strict=True):
-                    f = f or next(rest)
-                    assert f is not None
-                    self._record(f, report)
-                    if f.verdict == Verdict.FOREIGN:
-                        foreign.append((row[0], row[2]))
+        try:
+            with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool, \
+                    ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="reconcile-read") as readers:
+                while not stop.is_set():
+                    batch: list[Unknown] = [(r, local.stat(r[0]) if local is not None else _ASK)
+                                            for r in rows.fetchmany(UNKNOWN_BATCH)]
+                    if not batch:
+                        break
+                    # What needs no request and only a small read is decided by the readers,
+                    # a slice of objects each (hashlib and reads release the GIL, so they share
+                    # the cores; one hand-off per file would cost more than a small file's read).
+                    slices = [batch[i:i + READ_SLICE] for i in range(0, len(batch), READ_SLICE)]
+                    found = [f for part in readers.map(self._classify_inline, slices) for f in part]
+                    rest = iter(pool.map(self._classify, [u for u, f in zip(batch, found, strict=True) if f is None]))
+                    for (row, _), f in zip(batch, found, strict=True):
+                        f = f or next(rest)
+                        assert f is not None
+                        self._record(f, report)
+                        if f.verdict == Verdict.FOREIGN:
+                            foreign.append((row[0], row[2]))
+        finally:
+            if local is not None:
+                local.close()
         if not stop.is_set():
             self.journal.replace_foreign(foreign)
 
-    def _classify(self, row: tuple[str, int, str, int, int], inline: bool = False) -> Finding | None:
+    def _classify_inline(self, unknowns: list[Unknown]) -> list[Finding | None]:
+        return [self._classify(u, inline=True) for u in unknowns]
+
+    def _local_file(self, path: str) -> os.stat_result | None:
+        """The lstat of ``path`` if it is a regular file of the mirror (not ignored), else None."""
+        try:
+            st = self.rootdir.lstat(path)
+        except OSError:
+            return None
+        # An ignored file is not part of the mirror: its object is adopted as an orphan, so
+        # that the planner deletes it (delete: mirror) as a walk would, and no manifest row
+        # describes an ignored file (the scan's fast path relies on that; see LocalScan).
+        if not statmod.S_ISREG(st.st_mode) or self.ignore.ignored_with_parents(path):
+            return None
+        return st
+
+    def _classify(self, unknown: Unknown, inline: bool = False) -> Finding | None:
         """The verdict on one unknown object; with ``inline``, None if it needs a request or
         a large read (the pool decides those)."""
-        path, size, etag, intended, known_foreign = row
+        (path, size, etag, intended, known_foreign), st = unknown
         if intended:
             # We may have written it (the outcome was never recorded): the listing decides,
             # and the planner deletes it if its file is gone or uploads the file if it differs.
             return Finding(Verdict.OURS, path)
-        try:
-            st: os.stat_result | None = self.rootdir.lstat(path)
-        except OSError:
-            st = None
-        # An ignored file is not part of the mirror: its object is adopted as an orphan, so
-        # that the planner deletes it (delete: mirror) as a walk would, and no manifest row
-        # describes an ignored file (the scan's fast path relies on that; see LocalScan).
-        ignored = st is not None and self.ignore.ignored_with_parents(path)
-        if st is not None and statmod.S_ISREG(st.st_mode) and not ignored:
+        if st is _ASK:
+            st = self._local_file(path)
+        if st is not None:
             if st.st_size != size:
                 return Finding(Verdict.SKIP, path)  # a changed file: the local scan uploads it
             if inline and not (size <= INLINE_READ_LIMIT and self.etag_is_md5 and etag_parts(etag) == 0):

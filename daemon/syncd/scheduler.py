@@ -401,7 +401,9 @@ class Scheduler:
     def _next_timeout(self) -> float:
         if self.inbox or self._results or self._probes:
             return 0.0
-        if self.health.stopped:
+        if self.health.stopped or self.rebuilding:
+            # Nothing is dispatched (set_rebuilding and resume wake the loop): looking at
+            # due changes here would spin the loop, taking a core from the rebuild's reads.
             return 1.0
         if len(self._inflight) >= self.folder.workers:
             # Every worker is busy: nothing can start before one finishes, and a finishing
