@@ -40,6 +40,7 @@ def _await_body(s3: Any, bucket: str, key: str, body: bytes, timeout: float) -> 
 def test_a_file_closed_after_writing_is_uploaded_well_before_settle(syncd, tree, s3, bucket):
     syncd.add_folder("main", tree, bucket, settle=SLOW_SETTLE)
     syncd.start()
+    syncd.wait_idle()  # ready and idle: the bound measures the fast path, not the start
     (tree / "report.txt").write_bytes(b"finished\n")
     _await_body(s3, bucket, "report.txt", b"finished\n", WELL_BEFORE)
 
@@ -48,6 +49,7 @@ def test_an_atomic_save_is_one_upload_and_its_temp_file_never_reaches_the_bucket
                                                                                  s3, bucket):
     proxied_syncd.add_folder("main", tree, bucket, settle=SLOW_SETTLE)
     proxied_syncd.start()
+    proxied_syncd.wait_idle()
     s3_proxy.reset_counts()
     (tree / "doc.txt.tmp").write_bytes(b"saved")      # an editor's save: the temp file, closed...
     os.replace(tree / "doc.txt.tmp", tree / "doc.txt")  # ...then renamed over the target
@@ -60,6 +62,7 @@ def test_a_writer_pausing_with_the_file_open_is_not_published_before_it_closes(p
                                                                                bucket):
     proxied_syncd.add_folder("main", tree, bucket, settle=SLOW_SETTLE)
     proxied_syncd.start()
+    proxied_syncd.wait_idle()
     s3_proxy.reset_counts()
     with (tree / "export.csv").open("wb") as f:
         f.write(b"header\n")
@@ -68,6 +71,20 @@ def test_a_writer_pausing_with_the_file_open_is_not_published_before_it_closes(p
         f.write(b"row 1\n")
     _await_body(s3, bucket, "export.csv", b"header\nrow 1\n", WELL_BEFORE)
     assert s3_proxy.counts().get("PutObject", 0) == 1  # never the first half alone
+
+
+def test_an_mtime_set_just_after_the_close_reaches_the_objects_metadata(syncd, tree, s3, bucket):
+    syncd.add_folder("main", tree, bucket, settle=SLOW_SETTLE)
+    syncd.start()
+    syncd.wait_idle()  # ready and idle: the bound measures the fast path, not the start
+    (tree / "unpacked.txt").write_bytes(b"from an archive")
+    _await_body(s3, bucket, "unpacked.txt", b"from an archive", WELL_BEFORE)
+    archived = 1_500_000_000_123_456_789
+    os.utime(tree / "unpacked.txt", ns=(archived, archived))  # as tar x and cp -p do, after the close
+
+    def mtime_meta() -> str | None:
+        return s3.head_object(Bucket=bucket, Key="unpacked.txt")["Metadata"].get("syncd-mtime-ns")
+    await_condition(lambda: mtime_meta() == str(archived), WELL_BEFORE, "the object to carry the file's new mtime")
 
 
 # ---------------------------------------------------------------------- the hot rule, in-process
@@ -127,3 +144,20 @@ def test_settle_closed_never_exceeds_settle(tmp_path):
     inbox.finished("a.txt")
     inbox.ingest()
     assert _due_in(journal) <= 0.0
+
+
+def test_metadata_changed_just_after_a_finished_write_keeps_its_short_quiet_period(tmp_path):
+    inbox, journal = _inbox(tmp_path, settle=10.0, settle_closed=0.05, hot_window=60.0)
+    inbox.finished("a.txt")
+    inbox.attributes_changed("a.txt")  # tar x setting the mtime after the close: not a rewrite
+    inbox.ingest()
+    assert _due_in(journal) <= 0.05
+    [claimed] = journal.claim_due(time.time() + 0.05, 10)
+    assert claimed.quiet == 0.05
+
+
+def test_metadata_changed_on_a_file_not_finished_lately_waits_settle(tmp_path):
+    inbox, journal = _inbox(tmp_path, settle=10.0, settle_closed=0.05, hot_window=60.0)
+    inbox.attributes_changed("old.txt")  # touch of a file nobody wrote lately
+    inbox.ingest()
+    assert _due_in(journal) > 9.0

@@ -35,7 +35,8 @@ class Inbox:
         self._items: deque[Item] = deque()
         self._space = threading.Semaphore(INBOX_LIMIT)
         self._unsaved: list[Item] = []
-        self._finished: OrderedDict[str, float] = OrderedDict()  # path -> monotonic time, oldest first
+        # path -> (monotonic time of its last finished write, the quiet period it got), oldest first
+        self._finished: OrderedDict[str, tuple[float, float | None]] = OrderedDict()
         self._finished_lock = threading.Lock()
         self.last_submit = 0.0  # monotonic time of the latest observed change (deletion waves wait for a pause)
 
@@ -68,15 +69,27 @@ class Inbox:
         now = time.monotonic()
         with self._finished_lock:
             last = self._finished.pop(path, None)
-            self._finished[path] = now
+            hot = last is not None and now - last[0] < folder.hot_window
+            quiet = None if hot else min(folder.settle_closed, folder.settle)
+            self._finished[path] = (now, quiet)
             horizon = now - folder.hot_window
             while self._finished and (len(self._finished) > FINISHED_LIMIT
-                                      or next(iter(self._finished.values())) < horizon):
+                                      or next(iter(self._finished.values()))[0] < horizon):
                 self._finished.popitem(last=False)
-        hot = last is not None and now - last < folder.hot_window
-        quiet = folder.settle if hot else min(folder.settle_closed, folder.settle)
         self.last_submit = now
-        self._put(("p", path, move_from, time.time() + quiet, None if hot else quiet))
+        self._put(("p", path, move_from, time.time() + (folder.settle if quiet is None else quiet), quiet))
+
+    def attributes_changed(self, path: str) -> None:
+        """The file's metadata changed (IN_ATTRIB: utime, chmod, touch). Right after a finished
+        write it is part of that write (``tar x`` and ``cp -p`` set the mtime just after the
+        close): due after the same quiet period. Otherwise it is a change like any other."""
+        with self._finished_lock:
+            last = self._finished.get(path)
+        if last is None or time.monotonic() - last[0] >= self.folder.hot_window:
+            self.submit(path)
+            return
+        quiet = last[1]
+        self._put(("p", path, None, time.time() + (self.folder.settle if quiet is None else quiet), quiet))
 
     def submit_forget(self, path: str, mtime_ns: int, etag: str | None) -> None:
         """The bucket no longer holds what the manifest says (reconciler): forget, re-check."""

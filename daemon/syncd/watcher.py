@@ -17,6 +17,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -37,9 +38,10 @@ log = structlog.get_logger("syncd.watcher")
 # inotify mask, so the kernel never queues the rest: without it every file syncd reads for an
 # upload came back as IN_OPEN + IN_CLOSE_NOWRITE, and decoding those was a large share of the
 # daemon's CPU in an initial sync. Directory modify events
-# are left out too: the files inside get their own events.
+# are left out too: the files inside get their own events. (IN_ATTRIB is in the mask anyway,
+# as watchdog's FileModifiedEvent asks for it.)
 EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
     DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
 ]
 
@@ -52,6 +54,7 @@ class WatchSink(Sink, Protocol):
     """What the watcher feeds: a scan's sink, plus finished writes (syncd.inbox.Inbox.finished)."""
 
     def finished(self, path: str, move_from: str | None = None) -> None: ...
+    def attributes_changed(self, path: str) -> None: ...
 
 
 class FolderEvents(FileSystemEventHandler):
@@ -107,6 +110,8 @@ class FolderEvents(FileSystemEventHandler):
             return
         if isinstance(event, FileClosedEvent):  # IN_CLOSE_WRITE only (close without writing is not watched)
             self.sink.finished(rel)
+        elif isinstance(event, FileAttribEvent):
+            self.sink.attributes_changed(rel)
         else:
             self.sink.submit(rel)
 
