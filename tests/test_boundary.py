@@ -235,7 +235,7 @@ DEPTHS = [  # (file created, component swapped for a symlink)
 def test_a_parent_swapped_while_the_change_settles_leaks_nothing(syncd, tree, s3, bucket, tmp_path, path, victim):
     (tree / path).parent.mkdir(parents=True)
     (tree / path).with_name("old.txt").write_text("mirrored before")  # its object must go too
-    syncd.add_folder("main", tree, bucket, settle="2s")
+    syncd.add_folder("main", tree, bucket, settle="2s", settle_closed="2s")  # a finished write settles too
     syncd.start()
     syncd.wait_idle()
     rest = os.path.relpath(path, victim)

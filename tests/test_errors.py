@@ -23,7 +23,8 @@ def test_unknown_key_names_file_and_key_with_a_did_you_mean(syncd, tree, bucket)
 
 
 def test_wrong_types_missing_keys_and_missing_path_are_all_reported(syncd, tmp_path, bucket):
-    a = syncd.add_folder("a", tmp_path / "does-not-exist", bucket, workers="many", settle="soon")
+    a = syncd.add_folder("a", tmp_path / "does-not-exist", bucket, workers="many", settle="soon",
+                         settle_closed=-0.5, hot_window="often")
     b = syncd.home / "folders.d" / "b.yaml"
     b.write_text("prefix: x/\n")
     code, out = _check(syncd)
@@ -31,6 +32,8 @@ def test_wrong_types_missing_keys_and_missing_path_are_all_reported(syncd, tmp_p
     assert f"{a}: key 'path'" in out and "does not exist" in out
     assert f"{a}: key 'workers'" in out and "whole number" in out
     assert f"{a}: key 'settle'" in out and "duration" in out
+    assert f"{a}: key 'settle_closed'" in out and "negative" in out
+    assert f"{a}: key 'hot_window'" in out and "duration" in out
     assert f"{b}: key 'path': required" in out and f"{b}: key 'bucket': required" in out
 
 

@@ -187,3 +187,17 @@ def test_a_journal_truncated_after_a_clean_close_is_moved_aside(tmp_path):
     assert journal.fresh_reason == "corrupt"
     assert journal.counts()["pending"] == 0
     journal.close()
+
+
+def test_a_journal_from_before_quiet_periods_opens_with_its_pending_rows_kept(tmp_path):
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.executescript("""
+        CREATE TABLE pending(path TEXT PRIMARY KEY, move_from TEXT, first_seen REAL NOT NULL, due REAL NOT NULL,
+                             gen INTEGER NOT NULL DEFAULT 1, state INTEGER NOT NULL DEFAULT 0,
+                             attempts INTEGER NOT NULL DEFAULT 0, error TEXT) WITHOUT ROWID;
+        INSERT INTO pending(path, first_seen, due) VALUES ('kept.txt', 0, 0);
+    """)
+    db.close()
+    j = Journal(tmp_path / "old.db", "test")
+    j.record([("new.txt", None, 0, 0.02)], max_delay=30)
+    assert {(p.path, p.quiet) for p in j.claim_due(time.time(), 10)} == {("kept.txt", None), ("new.txt", 0.02)}

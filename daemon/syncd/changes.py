@@ -18,6 +18,7 @@ class Pending:
     gen: int
     attempts: int
     first_seen: float
+    quiet: float | None = None  # how long its file must have been unmodified; None: the folder's settle
 
 
 @dataclass(frozen=True, slots=True)

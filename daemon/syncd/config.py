@@ -88,6 +88,8 @@ class FolderConfig:
     sse_kms_key_id: str | None = None
     checksum: Checksum = Checksum.CRC32C
     settle: float = 0.5
+    settle_closed: float = 0.02         # quiet period of a finished write (closed or renamed into place)
+    hot_window: float = 2.0             # a path finished again within this is hot: it waits `settle`
     max_delay: float = 30.0
     workers: int = 16
     multipart_threshold: int = 64 * MiB
@@ -182,6 +184,8 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "sse_kms_key_id": _opt(_str),
     "checksum": _choice(*Checksum, kind=Checksum),
     "settle": parse_duration,
+    "settle_closed": parse_duration,
+    "hot_window": parse_duration,
     "max_delay": _positive_duration,
     "workers": _int_range(1, 256),
     "multipart_threshold": _part_size,

@@ -50,8 +50,9 @@ from .uploads import migrate as migrate_uploads
 
 log = structlog.get_logger("syncd.journal")
 
-SCHEMA_VERSION = 5  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
-                    # 4: write intents and the foreign-key cache (tables intents, foreign); 5: trash stamps
+SCHEMA_VERSION = 6  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
+                    # 4: write intents and the foreign-key cache (tables intents, foreign); 5: trash stamps;
+                    # 6: pending.quiet (a finished write's shorter quiet period)
 
 
 
@@ -78,7 +79,8 @@ CREATE TABLE IF NOT EXISTS pending(
     gen        INTEGER NOT NULL DEFAULT 1,
     state      INTEGER NOT NULL DEFAULT {READY:d},
     attempts   INTEGER NOT NULL DEFAULT 0,
-    error      TEXT
+    error      TEXT,
+    quiet      REAL      -- seconds its file must be unmodified before upload; NULL: the folder's settle
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pending_due ON pending(state, due);
 CREATE INDEX IF NOT EXISTS pending_move ON pending(move_from) WHERE move_from IS NOT NULL;
@@ -123,12 +125,14 @@ MANIFEST_RECORD = ("path || char(1) || size || char(1) || "
 _BLOCK = (f"SELECT group_concat(rec, ''), max(path), count(*) FROM (SELECT path, {MANIFEST_RECORD} AS rec "
           "FROM manifest WHERE path > ? ORDER BY path LIMIT ?)")
 
-# Debounce in SQL: each event pushes `due` out to now+settle, but never past
-# first_seen+max_delay, so a file appended to forever is still uploaded periodically.
+# Debounce in SQL: each event sets `due` to its own (now+settle, or now+settle_closed for a
+# finished write), but never past first_seen+max_delay, so a file appended to forever is still
+# uploaded periodically. The latest event also decides the quiet period the planner checks.
 _ON_CONFLICT = f"""
 ON CONFLICT(path) DO UPDATE SET
     move_from = COALESCE(excluded.move_from, pending.move_from),
     due = MIN(excluded.due, pending.first_seen + ?),
+    quiet = excluded.quiet,
     gen = pending.gen + 1,
     state = CASE pending.state WHEN {CLAIMED:d} THEN {CLAIMED:d} ELSE {READY:d} END,
     attempts = CASE pending.state WHEN {FAILED:d} THEN 0 ELSE pending.attempts END,
@@ -137,10 +141,14 @@ ON CONFLICT(path) DO UPDATE SET
 _ENTRY = "SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest"
 # The same file under another name (a rename or a hard link): same inode, size and mtime.
 _SAME_FILE = " WHERE inode=? AND size=? AND mtime_ns=? AND path!=? LIMIT 1"
-_UPSERT = "INSERT INTO pending(path, move_from, first_seen, due) VALUES (?, ?, ?, ?)" + _ON_CONFLICT
+_UPSERT = "INSERT INTO pending(path, move_from, first_seen, due, quiet) VALUES (?, ?, ?, ?, ?)" + _ON_CONFLICT
 # Everything the manifest holds below a directory (a directory deleted or moved away).
-_UPSERT_DIR = ("INSERT INTO pending(path, move_from, first_seen, due) "
-               "SELECT path, NULL, ?, ? FROM manifest WHERE path >= ? AND path < ? " + _ON_CONFLICT)
+_UPSERT_DIR = ("INSERT INTO pending(path, move_from, first_seen, due, quiet) "
+               "SELECT path, NULL, ?, ?, NULL FROM manifest WHERE path >= ? AND path < ? " + _ON_CONFLICT)
+
+
+# An observed change for Journal.record: (path, move_from, due) or (path, move_from, due, quiet).
+Change = tuple[str, str | None, float] | tuple[str, str | None, float, float | None]
 
 
 class Journal:
@@ -188,6 +196,8 @@ class Journal:
         with self.transaction():
             migrate_uploads(db)
         db.executescript(_SCHEMA)
+        if "quiet" not in {r[1] for r in db.execute("PRAGMA table_info(pending)")}:
+            db.execute("ALTER TABLE pending ADD COLUMN quiet REAL")  # a journal of schema 5 or older
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if not self._closed_whole(meta):
             # Reads every page: after a crash, not on every start of a large journal.
@@ -250,10 +260,11 @@ class Journal:
 
     # ------------------------------------------------------------------ writer side
 
-    def record(self, changes: Iterable[tuple[str, str | None, float]], max_delay: float) -> int:
-        """Durably note paths that may have changed: ``(path, move_from, due)`` tuples."""
+    def record(self, changes: Iterable[Change], max_delay: float) -> int:
+        """Durably note paths that may have changed: ``(path, move_from, due[, quiet])`` tuples
+        (``quiet`` None or left out: the folder's ``settle``)."""
         now = time.time()
-        rows = [(path, move_from, now, due, max_delay) for path, move_from, due in changes]
+        rows = [(c[0], c[1], now, c[2], c[3] if len(c) > 3 else None, max_delay) for c in changes]
         if rows:
             with self.transaction() as db:
                 db.executemany(_UPSERT, rows)
@@ -283,7 +294,7 @@ class Journal:
         """Mark up to ``limit`` due rows claimed and return them, oldest due first."""
         with self.transaction() as db:
             rows = db.execute(
-                "SELECT path, move_from, gen, attempts, first_seen FROM pending "
+                "SELECT path, move_from, gen, attempts, first_seen, quiet FROM pending "
                 f"WHERE state={READY:d} AND due<=? ORDER BY due LIMIT ?", (now, limit)).fetchall()
             db.executemany(f"UPDATE pending SET state={CLAIMED:d} WHERE path=?", [(r[0],) for r in rows])
         return [Pending(*r) for r in rows]

@@ -71,9 +71,10 @@ class Planner:
     def _plan_file(self, p: Pending, st: os.stat_result, now: float) -> Outcome | Task:
         rel = p.path
         age = now - st.st_mtime_ns / 1e9
-        if 0 <= age < self.folder.settle and now < p.first_seen + self.folder.max_delay:
+        quiet = self.folder.settle if p.quiet is None else p.quiet  # shorter for a finished write
+        if 0 <= age < quiet and now < p.first_seen + self.folder.max_delay:
             # Written moments ago (its events may still be on the way): let it settle.
-            return Outcome(OutcomeKind.DEFER, rel, p.gen, delay=self.folder.settle - age)
+            return Outcome(OutcomeKind.DEFER, rel, p.gen, delay=quiet - age)
         entry = self.journal.entry(rel)
         if entry is not None and (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns) \
                 and self.journal.intent(rel) is None:

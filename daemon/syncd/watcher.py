@@ -1,7 +1,8 @@
 """The watcher: turns raw filesystem events into "this path may have changed" notes.
 
 It never talks to S3 and never reads file contents. Debouncing (quiet period, maximum
-delay) happens durably in the journal; this module only filters and pairs events.
+delay) happens durably in the journal; this module only filters and pairs events, and tells
+a finished write (closed after writing, or renamed into place) from any other change.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -36,9 +38,10 @@ log = structlog.get_logger("syncd.watcher")
 # inotify mask, so the kernel never queues the rest: without it every file syncd reads for an
 # upload came back as IN_OPEN + IN_CLOSE_NOWRITE, and decoding those was a large share of the
 # daemon's CPU in an initial sync. Directory modify events
-# are left out too: the files inside get their own events.
+# are left out too: the files inside get their own events. (IN_ATTRIB is in the mask anyway,
+# as watchdog's FileModifiedEvent asks for it.)
 EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
     DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
 ]
 
@@ -47,10 +50,17 @@ class Sink(Protocol):
     def submit(self, path: str, move_from: str | None = None, settle: bool = True, is_dir: bool = False) -> None: ...
 
 
+class WatchSink(Sink, Protocol):
+    """What the watcher feeds: a scan's sink, plus finished writes (syncd.inbox.Inbox.finished)."""
+
+    def finished(self, path: str, move_from: str | None = None) -> None: ...
+    def attributes_changed(self, path: str) -> None: ...
+
+
 class FolderEvents(FileSystemEventHandler):
     """Event handler for one folder: filters, pairs moves, and hands paths to the sink."""
 
-    def __init__(self, name: str, root: str, ignore: IgnoreRules, sink: Sink):
+    def __init__(self, name: str, root: str, ignore: IgnoreRules, sink: WatchSink):
         self.name = name
         self.root = root
         self.ignore = ignore
@@ -83,7 +93,8 @@ class FolderEvents(FileSystemEventHandler):
                     self.sink.submit(src, is_dir=True)
                 return
             if dst is not None:
-                self.sink.submit(dst, move_from=src)
+                # Renamed into place: finished, as an atomic save's target is.
+                self.sink.finished(dst, move_from=src)
             if src is not None:
                 self.sink.submit(src)
             return
@@ -95,7 +106,13 @@ class FolderEvents(FileSystemEventHandler):
         if event.is_directory:
             return  # directory create/modify: the files inside get their own events
         rel = self._rel(event.src_path)
-        if rel is not None:
+        if rel is None:
+            return
+        if isinstance(event, FileClosedEvent):  # IN_CLOSE_WRITE only (close without writing is not watched)
+            self.sink.finished(rel)
+        elif isinstance(event, FileAttribEvent):
+            self.sink.attributes_changed(rel)
+        else:
             self.sink.submit(rel)
 
 
@@ -126,7 +143,7 @@ class Watcher:
     def start(self) -> None:
         self._observer.start()
 
-    def add(self, name: str, root: str, ignore: IgnoreRules, sink: Sink) -> None:
+    def add(self, name: str, root: str, ignore: IgnoreRules, sink: WatchSink) -> None:
         """Install recursive watches; returns once they are in place (READY depends on it)."""
         handler = FolderEvents(name, root, ignore, sink)
         self._watches[name] = self._observer.schedule(handler, root, recursive=True, event_filter=EVENTS)

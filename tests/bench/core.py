@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -25,14 +26,14 @@ from tests.support.daemon import BOOKKEEPING, Syncd
 from tests.support.s3proxy import S3Proxy
 from tests.support.seaweed import SeaweedServer
 
-from .peers import Peer, Target
+from .peers import Best, Peer, Target
 from .proc import run_timed
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 REPO = Path(__file__).resolve().parents[2]
-SYNCD = "syncd"
+SYNCD = "syncd"           # syncd at its defaults: the row every ratio is taken against
 PREFIX = "data/"
 SPOT_CHECKS = 20          # objects per verification whose bytes are compared, not just sizes
 OLD_MTIME_S = 3600        # datasets are "an existing tree": no file is still settling
@@ -193,12 +194,12 @@ class Runner(ABC):
 
 
 class PeerRunner(Runner):
-    """A peer: the time of its one sync command."""
+    """A peer: the time of its one sync command (at its best settings with ``best``)."""
 
-    def __init__(self, peer: Peer, src: Path, target: Target) -> None:
-        self.tool = peer.name
-        self.cmd = peer.command(src, target)
-        self.env = peer.env(target)
+    def __init__(self, peer: Peer, src: Path, target: Target, best: Best | None = None) -> None:
+        self.tool = peer.name if best is None else best.label
+        self.cmd = peer.command(src, target, best)
+        self.env = peer.env(target, best)
 
     def run(self, timeout: float) -> RunResult:
         result = run_timed(self.cmd, timeout=timeout, env=self.env)
@@ -209,13 +210,15 @@ class SyncdRunner(Runner):
     """syncd: from launching ``syncd run`` until ``syncd wait`` exits 0 (idle), then a clean stop.
 
     The daemon keeps its home (config, state dir with the journal) across runs, so a second
-    ``run()`` is a restart over an already synced tree.
+    ``run()`` is a restart over an already synced tree. ``workers`` None: syncd's default.
     """
 
-    tool = SYNCD
-
-    def __init__(self, home: Path, src: Path, target: Target, server: SeaweedServer) -> None:
-        defaults = {"endpoint_url": target.endpoint, "region": "us-east-1", "workers": target.concurrency}
+    def __init__(self, home: Path, src: Path, target: Target, server: SeaweedServer, workers: int | None = None,
+                 tool: str = SYNCD) -> None:
+        self.tool = tool
+        defaults: dict[str, Any] = {"endpoint_url": target.endpoint, "region": "us-east-1"}
+        if workers is not None:
+            defaults["workers"] = workers
         self.daemon = Syncd(home, target.endpoint, server.access_key, server.secret_key,
                             global_settings={"log": {"level": "warning", "format": "logfmt"}, "defaults": defaults})
         self.daemon.add_folder("bench", src, target.bucket, prefix=target.prefix)
@@ -308,6 +311,11 @@ class SyncdRunner(Runner):
 
 # ---------------------------------------------------------------------- the run context
 
+def _slug(label: str) -> str:
+    """A row label ("rclone best (--transfers 64)") as a bucket-name and file-name part."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
 def on_exit(stack: ExitStack, label: str, fn: Callable[[], object]) -> None:
     """Register a clean-up that never masks the others and says when it is slow."""
 
@@ -343,7 +351,24 @@ class Bench:
 
     @property
     def tools(self) -> list[str]:
+        """syncd at its defaults and each peer at the shared concurrency."""
         return [SYNCD, *self.peers]
+
+    @property
+    def syncd_equal(self) -> str:
+        """The row of syncd at the peers' shared concurrency (``workers: C``)."""
+        return f"syncd (workers {self.options.concurrency})"
+
+    @property
+    def best(self) -> dict[str, Best]:
+        """Every peer's best-settings rows, by label."""
+        return {b.label: b for peer in self.peers.values() for b in peer.best()}
+
+    @property
+    def contenders(self) -> list[str]:
+        """The rows of the speed comparisons: :attr:`tools`, syncd at the shared concurrency,
+        and every peer at its best settings."""
+        return [*self.tools, self.syncd_equal, *self.best]
 
     @property
     def reps(self) -> int:
@@ -365,12 +390,12 @@ class Bench:
         return 120.0 + files / 20
 
     def scratch(self, label: str) -> Path:
-        path = self.workdir / f"{next(self._ids):03d}-{label}"
+        path = self.workdir / f"{next(self._ids):03d}-{_slug(label)}"
         path.mkdir(parents=True)
         return path
 
     def new_bucket(self, label: str) -> str:
-        name = f"b{next(self._ids):03d}-{label}".lower().replace("_", "-")[:63]
+        name = f"b{next(self._ids):03d}-{_slug(label)}"[:63].rstrip("-")
         self.s3.create_bucket(Bucket=name)
         return name
 
@@ -388,15 +413,22 @@ class Bench:
                       self.server.secret_key, self.options.concurrency, self.scratch(f"cfg-{bucket}"))
 
     def runner(self, tool: str, src: Path, bucket: str, endpoint: str | None = None) -> Runner:
+        """A runner for any row of :attr:`contenders`."""
         target = self.target(bucket, endpoint)
-        if tool != SYNCD:
+        if tool in self.peers:
             return PeerRunner(self.peers[tool], src, target)
-        runner = SyncdRunner(self.scratch(f"syncd-{bucket}"), src, target, self.server)
+        if (best := self.best.get(tool)) is not None:
+            return PeerRunner(self.peers[best.peer], src, target, best)
+        if tool not in (SYNCD, self.syncd_equal):
+            raise KeyError(f"no such tool row: {tool!r}")
+        workers = self.options.concurrency if tool == self.syncd_equal else None
+        runner = SyncdRunner(self.scratch(f"syncd-{bucket}"), src, target, self.server, workers, tool)
         self.on_exit(f"syncd for {bucket}", runner.close)
         return runner
 
-    def syncd_runner(self, src: Path, bucket: str, endpoint: str | None = None) -> SyncdRunner:
-        runner = self.runner(SYNCD, src, bucket, endpoint)
+    def syncd_runner(self, src: Path, bucket: str, endpoint: str | None = None, tool: str = SYNCD) -> SyncdRunner:
+        """syncd at its defaults (or, with ``tool=bench.syncd_equal``, at the shared concurrency)."""
+        runner = self.runner(tool, src, bucket, endpoint)
         assert isinstance(runner, SyncdRunner)
         return runner
 

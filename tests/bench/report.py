@@ -187,7 +187,7 @@ def write_charts(rows: list[Row], outdir: Path) -> list[Path]:
             low = [m - min(r.values) if r.values else 0.0 for m, r in zip(medians, group, strict=True)]
             high = [max(r.values) - m if r.values else 0.0 for m, r in zip(medians, group, strict=True)]
             bars = ax.bar([r.tool for r in group], medians, yerr=[low, high], capsize=4,
-                          color=["tab:green" if r.tool == SYNCD else "tab:blue" for r in group])
+                          color=["tab:green" if r.tool.startswith(SYNCD) else "tab:blue" for r in group])
             for bar, r in zip(bars, group, strict=True):
                 label = fmt(r.median) if r.ok else "FAILED"
                 ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
@@ -196,6 +196,7 @@ def write_charts(rows: list[Row], outdir: Path) -> list[Path]:
                 ax.axhline(group[0].target, color="tab:red", linestyle="--", linewidth=1,
                            label=f"target {fmt(group[0].target)}")
                 ax.legend(fontsize=8)
+            ax.tick_params(axis="x", labelrotation=30, labelsize=7)  # best rows have long labels
             ax.set_title(metric, fontsize=9)
             ax.set_ylabel(f"{group[0].unit} ({'higher' if group[0].higher_is_better else 'lower'} is better)")
         title = f"{scenario}: {REGISTRY[scenario].summary}" if scenario in REGISTRY else scenario
@@ -222,6 +223,7 @@ def _request_chart(plt: Any, scenario: str, rows: list[Row], outdir: Path) -> li
             # +1 so that zero requests still shows on the log scale.
             ax.bar(xs, [(r.extra_median(key) or 0.0) + 1 for r in group], width, label=key.removeprefix("req "))
         ax.set_xticks([j + width * (len(keys) - 1) / 2 for j in range(len(group))], [r.tool for r in group])
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("requests + 1 (median, log scale)")
         ax.set_title(metric, fontsize=9)

@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="multiply every dataset size by this (e.g. --quick --scale 0.3 while developing)")
     p.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers to compare (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=32,
-                   help="parallel requests for every tool: syncd workers, aws max_concurrent_requests, "
-                        "rclone --transfers/--checkers, s5cmd --numworkers (default: %(default)s)")
+                   help="parallel requests of the equal-concurrency rows: 'syncd (workers C)', aws "
+                        "max_concurrent_requests, rclone --transfers/--checkers, s5cmd --numworkers; the "
+                        "'syncd' row runs at its defaults, best rows at their own (default: %(default)s)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"report directory (default: {REPORT_DIR.relative_to(REPO)}; --quick: "
                         f"{QUICK_DIR.relative_to(REPO)})")
@@ -83,12 +84,18 @@ def _sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 
 def tool_settings(peers: dict[str, Peer], concurrency: int) -> dict[str, str]:
-    syncd = (f"`syncd run` with `workers: {concurrency}`, other settings default (settle 0.5 s), log level "
+    """The report's "how each tool was run", one entry per row label."""
+    syncd = ("`syncd run` at its defaults (`workers: 16`, `settle: 0.5s`, `settle_closed: 20ms`), log level "
              "warning; timed from launching `syncd run` until `syncd wait` exits 0. That includes both "
              "processes' start-up; `syncd wait` is launched as soon as the control socket exists, so "
-             "the 0.6 s it gives in-flight events overlaps the sync.")
-    out = {SYNCD: syncd}
-    out.update({name: peer.settings.format(c=concurrency) for name, peer in peers.items()})
+             "the 0.6 s it gives in-flight events overlaps the sync. Every ratio is taken against this row.")
+    out = {SYNCD: syncd,
+           f"syncd (workers {concurrency})": f"as `syncd`, with `workers: {concurrency}` (the peers' concurrency)"}
+    for name, peer in peers.items():
+        out[name] = peer.settings.format(c=concurrency)
+        for best in peer.best():
+            level = "its default" if best.level is None else best.level
+            out[best.label] = peer.best_settings.format(c=level)
     return out
 
 

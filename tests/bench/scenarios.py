@@ -32,14 +32,15 @@ POLL_S = 0.1
 RECORD_TARGET = 50_000.0  # events/s Journal.record must sustain (the design's ingest goal)
 
 
-@scenario("initial", "initial sync into an empty bucket: files of 1–64 KiB, 50 per directory (full size 5,000)")
+@scenario("initial", "initial sync into an empty bucket: files of 1–64 KiB, 50 per directory (full size 5,000); "
+                     "syncd at defaults and at the peers' concurrency, every peer at that concurrency and at its best")
 def initial(bench: Bench) -> None:
     files = bench.size(5_000, 1_000)
     ds = make_dataset(bench.scratch("initial-data"), files=files, dirs=max(1, files // 50), min_size=1 * KiB,
                       max_size=64 * KiB, seed=1)
     metric = f"time to synced ({files:,} files, {ds.total_bytes / MiB:.0f} MiB)"
     for rep in range(bench.reps):
-        for tool in bench.order(rep):
+        for tool in bench.order(rep, bench.contenders):
             bucket = bench.new_bucket(f"initial-{tool}-{rep}")
             bench.measure("initial", metric, rep, bench.runner(tool, ds.root, bucket), ds, bucket)
 
@@ -53,7 +54,7 @@ def delay(bench: Bench) -> None:
     proxy.set_delay(LINK_DELAY_S)
     metric = f"time to synced, +{LINK_DELAY_S * 1000:.0f} ms per request ({files:,} files)"
     for rep in range(bench.reps):
-        for tool in bench.order(rep):
+        for tool in bench.order(rep, bench.contenders):
             bucket = bench.new_bucket(f"delay-{tool}-{rep}")
             bench.measure("delay", metric, rep, bench.runner(tool, ds.root, bucket, proxy.endpoint), ds, bucket, proxy)
 
