@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.azurite import AzuriteServer, start_azurite
 from tests.support.s3proxy import S3Proxy
 from tests.support.seaweed import SeaweedServer, start_seaweed
 
@@ -47,3 +48,21 @@ def bucket(s3: S3Client) -> str:
 def s3_proxy(s3_server: SeaweedServer) -> Iterator[S3Proxy]:
     with S3Proxy(s3_server.endpoint) as proxy:
         yield proxy
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """A real Azure Blob endpoint (Azurite) for the whole session; tests isolate by container."""
+    server = start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield server
+    finally:
+        server.stop(grace=1.0)
+
+
+@pytest.fixture
+def container(azure_server: AzuriteServer) -> str:
+    """A fresh, empty container; never cleaned up (the server's workspace is thrown away)."""
+    name = f"container-{next(_bucket_numbers):04d}"
+    azure_server.create_container(name)
+    return name
