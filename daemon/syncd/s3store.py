@@ -299,7 +299,9 @@ class S3Store:
         """The part's flexible checksum, as CompleteMultipartUpload must repeat it."""
         return str(fields.get(self._flexible[1], "")) if self._flexible is not None else ""
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
+    def complete_upload(self, key: str, upload_id: str, parts: list[Part], meta: Mapping[str, str] | None = None,
+                        headers: Mapping[str, str] = NO_HEADERS) -> str:
+        # meta and headers: S3 fixed them at CreateMultipartUpload.
         listed = []
         for p in sorted(parts, key=lambda p: p.number):
             item: dict[str, Any] = {"PartNumber": p.number, "ETag": f'"{p.etag}"'}

@@ -1,7 +1,8 @@
-"""The object-store seam: what the pipeline needs from S3, and nothing about how.
+"""The object-store seam: what the pipeline needs from a bucket, and nothing about how.
 
-Only :mod:`syncd.s3store` imports an S3 client library. The scheduler and transfers speak
-this protocol, which keeps them testable and lets the data path change on evidence.
+Only :mod:`syncd.s3store` imports an S3 client library, only :mod:`syncd.azurestore` the Azure
+SDK. The scheduler and transfers speak this protocol, which keeps them testable and lets the
+data path (and the service) change on evidence.
 """
 
 from __future__ import annotations
@@ -206,8 +207,11 @@ class ObjectStore(Protocol):
     def upload_part(self, key: str, upload_id: str, number: int, body: Payload) -> Part:
         """Send one part with its checksum (the server checks it)."""
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
-        """Publish the object from ``parts``; returns its ETag; raises UploadGone if the upload does not exist."""
+    def complete_upload(self, key: str, upload_id: str, parts: list[Part], meta: Mapping[str, str] | None = None,
+                        headers: Mapping[str, str] = NO_HEADERS) -> str:
+        """Publish the object from ``parts``; returns its ETag; raises UploadGone if the upload does not exist.
+        ``meta`` and ``headers`` are those given to create_upload: S3 fixed them there, Azure
+        (which has no upload object to keep them in) sets them now."""
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         """Discard an upload and its parts; an upload that no longer exists is not an error."""
