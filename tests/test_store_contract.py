@@ -55,10 +55,9 @@ def _s3_store(request: pytest.FixtureRequest, tmp_path: Path, bucket: str, endpo
 def _azure_store(request: pytest.FixtureRequest, tmp_path: Path, container: str, endpoint: str | None = None,
                  retry_total: int = 2, **settings: Any) -> AzureBlobStore:
     server = request.getfixturevalue("azure_server")
-    request.getfixturevalue("monkeypatch").setenv("AZURE_STORAGE_CONNECTION_STRING", server.connection_string)
     folder = FolderConfig(name="contract", source=tmp_path / "contract.yaml", path=tmp_path, bucket=container,
                           endpoint_url=endpoint or server.endpoint, **settings)
-    return AzureBlobStore(folder, retry_total=retry_total)
+    return AzureBlobStore(folder, retry_total=retry_total, environ=server.env())
 
 
 def _empty(store: ObjectStore) -> ObjectStore:

@@ -139,6 +139,22 @@ def _settings(headers: Mapping[str, str], md5: bytes | bytearray | None = None) 
     return ContentSettings(content_md5=bytearray(md5) if md5 else None, **fields)
 
 
+def _paced(body: Payload) -> bytes | bytearray:
+    """The body's bytes, read through its pacing once when it is paced (a bandwidth limit):
+    the SDK would read a stream more than once (its length, its retries)."""
+    if body.plain:
+        return body.data
+    body.seek(0)
+    pieces = []
+    while piece := body.read(1024 * 1024):  # a paced read returns at most one pacing chunk
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _content_md5(digest: bytes) -> dict[str, str]:
+    return {"Content-MD5": base64.b64encode(digest).decode()}
+
+
 def _etag(props: Any) -> str:
     """The ETag the pipeline sees (see the module docstring)."""
     meta = props.metadata or {}
@@ -233,12 +249,12 @@ def _connection_fields(text: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
 
 
-def service_client(folder: FolderConfig, **options: Any) -> BlobServiceClient:
+def service_client(folder: FolderConfig, environ: Mapping[str, str], **options: Any) -> BlobServiceClient:
     """The account's client, credentials from the Azure chain only (never from the YAML):
     AZURE_STORAGE_CONNECTION_STRING, else AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY, else
     DefaultAzureCredential. ``endpoint_url`` (when set) is the blob endpoint in every case."""
-    connection = os.environ.get(ENV_CONNECTION)
-    account = os.environ.get(ENV_ACCOUNT)
+    connection = environ.get(ENV_CONNECTION)
+    account = environ.get(ENV_ACCOUNT)
     endpoint = folder.endpoint_url
     if connection:
         fields = _connection_fields(connection)
@@ -254,8 +270,8 @@ def service_client(folder: FolderConfig, **options: Any) -> BlobServiceClient:
         raise StoreError(f"container {folder.bucket!r}: no Azure account: set 'endpoint_url' in {folder.source} "
                          f"(https://ACCOUNT.blob.core.windows.net), or {ENV_ACCOUNT} or {ENV_CONNECTION}",
                          scope=FOLDER, code="NoEndpoint")
-    if account and os.environ.get(ENV_KEY):
-        return BlobServiceClient(endpoint, credential={"account_name": account, "account_key": os.environ[ENV_KEY]},
+    if account and environ.get(ENV_KEY):
+        return BlobServiceClient(endpoint, credential={"account_name": account, "account_key": environ[ENV_KEY]},
                                  **options)
     from azure.identity import DefaultAzureCredential
 
@@ -286,15 +302,16 @@ class _Body:
 class AzureBlobStore:
     """A container via azure-storage-blob; one client per folder, shared by its worker threads."""
 
-    def __init__(self, folder: FolderConfig, *, retry_total: int = 2):
+    def __init__(self, folder: FolderConfig, *, retry_total: int = 2, environ: Mapping[str, str] | None = None):
+        """``environ``: where the credentials are read (the process environment; tests pass their own)."""
         self.bucket = folder.bucket
         self._folder = folder
         self.requests = RequestCounts()  # syncd.metrics: one count per HTTP attempt
         # Few quick client-side retries for blips; the journal's own backoff handles outages.
         retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=retry_total)
         try:
-            self._service = service_client(folder, retry_policy=retry, connection_timeout=10,
-                                           read_timeout=folder.request_timeout,
+            self._service = service_client(folder, os.environ if environ is None else environ, retry_policy=retry,
+                                           connection_timeout=10, read_timeout=folder.request_timeout,
                                            raw_response_hook=self._answered, max_single_put_size=64 * 1024**2)
         except StoreError:
             raise
@@ -335,11 +352,13 @@ class AzureBlobStore:
             done: Callable[[PutResult | StoreError], None], headers: Mapping[str, str] = NO_HEADERS) -> None:
         try:
             blob = self._blob(key)
-            data: Any = body.data if body.plain else body
-            md5 = hashlib.md5(body.data).digest()
-            # Content-MD5 both ways: the service checks the body against it, and keeps it as the blob's MD5.
+            data = _paced(body)
+            md5 = hashlib.md5(data).digest()
+            # Content-MD5 both ways: the service checks the body against it (the request's own
+            # header, not the SDK's validate_content, which would read a paced body twice), and
+            # keeps it as the blob's MD5.
             blob.upload_blob(data, length=len(body), overwrite=True, metadata=to_azure(meta),
-                             content_settings=_settings(headers, md5), validate_content=True)
+                             content_settings=_settings(headers, md5), headers=_content_md5(md5))
         except Exception as exc:
             done(classify(exc, key, self.bucket))
             return
@@ -352,11 +371,12 @@ class AzureBlobStore:
         return f"{int(time.time()):08x}{secrets.token_hex(4)}"  # no request: blocks need no upload object
 
     def upload_part(self, key: str, upload_id: str, number: int, body: Payload) -> Part:
-        md5 = hashlib.md5(body.data).hexdigest()
+        digest = hashlib.md5(body.data).digest()
+        md5 = digest.hex()
         try:
-            # validate_content: the SDK sends the block's Content-MD5 and the service checks it.
-            self._blob(key).stage_block(_block_id(upload_id, number, md5), body.data if body.plain else body,
-                                        length=len(body), validate_content=True)
+            # The block's Content-MD5: the service checks the body against it.
+            self._blob(key).stage_block(_block_id(upload_id, number, md5), _paced(body), length=len(body),
+                                        headers=_content_md5(digest))
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
         return Part(number, md5, "", len(body))

@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .bandwidth import Payload
+
+if TYPE_CHECKING:
+    from .config import FolderConfig
 
 # User metadata written on every object so a lost journal can be rebuilt from the bucket
 # without re-uploading unchanged files (docs/architecture.md, "The store seam").
@@ -262,3 +265,17 @@ class ObjectStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def open_store(folder: FolderConfig) -> ObjectStore:
+    """The folder's store, per its ``store`` setting. The SDK is imported here, on first use:
+    boto3 and the Azure SDK each take a while to import, and a folder needs only one."""
+    from .choices import StoreKind
+
+    if folder.store == StoreKind.AZURE:
+        from .azurestore import AzureBlobStore
+
+        return AzureBlobStore(folder)
+    from .s3store import S3Store
+
+    return S3Store(folder)

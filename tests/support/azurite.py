@@ -13,8 +13,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .seaweed import _die_with_parent, pick_free_ports
 
@@ -115,3 +117,91 @@ def _wait_ready(server: AzuriteServer, timeout: float) -> None:
         except OSError:
             time.sleep(0.05)  # no readiness notification to wait on
     raise TimeoutError(f"azurite-blob not ready at {server.endpoint}:\n{server.log_path.read_text(errors='replace')}")
+
+
+# ---------------------------------------------------------------------- the boto3 calls tests make
+
+# A Blob Storage request under the name of the S3 operation syncd uses it for, so that the
+# integration tests count requests the same way on both stores (tests/support/s3proxy.py).
+S3_NAMES = {"PutBlob": "PutObject", "PutBlock": "UploadPart", "PutBlockList": "CompleteMultipartUpload",
+            "GetBlockList": "ListParts", "GetBlob": "GetObject", "GetBlobProperties": "HeadObject",
+            "CopyBlob": "CopyObject", "BlobBatch": "DeleteObjects", "ListBlobs": "ListObjectsV2",
+            "GetContainerProperties": "HeadBucket", "CreateContainer": "CreateBucket",
+            # syncd deletes blobs in batches: a lone Delete Blob is how an abort drops blocks.
+            "DeleteBlob": "AbortMultipartUpload"}
+
+
+def classify_as_s3(method: str, target: str, headers: dict[str, str]) -> str:
+    from .s3proxy import classify_azure
+
+    op = classify_azure(method, target, headers)
+    return S3_NAMES.get(op, op)
+
+
+class _Body:
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def read(self) -> bytes:
+        return self._data
+
+    def iter_chunks(self, size: int) -> Iterator[bytes]:
+        for start in range(0, len(self._data), size):
+            yield self._data[start:start + size]
+
+
+class _Pages:
+    def __init__(self, container: Any):
+        self._container = container
+
+    def paginate(self, Bucket: str, Prefix: str = "") -> Iterator[dict[str, Any]]:  # noqa: N803 - boto3's names
+        client = self._container(Bucket)
+        for page in client.list_blobs(name_starts_with=Prefix or None).by_page():
+            yield {"Contents": [{"Key": b.name, "Size": b.size} for b in page]}
+
+
+class BlobClient:
+    """The few boto3 S3 client calls the integration tests make, answered by an Azure container
+    (the ``s3`` fixture of a test parametrised over both stores). Uploads are syncd's own
+    notion on Azure (uncommitted blocks): they are listed the way AzureBlobStore lists them."""
+
+    def __init__(self, server: AzuriteServer):
+        from azure.storage.blob import BlobServiceClient
+
+        self._server = server
+        self._service = BlobServiceClient.from_connection_string(server.connection_string)
+
+    def _container(self, name: str) -> Any:
+        return self._service.get_container_client(name)
+
+    def get_paginator(self, name: str) -> _Pages:
+        assert name == "list_objects_v2", name
+        return _Pages(self._container)
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        from syncd.azurestore import from_azure
+
+        stream = self._container(Bucket).download_blob(Key)
+        return {"Body": _Body(stream.readall()), "Metadata": from_azure(stream.properties.metadata or {}),
+                "ContentLength": stream.properties.size}
+
+    def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
+        from syncd.azurestore import from_azure
+
+        props = self._container(Bucket).get_blob_client(Key).get_blob_properties()
+        return {"ContentLength": props.size, "Metadata": from_azure(props.metadata or {}),
+                "ContentType": props.content_settings.content_type}
+
+    def list_multipart_uploads(self, Bucket: str) -> dict[str, Any]:  # noqa: N803
+        from pathlib import Path
+
+        from syncd.azurestore import AzureBlobStore
+        from syncd.config import FolderConfig
+
+        folder = FolderConfig(name="probe", source=Path("<tests>"), path=Path("/"), bucket=Bucket,
+                              endpoint_url=self._server.endpoint)
+        store = AzureBlobStore(folder, environ=self._server.env())
+        try:
+            return {"Uploads": [{"Key": u.key, "UploadId": u.upload_id} for u in store.list_uploads("")]}
+        finally:
+            store.close()
