@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from .support.daemon import Syncd, assert_mirror, await_condition, bucket_keys, bucket_tree
+from .support.fixtures import both_stores
 
 LARGE = 12 * 1024 * 1024  # three parts of 5 MiB with the settings below: multipart
 MULTIPART = {"multipart_threshold": "8MiB", "part_size": "5MiB"}
@@ -314,6 +315,7 @@ def test_take_over_claims_the_prefix_and_the_previous_owner_stops(syncd, tree, s
         second.stop()
 
 
+@both_stores
 def test_a_deleted_journal_recovers_the_owner_id_and_uploads_nothing(proxied_syncd, s3_proxy, tree, s3, bucket):
     for i in range(50):
         (tree / f"f{i}.txt").write_text(f"file {i}")
