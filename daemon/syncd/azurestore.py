@@ -1,27 +1,21 @@
-"""The Azure Blob Storage implementation of :class:`syncd.store.ObjectStore` (the only module
-importing the Azure SDK). ``bucket`` is the container, ``endpoint_url`` the account's blob endpoint.
+"""The Azure Blob Storage implementation of :class:`syncd.store.ObjectStore`; with azureerrors
+and azureauth, the only modules importing the Azure SDK. ``bucket`` is the container,
+``endpoint_url`` the account's blob endpoint.
 
-How S3's shape maps onto block blobs:
+How S3's shape maps onto block blobs (docs/configuration.md, "Azure Blob Storage"):
 
-- A small file is one Put Blob carrying its Content-MD5 (checked by the service, stored as the
-  blob's MD5), so the ETag the pipeline sees is that MD5 in hex, as on S3.
-- A multipart upload is a set of uncommitted blocks; Azure has no upload object. The upload id
-  is made here (``TTTTTTTTRRRRRRRR``: creation time in hex, then random) and every block id
-  carries it with the part number and the part's MD5, so Get Block List (uncommitted) answers
-  what ListParts answers on S3. Put Block List publishes the blob; a retried one is harmless.
-  The object's metadata and headers go with Put Block List (Azure fixes them there).
-- The ETag of a committed block list is S3's multipart form (``md5-of-part-md5s-N``), kept in
-  the metadata key ``syncd_etag``: a lost Put Block List answer is then recognised by a HEAD as
-  on S3, and a lost journal rebuilt from a listing. A foreign blob without an MD5 shows Azure's
-  own ETag, which matches no file's MD5 and so is read before it is adopted.
-- Metadata names must be C# identifiers: ``syncd-mtime-ns`` is stored as ``syncd_mtime_ns`` (every
-  ``-`` of a ``syncd-`` key becomes ``_``, and back on reading). rclone's ``mtime`` is written in
-  the RFC 3339 form rclone's azureblob backend uses, and read back in the S3 form.
-- Deletes go in Blob Batch requests of at most 256 (Azure's limit per batch).
-- Aborting an upload of a blob not yet published drops its blocks (an empty Put Blob, which
-  discards uncommitted blocks, with If-None-Match: *, then Delete Blob). A published blob
-  keeps uncommitted blocks until its next Put Block List discards them or Azure collects them
-  (after a week): Azure has no request that drops only them.
+- Put Blob carries Content-MD5, so a small object's ETag is its MD5 in hex, as on S3.
+- An upload is a set of uncommitted blocks (Azure has no upload object): the upload id is
+  made here (creation time in hex, then random) and every block id carries it with the part
+  number and the part's MD5, so Get Block List answers what ListParts does. Put Block List
+  publishes the blob, with its metadata and headers; a retried one is harmless.
+- A committed block list keeps S3's multipart ETag in ``syncd_etag`` metadata, so a lost Put
+  Block List answer and a lost journal are recognised as on S3.
+- Metadata names must be C# identifiers: ``syncd-mtime-ns`` is stored as ``syncd_mtime_ns``;
+  rclone's ``mtime`` in the RFC 3339 form of rclone's azureblob backend.
+- Aborting drops the blocks of a blob not yet published (an empty Put Block List with
+  If-None-Match: *, then Delete Blob); a published blob keeps stray blocks until its next
+  commit or Azure's clean-up after a week: no request drops only them.
 """
 
 from __future__ import annotations
@@ -31,23 +25,17 @@ import hashlib
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings, LinearRetry
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.storage.blob import BlobBlock, ContentSettings, LinearRetry
 
+from .azureauth import service_client
+from .azureerrors import classify, error_code
 from .bandwidth import Payload
 from .config import FolderConfig
 from .store import (
@@ -56,7 +44,6 @@ from .store import (
     META_RCLONE_MTIME,
     NO_HEADERS,
     TRANSIENT,
-    UNREACHABLE,
     NotFound,
     Part,
     PutResult,
@@ -82,9 +69,6 @@ _BLOCK = re.compile(r"^[0-9a-f]{16}\d{5}$")  # a block id's upload id and part n
 _SETTINGS = {"Content-Type": "content_type", "Cache-Control": "cache_control",
              "Content-Disposition": "content_disposition", "Content-Encoding": "content_encoding",
              "Content-Language": "content_language"}
-ENV_CONNECTION = "AZURE_STORAGE_CONNECTION_STRING"
-ENV_ACCOUNT = "AZURE_STORAGE_ACCOUNT"
-ENV_KEY = "AZURE_STORAGE_KEY"
 
 
 # ---------------------------------------------------------------------- metadata names
@@ -190,94 +174,6 @@ def _parse_block(block_id: str) -> tuple[str, int, str] | None:
     return head[:16], int(head[16:]), raw[21:].hex()
 
 
-# ---------------------------------------------------------------------- errors
-
-def _code(exc: HttpResponseError) -> str:
-    code = getattr(exc, "error_code", None)  # set by the storage SDK from x-ms-error-code
-    if not code and exc.response is not None:
-        code = getattr(exc.response, "headers", {}).get("x-ms-error-code")
-    return str(getattr(code, "value", code) or "")
-
-
-_FOLDER_CODES = {
-    "ContainerNotFound": "the container does not exist: create it or fix 'bucket'",
-    "AuthenticationFailed": "the request's signature was refused: fix the account key or the credentials",
-    "AuthorizationFailure": "the credentials are not allowed this request: fix the credentials or their roles",
-    "AuthorizationPermissionMismatch": "the identity lacks a data role (Storage Blob Data Contributor)",
-    "InvalidAuthenticationInfo": "the credentials are malformed: fix them",
-    "AccountIsDisabled": "the storage account is disabled",
-    "InsufficientAccountPermissions": "the account key lacks the needed permissions",
-}
-_TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "Md5Mismatch", "Crc64Mismatch"}
-
-
-def classify(exc: Exception, key: str | None, container: str) -> StoreError:
-    """Turn an Azure SDK exception into a StoreError with a scope and a fix."""
-    if isinstance(exc, StoreError):
-        return exc
-    where = f"azure://{container}/{key}" if key else f"container {container!r}"
-    if isinstance(exc, HttpResponseError) and exc.status_code:
-        code = _code(exc)
-        status = int(exc.status_code)
-        if code in _FOLDER_CODES:
-            return StoreError(f"{where}: {code}: {_FOLDER_CODES[code]}", scope=FOLDER, code=code, key=key)
-        if status in (401, 403):
-            return StoreError(f"{where}: {code or status}: access refused: fix the credentials",
-                              scope=FOLDER, code=code or str(status), key=key)
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return StoreError(f"{where}: {code or status}: {exc.reason}", scope=TRANSIENT, code=code, key=key)
-        kind = NotFound if code == "BlobNotFound" or status == 404 else StoreError
-        return kind(f"{where}: {code or status}: {exc.reason}", scope=KEY, code=code, key=key)
-    if isinstance(exc, ClientAuthenticationError):  # no token could be had (DefaultAzureCredential)
-        return StoreError(f"{where}: no usable Azure credentials ({exc.message}); set {ENV_CONNECTION}, or "
-                          f"{ENV_ACCOUNT} and {ENV_KEY}, or configure azure-identity's DefaultAzureCredential",
-                          scope=FOLDER, code="NoCredentials", key=key)
-    if isinstance(exc, ServiceRequestError):  # nothing was sent: refused, unresolvable, unreachable
-        return StoreError(f"{where}: endpoint unreachable: {exc.message}", scope=TRANSIENT, code=UNREACHABLE,
-                          key=key)
-    if isinstance(exc, ServiceResponseError):
-        return StoreError(f"{where}: connection failed: {exc.message}", scope=TRANSIENT, code="ConnectionError",
-                          key=key)
-    if isinstance(exc, AzureError):
-        return StoreError(f"{where}: {exc.message}", scope=TRANSIENT, code=type(exc).__name__, key=key)
-    raise exc
-
-
-# ---------------------------------------------------------------------- credentials
-
-def _connection_fields(text: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in text.split(";") if "=" in part)
-
-
-def service_client(folder: FolderConfig, environ: Mapping[str, str], **options: Any) -> BlobServiceClient:
-    """The account's client, credentials from the Azure chain only (never from the YAML):
-    AZURE_STORAGE_CONNECTION_STRING, else AZURE_STORAGE_ACCOUNT + AZURE_STORAGE_KEY, else
-    DefaultAzureCredential. ``endpoint_url`` (when set) is the blob endpoint in every case."""
-    connection = environ.get(ENV_CONNECTION)
-    account = environ.get(ENV_ACCOUNT)
-    endpoint = folder.endpoint_url
-    if connection:
-        fields = _connection_fields(connection)
-        if endpoint is None:
-            return BlobServiceClient.from_connection_string(connection, **options)
-        credential: Any = fields.get("SharedAccessSignature")
-        if credential is None and "AccountKey" in fields:
-            credential = {"account_name": fields.get("AccountName", ""), "account_key": fields["AccountKey"]}
-        return BlobServiceClient(endpoint, credential=credential, **options)
-    if endpoint is None and account:
-        endpoint = f"https://{account}.blob.core.windows.net"
-    if endpoint is None:
-        raise StoreError(f"container {folder.bucket!r}: no Azure account: set 'endpoint_url' in {folder.source} "
-                         f"(https://ACCOUNT.blob.core.windows.net), or {ENV_ACCOUNT} or {ENV_CONNECTION}",
-                         scope=FOLDER, code="NoEndpoint")
-    if account and environ.get(ENV_KEY):
-        return BlobServiceClient(endpoint, credential={"account_name": account, "account_key": environ[ENV_KEY]},
-                                 **options)
-    from azure.identity import DefaultAzureCredential
-
-    return BlobServiceClient(endpoint, credential=DefaultAzureCredential(), **options)
-
-
 # ---------------------------------------------------------------------- the store
 
 class _Body:
@@ -319,7 +215,6 @@ class AzureBlobStore:
             raise StoreError(f"container {folder.bucket!r}: cannot set up the Azure client: {exc}", scope=FOLDER,
                              code="BadCredentials") from exc
         self._container = self._service.get_container_client(folder.bucket)
-        self._lock = threading.Lock()
 
     def _answered(self, response: Any) -> None:
         http = response.http_response
@@ -337,14 +232,11 @@ class AzureBlobStore:
         try:
             self._container.get_container_properties()
         except HttpResponseError as exc:
-            if _code(exc) == "ContainerNotFound" or exc.status_code == 404:
+            if error_code(exc) == "ContainerNotFound" or exc.status_code == 404:
                 raise StoreError(f"container {self.bucket!r} does not exist at {self._container.primary_endpoint}: "
                                  f"create it or fix 'bucket' in {self._folder.source}", scope=FOLDER,
                                  code="ContainerNotFound") from exc
-            error = classify(exc, None, self.bucket)
-            if error.scope == FOLDER:
-                raise StoreError(f"container {self.bucket!r}: {error}", scope=FOLDER, code=error.code) from exc
-            raise error from exc
+            raise classify(exc, None, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, None, self.bucket) from exc
 
@@ -395,7 +287,7 @@ class AzureBlobStore:
             self._blob(key).commit_block_list([BlobBlock(_block_id(upload_id, p.number, p.etag)) for p in ordered],
                                               metadata=stored, content_settings=_settings(headers))
         except HttpResponseError as exc:
-            if _code(exc) == "InvalidBlockList":
+            if error_code(exc) == "InvalidBlockList":
                 if self.list_parts(key, upload_id) is None:
                     raise UploadGone(f"azure://{self.bucket}/{key}: upload {upload_id!r} has no blocks (aborted, "
                                      "completed or never begun)", scope=KEY, code="NoSuchUpload", key=key) from exc
@@ -534,7 +426,7 @@ class AzureBlobStore:
         try:
             return bytes(self._blob(key).download_blob().readall())
         except HttpResponseError as exc:
-            if exc.status_code == 404 and _code(exc) != "ContainerNotFound":
+            if exc.status_code == 404 and error_code(exc) != "ContainerNotFound":
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -562,7 +454,7 @@ class AzureBlobStore:
         try:
             props = self._blob(key).get_blob_properties(version_id=version)
         except HttpResponseError as exc:
-            if exc.status_code == 404 and _code(exc) != "ContainerNotFound":
+            if exc.status_code == 404 and error_code(exc) != "ContainerNotFound":
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -575,7 +467,7 @@ class AzureBlobStore:
             offset = first if first or length is not None else None
             stream = self._blob(key).download_blob(offset=offset, length=length, version_id=version)
         except HttpResponseError as exc:
-            if exc.status_code == 404 and _code(exc) != "ContainerNotFound":
+            if exc.status_code == 404 and error_code(exc) != "ContainerNotFound":
                 raise NotFound(f"azure://{self.bucket}/{key}: BlobNotFound: gone since it was listed", scope=KEY,
                                code="NoSuchKey", key=key) from exc
             raise classify(exc, key, self.bucket) from exc
