@@ -30,7 +30,9 @@ _FOLDER_CODES = {
     "AccountIsDisabled": "the storage account is disabled",
     "InsufficientAccountPermissions": "the account key lacks the needed permissions",
 }
-_TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "Md5Mismatch", "Crc64Mismatch"}
+# ConditionNotMet: the blob changed between two requests of one operation (set_meta): plan it again.
+_TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "Md5Mismatch", "Crc64Mismatch",
+                    "ConditionNotMet"}
 
 
 def classify(exc: Exception, key: str | None, container: str) -> StoreError:

@@ -30,8 +30,11 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import requests
+import requests.adapters
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobBlock, ContentSettings, LinearRetry
 
 from .azureauth import service_client
@@ -205,10 +208,16 @@ class AzureBlobStore:
         self.requests = RequestCounts()  # syncd.metrics: one count per HTTP attempt
         # Few quick client-side retries for blips; the journal's own backoff handles outages.
         retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=retry_total)
+        # A connection per worker: requests' default pool keeps 10 and drops the rest.
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=folder.workers + 4)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         try:
             self._service = service_client(folder, os.environ if environ is None else environ, retry_policy=retry,
                                            connection_timeout=10, read_timeout=folder.request_timeout,
-                                           raw_response_hook=self._answered, max_single_put_size=64 * 1024**2)
+                                           raw_response_hook=self._answered, max_single_put_size=64 * 1024**2,
+                                           transport=RequestsTransport(session=session, session_owner=True))
         except StoreError:
             raise
         except Exception as exc:  # a malformed connection string and the like
@@ -369,9 +378,10 @@ class AzureBlobStore:
             stored = to_azure(meta)
             if META_ETAG in (props.metadata or {}):
                 stored[META_ETAG] = props.metadata[META_ETAG]
-            blob.set_http_headers(_settings(headers, props.content_settings.content_md5), etag=props.etag,
-                                  match_condition=MatchConditions.IfNotModified)
-            blob.set_blob_metadata(stored)
+            # Each only if the blob is still the one read (412 otherwise: TRANSIENT, planned again).
+            changed = blob.set_http_headers(_settings(headers, props.content_settings.content_md5), etag=props.etag,
+                                            match_condition=MatchConditions.IfNotModified)
+            blob.set_blob_metadata(stored, etag=changed["etag"], match_condition=MatchConditions.IfNotModified)
             return _etag(blob.get_blob_properties())
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
