@@ -12,3 +12,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[${SYNCD_EXTRAS:-test}]"
+# Azurite, the Azure Blob Storage emulator the Azure store's tests run against (npm; Node is on
+# the machine). Into build/node, where tests/support/azurite.py looks first.
+if [ ! -x "$ROOT/build/node/node_modules/.bin/azurite-blob" ] && command -v npm >/dev/null; then
+    npm install --silent --no-audit --no-fund --prefix "$ROOT/build/node" azurite@3
+fi

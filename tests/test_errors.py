@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .support.daemon import Syncd, assert_mirror, await_condition
+from .support.fixtures import both_stores
 
 
 def _check(syncd: Syncd, *args: str) -> tuple[int, str]:
@@ -53,6 +54,7 @@ def test_valid_config_passes_check_config(syncd, tree, bucket):
     assert "s3://" + bucket + "/photos/" in out
 
 
+@both_stores
 def test_missing_bucket_is_a_folder_error_while_other_folders_sync(syncd, tmp_path, s3, bucket):
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.mkdir()
@@ -70,6 +72,21 @@ def test_missing_bucket_is_a_folder_error_while_other_folders_sync(syncd, tmp_pa
     (good / "later.txt").write_text("still syncing")
     assert syncd.cli("wait", "good", "--timeout", "30").returncode == 0
     assert_mirror(s3, bucket, good)
+
+
+@both_stores
+def test_check_config_names_the_folder_whose_bucket_is_missing_and_reports_the_others(syncd, tmp_path, bucket):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    syncd.add_folder("good", good, bucket)
+    syncd.add_folder("bad", bad, "no-such-bucket-here")
+    r = syncd.cli("check-config")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "folder 'bad'" in r.stderr and "'no-such-bucket-here' does not exist" in r.stderr
+    assert f"good: {good} -> {syncd.store}://{bucket}/: reachable" in r.stdout
+    assert "'good'" not in r.stderr
+    assert syncd.cli("check-config", "--offline").returncode == 0
 
 
 def test_bad_credentials_are_a_folder_error_naming_the_fix(syncd, tmp_path, s3, bucket, s3_server):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .support.daemon import assert_mirror, await_condition, bucket_keys
+from .support.fixtures import both_stores
 
 
 def _git(repo: Path, *args: str, stdin: bytes | None = None) -> None:
@@ -53,6 +54,7 @@ def test_git_gc_in_a_watched_repository_is_not_held(syncd, tree, bucket, s3):
     assert before - after > before / 2  # the wave was over 50 % of the folder
 
 
+@both_stores
 def test_renaming_a_large_directory_is_not_a_deletion_wave(syncd, tree, bucket, s3):
     (tree / "album").mkdir()
     for i in range(40):

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from .support.daemon import assert_mirror, await_condition
+from .support.fixtures import both_stores
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -265,6 +266,7 @@ def test_file_larger_than_5_tib_is_parked_with_a_clear_reason(syncd, tree, bucke
     assert failure["path"] == "huge.raw" and "5 TiB" in failure["error"]
 
 
+@both_stores
 def test_sigterm_stops_a_large_upload_between_parts_and_the_restart_resumes_it(proxied_syncd, s3_proxy, tree, s3,
                                                                                bucket):
     path = write_random(tree / "archive.tar", 60 * MiB, seed=5)

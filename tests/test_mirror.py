@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .support.daemon import assert_mirror, await_condition, bucket_tree
+from .support.fixtures import both_stores
 
 
 def _sha(text: str) -> str:
@@ -20,6 +21,7 @@ def _write(path: Path, data: bytes | str) -> None:
     path.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
+@both_stores
 def test_nested_tree_with_unicode_and_deep_names_is_mirrored_exactly(syncd, tree, s3, bucket):
     _write(tree / "before start.txt", "present at start")
     syncd.add_folder("main", tree, bucket, prefix="m/")

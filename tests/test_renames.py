@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .support.daemon import assert_mirror
+from .support.fixtures import both_stores
 
 
 def test_renaming_a_file_and_a_500_file_directory_copies_server_side(proxied_syncd, s3_proxy, tree, s3, bucket):
@@ -34,6 +35,7 @@ def test_renaming_a_file_and_a_500_file_directory_copies_server_side(proxied_syn
     assert 1 <= counts.get("DeleteObjects", 0) <= 3
 
 
+@both_stores
 def test_rename_while_stopped_is_a_copy_after_restart(proxied_syncd, s3_proxy, tree, s3, bucket):
     (tree / "a.bin").write_bytes(os.urandom(100_000))
     proxied_syncd.add_folder("main", tree, bucket)

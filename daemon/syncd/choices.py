@@ -44,3 +44,10 @@ class ContentTypeMode(StrEnum):
 
     AUTO = "auto"        # guessed from the name, as `aws s3 sync` does
     NONE = "none"        # not set (the store's default), unless a `headers` rule sets it
+
+
+class StoreKind(StrEnum):
+    """``store``: which object store the folder mirrors into."""
+
+    S3 = "s3"            # S3 or an S3-compatible endpoint (syncd.s3store)
+    AZURE = "azure"      # Azure Blob Storage: bucket = container (syncd.azurestore)

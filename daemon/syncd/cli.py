@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"syncd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
-    sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    p = sub.add_parser("check-config", parents=[common],
+                       help="validate the configuration, check each folder's bucket or container, and exit")
+    p.add_argument("--offline", action="store_true", help="validate only: do not contact the stores")
     p = sub.add_parser("status", parents=[common], help="show each folder's state")
     p.add_argument("folder", nargs="?")
     p.add_argument("--json", action="store_true", help="machine-readable output (stable, versioned)")
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
-        return _check_config(args.config)
+        return _check_config(args.config, args.offline)
     if args.command == "run":
         return _run(args.config)
     if args.command in ("verify", "restore"):
@@ -116,14 +118,25 @@ def _load(path: str | None) -> Config | None:
         return None
 
 
-def _check_config(path: str | None) -> int:
+def _check_config(path: str | None, offline: bool) -> int:
+    """Exit 78 for an invalid configuration; 1 when a folder's store cannot be used (each such
+    folder named, with the fix; the others are reported as they are)."""
     config = _load(path)
     if config is None:
         return ExitCode.CONFIG
     print(f"{config.source}: OK, {len(config.folders)} folder(s)")
+    if offline:
+        failed: dict[str, str] = {}
+    else:
+        from .offline import probe
+
+        failed = probe(config.folders)
     for f in config.folders:
-        print(f"  {f.name}: {f.path} -> s3://{f.bucket}/{f.prefix}")
-    return ExitCode.OK
+        state = "" if offline else f": error: {failed[f.name]}" if f.name in failed else ": reachable"
+        print(f"  {f.name}: {f.path} -> {f.store}://{f.bucket}/{f.prefix}{state}")
+    for name, message in failed.items():
+        print(f"syncd: folder {name!r}: {message}", file=sys.stderr)
+    return ExitCode.FAILURE if failed else ExitCode.OK
 
 
 def _run(path: str | None) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .choices import AddressingStyle, Checksum, ContentTypeMode, DeleteMode
+from .choices import AddressingStyle, Checksum, ContentTypeMode, DeleteMode, StoreKind
 from .units import parse_duration, parse_size
 from .validators import (
     HeaderRule,
@@ -44,6 +44,7 @@ from .validators import (
     _str,
     _str_list,
     _url,
+    azure_problems,
 )
 
 DEFAULT_CONFIG = Path(os.environ.get("SYNCD_CONFIG", "/etc/syncd/syncd.yaml"))
@@ -104,6 +105,7 @@ class FolderConfig:
     trash_retain: float = 30 * 86400.0  # delete: trash: entries older than this are purged
     one_file_system: bool = False       # true: mount points inside the folder are not crossed
     max_lag: float = 300.0              # /healthz: 503 once the oldest unsynced change is older
+    store: StoreKind = StoreKind.S3     # azure: bucket = container, endpoint_url = the blob endpoint
 
     def delete_limit(self, objects: int) -> int:
         """How many deletions one wave may make before the folder pauses for confirmation.
@@ -200,6 +202,7 @@ _FOLDER_KEYS: dict[str, Parser] = {
     "trash_retain": _positive_duration,
     "one_file_system": _bool,
     "max_lag": _positive_duration,
+    "store": _choice(*StoreKind, kind=StoreKind),
 }
 _REQUIRED_FOLDER_KEYS = ("path", "bucket")
 _GLOBAL_KEYS = ("state_dir", "socket", "socket_group", "folders_dir", "log", "defaults", "max_inflight_bytes",
@@ -371,7 +374,7 @@ def load_folder(file: Path, defaults: Mapping[str, Any],
     for key in _REQUIRED_FOLDER_KEYS:
         if key not in values and not any(key in p for p in problems.items):
             problems.add(key, "required setting is missing" + (" (the local folder to mirror)" if key == "path"
-                                                              else " (the S3 bucket to mirror into)"))
+                                                              else " (the bucket or container to mirror into)"))
     if "path" in values:
         root = _resolve(file.parent, values["path"])
         if not root.is_dir() and not (roots_must_exist or root.exists()):
@@ -385,6 +388,9 @@ def load_folder(file: Path, defaults: Mapping[str, Any],
             problems.add("path", f"{root} goes through a symlink (it leads to {real}); syncd never "
                          f"reads through symlinks: set path to {real}")
         values["path"] = Path(os.path.normpath(root)) if root.is_dir() or not root.exists() else root
+    if values.get("store") == StoreKind.AZURE:
+        for key, problem in azure_problems(values, {str(k) for k in raw}):
+            problems.add(key, problem)
     if problems.items:
         return None, problems.items
     known = {f.name for f in fields(FolderConfig)}

@@ -55,7 +55,6 @@ SCHEMA_VERSION = 6  # 2: multipart uploads in progress (tables uploads, parts); 
                     # 6: pending.quiet (a finished write's shorter quiet period)
 
 
-
 class RowState(IntEnum):
     """A `pending` row's ``state`` column (formatted into the SQL below as ``{READY:d}``)."""
 

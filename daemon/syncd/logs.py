@@ -129,8 +129,9 @@ def setup(level: str = "info", fmt: str = "auto") -> str:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
-    # Libraries stay quiet: botocore at debug level would print signed request headers.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "watchdog"):
+    # Libraries stay quiet: botocore at debug level would print signed request headers, the
+    # Azure SDK logs every request and response at info.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "watchdog", "azure"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Library warnings (Python `warnings`) go through the log too, once per distinct message.
     # Which warnings are shown is still up to the filters (-W, PYTHONWARNINGS).

@@ -225,7 +225,9 @@ class MultipartUploader:
                              key=src.key)
         ordered = [parts[n] for n in range(1, n_parts + 1)]
         try:
-            etag = self.store.complete_upload(src.key, upload_id, ordered)
+            # The same metadata and headers as create_upload (Azure sets them only here).
+            etag = self.store.complete_upload(src.key, upload_id, ordered, object_meta(st.st_mtime_ns, self.owner),
+                                              object_headers(self.folder, src.path))
         except StoreError as exc:
             # A Complete whose response was lost is retried by the client and then finds no
             # upload: the object is there if its ETag is the one those parts make.

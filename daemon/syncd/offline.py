@@ -7,6 +7,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -16,12 +17,11 @@ from urllib.parse import urlsplit
 from .choices import DeleteMode
 from .config import Config, ConfigError, FolderConfig, load_config
 from .exitcodes import ExitCode
-from .store import StoreError
+from .store import ObjectStore, StoreError, open_store
 from .validators import _bucket, _prefix
 
 if TYPE_CHECKING:
     from .restore import Source
-    from .s3store import S3Store
 
 VERSIONING_HINT = ("enable versioning to restore earlier states (only changes made after that can be "
                    "restored): aws s3api put-bucket-versioning --bucket {bucket} "
@@ -58,7 +58,6 @@ def _folder(config: Config, name: str) -> FolderConfig | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .s3store import S3Store
     from .verify import Mark, Verifier, render, report
 
     config = _config(args, roots_must_exist=True)
@@ -68,7 +67,7 @@ def _verify(args: argparse.Namespace) -> int:
     if folder is None:
         return ExitCode.USAGE
     try:
-        store = S3Store(folder)
+        store = open_store(folder)
         verifier = Verifier(folder, store, config.state_dir, args.full)
         differences = verifier.run()
     except StoreError as exc:
@@ -126,7 +125,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM as Ctrl-C: temp files removed, nothing partial in place
 
 
-def _source_of(args: argparse.Namespace, folder: FolderConfig, store: S3Store, at: float | None) -> Source | None:
+def _source_of(args: argparse.Namespace, folder: FolderConfig, store: ObjectStore, at: float | None) -> Source | None:
     """Where the items come from: versions where the bucket keeps them, else the trash
     (configured, or found under the prefix: a restore from a bare s3:// URL); None (after
     saying why and how to fix it) when earlier states are kept nowhere."""
@@ -154,7 +153,6 @@ def _source_of(args: argparse.Namespace, folder: FolderConfig, store: S3Store, a
 
 def _restore(args: argparse.Namespace) -> int:
     from .restore import Restorer, parse_time, render, report
-    from .s3store import S3Store
 
     folder = _source(args)
     if isinstance(folder, int):
@@ -172,7 +170,7 @@ def _restore(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         # Two pools of `workers` threads may each have a GET open: whole files, and ranged parts.
-        store = S3Store(folder, connections=2 * (args.workers or folder.workers) + 4)
+        store = open_store(folder, connections=2 * (args.workers or folder.workers) + 4)
         source = _source_of(args, folder, store, at)
         if source is None:
             return ExitCode.FAILURE
@@ -199,3 +197,41 @@ def _restore(args: argparse.Namespace) -> int:
           f"{len(result.kept)} kept, {len(result.failed)} failed, {len(result.refused)} refused "
           f"({seconds:.1f}s)", file=sys.stderr)
     return ExitCode.OK if result.ok else ExitCode.DIFFERENCES
+
+
+PROBE_SECONDS = 30.0  # how long check-config waits for the stores' answers
+
+
+def probe(folders: tuple[FolderConfig, ...], timeout: float = PROBE_SECONDS) -> dict[str, str]:
+    """Check every folder's bucket or container at once; ``{folder name: problem}`` for those
+    that cannot work. A store that does not answer in time is reported, not waited for (the
+    threads are daemons: a hung endpoint does not hold the exit)."""
+    answers: dict[str, str | None] = {}
+    lock = threading.Lock()
+
+    def check(folder: FolderConfig) -> None:
+        problem: str | None = None
+        try:
+            store = open_store(folder)
+            try:
+                store.check()
+            finally:
+                store.close()
+        except StoreError as exc:
+            problem = str(exc)
+        with lock:
+            answers[folder.name] = problem
+
+    threads = [threading.Thread(target=check, args=(f,), name=f"probe-{f.name}", daemon=True) for f in folders]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        done = dict(answers)
+    failed = {f.name: problem for f in folders if (problem := done.get(f.name, "")) is not None}
+    for name, problem in failed.items():
+        if not problem:
+            failed[name] = f"no answer from the store within {timeout:.0f}s"
+    return failed

@@ -40,6 +40,7 @@ from .store import (
     StoreError,
     Upload,
     Version,
+    fetch_by_get,
 )
 
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
@@ -47,8 +48,6 @@ S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
 
 def _etag(resp: Mapping[str, Any]) -> str:
     return str(resp.get("ETag", "")).strip('"')
-
-
 
 
 # boto3 parameter -> HTTP header, for the requests the CRT sends.
@@ -301,7 +300,9 @@ class S3Store:
         """The part's flexible checksum, as CompleteMultipartUpload must repeat it."""
         return str(fields.get(self._flexible[1], "")) if self._flexible is not None else ""
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
+    def complete_upload(self, key: str, upload_id: str, parts: list[Part], meta: Mapping[str, str] | None = None,
+                        headers: Mapping[str, str] = NO_HEADERS) -> str:
+        # meta and headers: S3 fixed them at CreateMultipartUpload.
         listed = []
         for p in sorted(parts, key=lambda p: p.number):
             item: dict[str, Any] = {"PartNumber": p.number, "ETag": f'"{p.etag}"'}
@@ -449,14 +450,7 @@ class S3Store:
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
         if self._crt is None:
-            body = self.get(key, version)
-            try:
-                consume = start(body.info)
-                for piece in body.chunks(1 << 20):
-                    consume(piece)
-            finally:
-                body.close()
-            return body.info
+            return fetch_by_get(self, key, version, start)
         try:
             if self._credentials is not None:
                 self._credentials.get_frozen_credentials()  # a refresh here, not on the CRT's loop

@@ -1,7 +1,8 @@
-"""The object-store seam: what the pipeline needs from S3, and nothing about how.
+"""The object-store seam: what the pipeline needs from a bucket, and nothing about how.
 
-Only :mod:`syncd.s3store` imports an S3 client library. The scheduler and transfers speak
-this protocol, which keeps them testable and lets the data path change on evidence.
+Only :mod:`syncd.s3store` imports an S3 client library, only :mod:`syncd.azurestore` the Azure
+SDK. The scheduler and transfers speak this protocol, which keeps them testable and lets the
+data path (and the service) change on evidence.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .bandwidth import Payload
+
+if TYPE_CHECKING:
+    from .config import FolderConfig
 
 # User metadata written on every object so a lost journal can be rebuilt from the bucket
 # without re-uploading unchanged files (docs/architecture.md, "The store seam").
@@ -211,8 +215,11 @@ class ObjectStore(Protocol):
     def upload_part(self, key: str, upload_id: str, number: int, body: Payload) -> Part:
         """Send one part with its checksum (the server checks it)."""
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
-        """Publish the object from ``parts``; returns its ETag; raises UploadGone if the upload does not exist."""
+    def complete_upload(self, key: str, upload_id: str, parts: list[Part], meta: Mapping[str, str] | None = None,
+                        headers: Mapping[str, str] = NO_HEADERS) -> str:
+        """Publish the object from ``parts``; returns its ETag; raises UploadGone if the upload does not exist.
+        ``meta`` and ``headers`` are those given to create_upload: S3 fixed them there, Azure
+        (which has no upload object to keep them in) sets them now."""
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         """Discard an upload and its parts; an upload that no longer exists is not an error."""
@@ -272,3 +279,32 @@ class ObjectStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def fetch_by_get(store: ObjectStore, key: str, version: str | None,
+                 start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+    """:meth:`ObjectStore.fetch` through :meth:`ObjectStore.get`, for a store (or a client)
+    without a faster way to read a whole small object."""
+    body = store.get(key, version)
+    try:
+        consume = start(body.info)
+        for piece in body.chunks(1 << 20):
+            consume(piece)
+    finally:
+        body.close()
+    return body.info
+
+
+def open_store(folder: FolderConfig, connections: int | None = None) -> ObjectStore:
+    """The folder's store, per its ``store`` setting. The SDK is imported here, on first use:
+    boto3 and the Azure SDK each take a while to import, and a folder needs only one.
+    ``connections``: the HTTP pool size, by default the folder's workers and a few more."""
+    from .choices import StoreKind
+
+    if folder.store == StoreKind.AZURE:
+        from .azurestore import AzureBlobStore
+
+        return AzureBlobStore(folder, connections=connections)
+    from .s3store import S3Store
+
+    return S3Store(folder, connections=connections)

@@ -259,3 +259,31 @@ def _headers(value: Any) -> tuple[HeaderRule, ...]:
             raise ValueError(f"{where}: no header to set; allowed: {', '.join(HEADER_NAMES)}")
         rules.append(HeaderRule(pattern, tuple(headers)))
     return tuple(rules)
+
+
+# Keys that only the S3 store reads: set with `store: azure`, they would be silently ignored.
+S3_ONLY_KEYS = ("profile", "role_arn", "role_external_id", "sts_endpoint_url", "storage_class", "sse",
+                "sse_kms_key_id", "region")
+
+
+def azure_problems(values: dict[str, Any], own: set[str]) -> list[tuple[str, str]]:
+    """``(key, problem)`` for a folder with ``store: azure``: names Azure refuses, settings it has
+    no counterpart for. ``own``: the keys the folder file sets (a global default meant for S3
+    folders is not this folder's mistake)."""
+    out: list[tuple[str, str]] = []
+    bucket = values.get("bucket")
+    # Azure: 3-63 characters of lower-case letters, digits and single hyphens, starting and
+    # ending with a letter or digit.
+    if isinstance(bucket, str) and not re.fullmatch(r"(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*", bucket):
+        out.append(("bucket", f"{bucket!r} is not an Azure container name (3-63 lower-case letters, digits and "
+                              "single hyphens, starting and ending with a letter or digit)"))
+    for key in S3_ONLY_KEYS:
+        if key in own and values.get(key) is not None:
+            out.append((key, "applies to store: s3 only; Azure takes its credentials from the environment "
+                             "(AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, "
+                             "or DefaultAzureCredential)"))
+    for rule in values.get("headers") or ():
+        if any(name == "Expires" for name, _ in rule.headers):
+            out.append(("headers", f"pattern {rule.pattern!r}: Azure blobs have no Expires header; use "
+                                   "Cache-Control instead"))
+    return out

@@ -24,7 +24,8 @@ from types import FrameType
 
 from tests.support.seaweed import start_seaweed
 
-from . import live as _live  # noqa: F401  (registers the scenarios)
+from . import azure as _azure  # noqa: F401  (registers the scenarios)
+from . import live as _live  # noqa: F401
 from . import restores as _restores  # noqa: F401
 from . import scale as _scale  # noqa: F401
 from . import scenarios as _scenarios  # noqa: F401

@@ -42,6 +42,8 @@ class Syncd:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     runs: int = 0
+    store: str = "s3"                       # the folders' default `store` (azure: Azurite)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. the Azure connection string
 
     def __post_init__(self) -> None:
         (self.home / "folders.d").mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,8 @@ class Syncd:
     def write_global(self, **extra: Any) -> None:
         data = {"state_dir": str(self.state_dir), "socket": str(self.socket), "folders_dir": "folders.d",
                 "log": {"level": "debug", "format": "logfmt"},
-                "defaults": {"endpoint_url": self.endpoint, "region": "us-east-1", "settle": "300ms"}}
+                "defaults": {"endpoint_url": self.endpoint, "region": "us-east-1", "settle": "300ms",
+                             **({"store": self.store} if self.store != "s3" else {})}}
         data.update(self.global_settings)
         data.update(extra)
         self.config.write_text(yaml.safe_dump(data))
@@ -73,10 +76,12 @@ class Syncd:
         return file
 
     def env(self, **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AWS_", "AZURE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
         env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key,
                    AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
                    AWS_SHARED_CREDENTIALS_FILE=os.devnull, PYTHONUNBUFFERED="1")
+        env.update(self.extra_env)
         env.update(overrides)
         return env
 

@@ -12,9 +12,18 @@ from .daemon import Syncd
 from .moto import MotoSTS, start_moto
 from .seaweed import SeaweedServer, start_seaweed
 
+STORES = ["s3", "azure"]
+# A test of the main scenarios runs against both stores with @both_stores: then ``bucket`` is a
+# container, ``s3`` answers the test's few boto3 calls from it, ``syncd`` writes `store: azure`
+# and ``s3_proxy`` names Blob requests as the S3 requests syncd makes them for (conftest.py).
+both_stores = pytest.mark.parametrize("backend", STORES, indirect=True)
+
 
 def _daemon(home: Path, endpoint: str, server: Any, request: pytest.FixtureRequest) -> Iterator[Syncd]:
-    daemon = Syncd(home, endpoint, server.access_key, server.secret_key)
+    if request.getfixturevalue("backend") == "azure":
+        daemon = Syncd(home, endpoint, "", "", store="azure", extra_env=server.env())
+    else:
+        daemon = Syncd(home, endpoint, server.access_key, server.secret_key)
     yield daemon
     failed = getattr(request.node, "rep_call", None)
     daemon.stop()
@@ -30,16 +39,23 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def syncd(tmp_path: Path, s3_server: Any, request: pytest.FixtureRequest) -> Iterator[Syncd]:
-    """A daemon talking straight to SeaweedFS (started by the test)."""
-    yield from _daemon(tmp_path / "syncd", s3_server.endpoint, s3_server, request)
+def _server(backend: str, request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("azure_server" if backend == "azure" else "s3_server")
 
 
 @pytest.fixture
-def proxied_syncd(tmp_path: Path, s3_server: Any, s3_proxy: Any, request: pytest.FixtureRequest) -> Iterator[Syncd]:
-    """A daemon whose S3 traffic goes through the counting/fault proxy."""
-    yield from _daemon(tmp_path / "syncd", s3_proxy.endpoint, s3_server, request)
+def syncd(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[Syncd]:
+    """A daemon talking straight to SeaweedFS, or Azurite (started by the test)."""
+    server = _server(backend, request)
+    yield from _daemon(tmp_path / "syncd", server.endpoint, server, request)
+
+
+@pytest.fixture
+def proxied_syncd(tmp_path: Path, backend: str, s3_proxy: Any, request: pytest.FixtureRequest) -> Iterator[Syncd]:
+    """A daemon whose store traffic goes through the counting/fault proxy."""
+    server = _server(backend, request)
+    endpoint = f"{s3_proxy.endpoint}/{server.account}" if backend == "azure" else s3_proxy.endpoint
+    yield from _daemon(tmp_path / "syncd", endpoint, server, request)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

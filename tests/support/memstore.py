@@ -261,7 +261,9 @@ class MemoryStore:
             self._after("upload_part", key)
             return part
 
-    def complete_upload(self, key: str, upload_id: str, parts: list[Part]) -> str:
+    def complete_upload(self, key: str, upload_id: str, parts: list[Part], meta: Mapping[str, str] | None = None,
+                        headers: Mapping[str, str] = NO_HEADERS) -> str:
+        # meta and headers: fixed at create_upload, as on S3.
         with self._lock:
             self._before("complete_upload", key)
             upload = self._upload(key, upload_id)

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
 from types import TracebackType
@@ -38,6 +38,13 @@ OPERATIONS = frozenset(
     AbortMultipartUpload ListParts ListMultipartUploads DeleteObjects DeleteObject GetObject
     HeadObject HeadBucket ListObjectsV2 ListObjects ListBuckets CreateBucket DeleteBucket Other
     OwnerMarker
+    """.split()
+)
+# Azure Blob Storage's operations, for a proxy in front of Azurite (classify_azure).
+AZURE_OPERATIONS = frozenset(
+    """
+    PutBlob PutBlock PutBlockList GetBlockList GetBlob GetBlobProperties SetBlobProperties
+    SetBlobMetadata CopyBlob DeleteBlob BlobBatch ListBlobs GetContainerProperties CreateContainer
     """.split()
 )
 # syncd's owner marker (``<prefix>.syncd/owner``): its reads and writes are bookkeeping, counted
@@ -83,6 +90,38 @@ def classify(method: str, target: str, headers: dict[str, str]) -> str:
     if unquote(key) == MARKER_SUFFIX or unquote(key).endswith("/" + MARKER_SUFFIX):
         return "OwnerMarker"
     return _classify_object(method, query, "x-amz-copy-source" in headers)
+
+
+def classify_azure(method: str, target: str, headers: dict[str, str]) -> str:
+    """The Blob Storage operation name (one of AZURE_OPERATIONS, or Other, or OwnerMarker) of a
+    path-style request (``/account/container[/blob]``, as Azurite is addressed)."""
+    split = urlsplit(target)
+    query = dict(parse_qsl(split.query, keep_blank_values=True))
+    _account, _, rest = split.path.lstrip("/").partition("/")
+    container, _, blob = rest.partition("/")
+    method = method.upper()
+    comp = query.get("comp", "")
+    if not container:
+        return "Other"
+    if not blob:
+        if comp == "list":
+            return "ListBlobs"
+        if comp == "batch":
+            return "BlobBatch"
+        if query.get("restype") == "container" and not comp:
+            return {"PUT": "CreateContainer", "GET": "GetContainerProperties",
+                    "HEAD": "GetContainerProperties"}.get(method, "Other")
+        return "Other"
+    if unquote(blob) == MARKER_SUFFIX or unquote(blob).endswith("/" + MARKER_SUFFIX):
+        return "OwnerMarker"
+    if method == "PUT":
+        if comp:
+            return {"block": "PutBlock", "blocklist": "PutBlockList", "metadata": "SetBlobMetadata",
+                    "properties": "SetBlobProperties"}.get(comp, "Other")
+        return "CopyBlob" if "x-ms-copy-source" in headers else "PutBlob"
+    if method == "GET":
+        return "GetBlockList" if comp == "blocklist" else "GetBlob" if not comp else "Other"
+    return {"HEAD": "GetBlobProperties", "DELETE": "DeleteBlob"}.get(method, "Other") if not comp else "Other"
 
 
 def _classify_bucket(method: str, query: dict[str, str]) -> str:
@@ -301,7 +340,10 @@ class _Upstream:
 class S3Proxy:
     """Counting, fault-injecting reverse proxy; ``endpoint`` is what the client should use."""
 
-    def __init__(self, upstream: str, *, upstream_timeout: float = 120.0) -> None:
+    def __init__(self, upstream: str, *, upstream_timeout: float = 120.0,
+                 classifier: Callable[[str, str, dict[str, str]], str] = classify) -> None:
+        """``classifier``: names a request's operation (``classify_azure`` in front of Azurite)."""
+        self._classify = classifier
         split = urlsplit(upstream)
         if split.scheme != "http" or split.hostname is None or split.port is None:
             raise ValueError(f"upstream must look like http://host:port, got {upstream!r}")
@@ -385,7 +427,8 @@ class S3Proxy:
         """
         kinds = list(kinds)
         op_set = None if ops is None else frozenset(ops)
-        if not kinds or set(kinds) - FAULT_KINDS or (op_set or set()) - OPERATIONS or not 0 <= rate <= 1:
+        unknown = (op_set or set()) - OPERATIONS - AZURE_OPERATIONS
+        if not kinds or set(kinds) - FAULT_KINDS or unknown or not 0 <= rate <= 1:
             raise ValueError(f"bad fault spec: rate={rate}, kinds={kinds}, ops={op_set}")
         with self._lock:
             self._fault_rate = rate
@@ -587,7 +630,7 @@ class S3Proxy:
         method, target, _ = head.start
         if head.has_token("expect", "100-continue"):
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        op = classify(method, target, head.headers)
+        op = self._classify(method, target, head.headers)
         self._note(SeenRequest(op, method, urlsplit(target).path, head.headers))
         body = _body_pieces(rfile, *head.framing(method))
         with self._lock:
