@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from syncd.config import FolderConfig
-from syncd.restore import Restorer, name_problem
+from syncd.restore import Restorer
+from syncd.snapshot import name_problem
 from syncd.store import RemoteObject
 
 from .support.daemon import Syncd, await_condition, local_tree

@@ -21,7 +21,7 @@ from .store import ObjectStore, StoreError, open_store
 from .validators import _bucket, _prefix
 
 if TYPE_CHECKING:
-    from .restore import Source
+    from .snapshot import Source
 
 VERSIONING_HINT = ("enable versioning to restore earlier states (only changes made after that can be "
                    "restored): aws s3api put-bucket-versioning --bucket {bucket} "
@@ -129,7 +129,7 @@ def _source_of(args: argparse.Namespace, folder: FolderConfig, store: ObjectStor
     """Where the items come from: versions where the bucket keeps them, else the trash
     (configured, or found under the prefix: a restore from a bare s3:// URL); None (after
     saying why and how to fix it) when earlier states are kept nowhere."""
-    from .restore import Source
+    from .snapshot import Source
     from .trash import has_entries
 
     if at is None and not args.deleted:
@@ -152,7 +152,8 @@ def _source_of(args: argparse.Namespace, folder: FolderConfig, store: ObjectStor
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .restore import Restorer, parse_time, render, report
+    from .restore import Restorer, render, report
+    from .snapshot import parse_time
 
     folder = _source(args)
     if isinstance(folder, int):
