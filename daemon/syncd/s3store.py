@@ -41,6 +41,7 @@ from .store import (
     StoreError,
     Upload,
     Version,
+    fetch_by_get,
 )
 
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
@@ -455,14 +456,7 @@ class S3Store:
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
         if self._crt is None:
-            body = self.get(key, version)
-            try:
-                consume = start(body.info)
-                for piece in body.chunks(1 << 20):
-                    consume(piece)
-            finally:
-                body.close()
-            return body.info
+            return fetch_by_get(self, key, version, start)
         try:
             if self._credentials is not None:
                 self._credentials.get_frozen_credentials()  # a refresh here, not on the CRT's loop

@@ -180,6 +180,19 @@ class Fetched(Protocol):
         """Release the connection (also when the body was not read to the end)."""
 
 
+def fetch_by_get(store: ObjectStore, key: str, version: str | None,
+                 start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+    """:meth:`ObjectStore.fetch` through :meth:`ObjectStore.get`, for a store without a faster way."""
+    body = store.get(key, version)
+    try:
+        consume = start(body.info)
+        for piece in body.chunks(1 << 20):
+            consume(piece)
+    finally:
+        body.close()
+    return body.info
+
+
 def multipart_etag(parts: list[Part]) -> str:
     """The ETag S3 gives a completed multipart object: MD5 of the parts' binary ETags, "-N".
 
