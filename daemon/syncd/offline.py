@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from .store import ObjectStore, StoreError, open_store
 from .validators import _bucket, _prefix
 
 if TYPE_CHECKING:
+    from .restore import Result as RestoreResult
     from .snapshot import Source
 
 VERSIONING_HINT = ("enable versioning to restore earlier states (only changes made after that can be "
@@ -152,7 +154,7 @@ def _source_of(args: argparse.Namespace, folder: FolderConfig, store: ObjectStor
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .restore import Restorer, render, report
+    from .restore import Restorer
     from .snapshot import parse_time
 
     folder = _source(args)
@@ -191,8 +193,8 @@ def _restore(args: argparse.Namespace) -> int:
         return ExitCode.INTERRUPTED
     seconds = time.monotonic() - started
     if args.json:
-        print(json.dumps(report(folder, restorer.target, at, result, seconds), indent=2))
-    elif (lines := render(result)):
+        print(json.dumps(restore_report(folder, restorer.target, at, result, seconds), indent=2))
+    elif (lines := restore_render(result)):
         print(lines)
     print(f"restore {folder.name}: {len(result.restored)} restored, {len(result.already)} already correct, "
           f"{len(result.kept)} kept, {len(result.failed)} failed, {len(result.refused)} refused "
@@ -236,3 +238,24 @@ def probe(folders: tuple[FolderConfig, ...], timeout: float = PROBE_SECONDS) -> 
         if not problem:
             failed[name] = f"no answer from the store within {timeout:.0f}s"
     return failed
+
+
+# ---------------------------------------------------------------------- restore's output
+
+def restore_report(folder: FolderConfig, target: str, at: float | None, result: RestoreResult,
+                   seconds: float) -> dict[str, object]:
+    """The --json document (stable; documented in docs/operations.md)."""
+    return {"folder": folder.name, "bucket": folder.bucket, "prefix": folder.prefix, "to": target,
+            "at": None if at is None else datetime.fromtimestamp(at, UTC).isoformat(),
+            "ok": result.ok, "restored": len(result.restored), "already_correct": len(result.already),
+            "bytes": result.bytes, "gets": result.gets, "heads": result.heads, "seconds": round(seconds, 3),
+            "kept": [{"path": p, "reason": r} for p, r in sorted(result.kept)],
+            "failed": [{"path": p, "reason": r} for p, r in sorted(result.failed)],
+            "refused": [{"key": k, "reason": r} for k, r in sorted(result.refused)]}
+
+
+def restore_render(result: RestoreResult) -> str:
+    lines = [f"! {p}  ({r})" for p, r in sorted(result.failed)]
+    lines += [f"= {p}  (kept: {r})" for p, r in sorted(result.kept)]
+    lines += [f"! {k!r}  (refused: {r})" for k, r in sorted(result.refused)]
+    return "\n".join(lines)

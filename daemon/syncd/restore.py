@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 import pathspec
@@ -444,21 +443,3 @@ def _hash_fd(fd: int, algorithm: str, stop: threading.Event) -> str:
             raise Interrupted()
         digest.update(piece)
     return digest.hexdigest()
-
-
-def report(folder: FolderConfig, target: str, at: float | None, result: Result, seconds: float) -> dict[str, object]:
-    """The --json document (stable; documented in docs/operations.md)."""
-    return {"folder": folder.name, "bucket": folder.bucket, "prefix": folder.prefix, "to": target,
-            "at": None if at is None else datetime.fromtimestamp(at, UTC).isoformat(),
-            "ok": result.ok, "restored": len(result.restored), "already_correct": len(result.already),
-            "bytes": result.bytes, "gets": result.gets, "heads": result.heads, "seconds": round(seconds, 3),
-            "kept": [{"path": p, "reason": r} for p, r in sorted(result.kept)],
-            "failed": [{"path": p, "reason": r} for p, r in sorted(result.failed)],
-            "refused": [{"key": k, "reason": r} for k, r in sorted(result.refused)]}
-
-
-def render(result: Result) -> str:
-    lines = [f"! {p}  ({r})" for p, r in sorted(result.failed)]
-    lines += [f"= {p}  (kept: {r})" for p, r in sorted(result.kept)]
-    lines += [f"! {k!r}  (refused: {r})" for k, r in sorted(result.refused)]
-    return "\n".join(lines)

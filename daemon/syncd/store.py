@@ -184,6 +184,19 @@ class Fetched(Protocol):
         """Release the connection (also when the body was not read to the end)."""
 
 
+def fetch_by_get(store: ObjectStore, key: str, version: str | None,
+                 start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+    """:meth:`ObjectStore.fetch` through :meth:`ObjectStore.get`, for a store without a faster way."""
+    body = store.get(key, version)
+    try:
+        consume = start(body.info)
+        for piece in body.chunks(1 << 20):
+            consume(piece)
+    finally:
+        body.close()
+    return body.info
+
+
 def multipart_etag(parts: list[Part]) -> str:
     """The ETag S3 gives a completed multipart object: MD5 of the parts' binary ETags, "-N".
 
@@ -279,20 +292,6 @@ class ObjectStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
-
-
-def fetch_by_get(store: ObjectStore, key: str, version: str | None,
-                 start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
-    """:meth:`ObjectStore.fetch` through :meth:`ObjectStore.get`, for a store (or a client)
-    without a faster way to read a whole small object."""
-    body = store.get(key, version)
-    try:
-        consume = start(body.info)
-        for piece in body.chunks(1 << 20):
-            consume(piece)
-    finally:
-        body.close()
-    return body.info
 
 
 def open_store(folder: FolderConfig, connections: int | None = None) -> ObjectStore:
