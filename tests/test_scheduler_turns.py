@@ -75,7 +75,7 @@ def scheduler(tmp_path: Path) -> Iterator[tuple[Scheduler, MemoryStore, Path]]:
 
     s = Scheduler(folder, journal, ByteBudget(1 << 30), make)
     yield s, store, root
-    s._pool.shutdown(wait=True)
+    s.stop(time.monotonic() + 5)
     journal.close()
     beneath.release(folder)
 

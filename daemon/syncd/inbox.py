@@ -15,6 +15,7 @@ from typing import Any
 from .changes import Entry
 from .config import FolderConfig
 from .journal import Journal
+from .loops import Waker
 
 INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
 INGEST_BATCH = 20_000        # changes journaled per transaction
@@ -27,7 +28,7 @@ Item = tuple[str, str, Any, float]
 class Inbox:
     """Bounded hand-off from the observing threads to the scheduler's thread."""
 
-    def __init__(self, folder: FolderConfig, journal: Journal, wake: threading.Event):
+    def __init__(self, folder: FolderConfig, journal: Journal, wake: Waker):
         self.folder = folder
         self.journal = journal
         self._wake = wake

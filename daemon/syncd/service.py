@@ -25,6 +25,7 @@ from .exitcodes import ExitCode
 from .folder import FolderRuntime
 from .heartbeat import Heartbeat
 from .metrics import ListenError, MetricsServer, folder_health, lag
+from .pool import Pools
 from .units import format_size
 from .watcher import Watcher
 
@@ -43,6 +44,8 @@ class Daemon:
         self.config = config
         self.folders: dict[str, FolderRuntime] = {}
         self.budget = ByteBudget(config.max_inflight_bytes)
+        # One set of threads for every folder (syncd.pool): transfers, probes, passes, loops.
+        self.pools = Pools.create(config.transfer_threads())
         self.watcher = Watcher(on_overflow=self._on_overflow)
         self.control = ControlServer(config.socket, self, config.socket_group)
         self.notifier = sdnotify.SystemdNotifier()
@@ -95,7 +98,7 @@ class Daemon:
         return 0
 
     def _add_folder(self, folder: Any) -> None:
-        runtime = FolderRuntime(folder, self.config.state_dir, self.budget)
+        runtime = FolderRuntime(folder, self.config.state_dir, self.budget, self.pools)
         with self._lock:
             self.folders[folder.name] = runtime
         runtime.start(self.watcher)
@@ -116,6 +119,7 @@ class Daemon:
         self.watcher.stop()
         for runtime in self.folders.values():
             runtime.stop(deadline)
+        self.pools.close()
         self.control.stop()
         log.info("daemon.stopped")
 
@@ -158,7 +162,8 @@ class Daemon:
         for name in removed:
             self._remove_folder(name, deadline)
         self.config = replace(self.config, folders=new.folders, log=new.log, metrics=new.metrics,
-                              heartbeat=new.heartbeat)
+                              heartbeat=new.heartbeat, max_workers=new.max_workers)
+        self.pools.transfers.resize(self.config.transfer_threads())
         for name in added:
             self._add_folder(fresh[name])
         log.info("reload.done", added=[n for n in added if n not in old], removed=[n for n in removed
