@@ -347,7 +347,7 @@ class Scheduler:
         problem = self.guard.root_problem(check_empty=halt is not None and halt.root)
         if problem is not None:
             raise RootProblem(problem)
-        transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progress.append)
+        transfers = self._transfers or self._make_transfers(self.folder, self.journal.uploads, self._progressed)
         transfers.store.check()
         if self.versioned is None:
             self.versioned = _versioned(transfers.store)
@@ -356,6 +356,11 @@ class Scheduler:
         if take_over:
             self.health.taking_over = False
         return transfers
+
+    def _progressed(self, n: int) -> None:
+        """A pool thread sent ``n`` more bytes of a large file (status shows the rate)."""
+        self._progress.append(n)
+        self._wake.set()
 
     def _on_probe(self, future: Future[Transfers]) -> None:
         self._probes.append(future)
@@ -383,8 +388,8 @@ class Scheduler:
     def _next_timeout(self) -> float | None:
         """When the next turn is needed; None: only when something wakes the loop (a change
         observed, a transfer ended, a control command, the root check from outside)."""
-        if self.inbox or self._results or self._probes:
-            return 0.0
+        if self.inbox or self._results or self._probes or self._outcomes or self._progress:
+            return 0.0  # (outcomes of this turn's planning are journaled by the next)
         health = self.health
         if health.halt is not None or self._transfers is None:
             if health.paused or health.probing:
