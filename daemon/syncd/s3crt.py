@@ -55,13 +55,28 @@ class CrtFailure(Exception):
 
 
 class CrtPutter:
-    """Signs and sends PutObject requests on the CRT's own event loop; thread-safe."""
+    """PutObject into one bucket through a (shared) :class:`CrtClient`; thread-safe."""
 
-    def __init__(self, endpoint_url: str, region: str, bucket: str, path_style: bool,
+    def __init__(self, client: CrtClient, bucket: str, path_style: bool):
+        self._client = client
+        self._host = client.netloc if path_style else f"{bucket}.{client.netloc}"
+        self._base = f"/{quote(bucket)}/" if path_style else "/"
+
+    def put(self, key: str, data: bytes | bytearray, headers: Mapping[str, str],
+            done: Callable[[str | CrtFailure], None]) -> None:
+        """See :meth:`CrtClient.put`."""
+        self._client.put(self._host, self._base + quote(key, safe="/~"), key, data, headers, done)
+
+
+class CrtClient:
+    """Signs and sends PutObject requests on the CRT's own event loop; thread-safe, shared
+    by every folder with the same endpoint, credentials and settings (one event-loop
+    thread and one connection pool for all of them)."""
+
+    def __init__(self, endpoint_url: str, region: str,
                  credentials: Callable[[], tuple[str, str, str | None]], timeout: float, sign_body: bool):
         url = urlsplit(endpoint_url)
-        self._host = url.netloc if path_style else f"{bucket}.{url.netloc}"
-        self._base = f"/{quote(bucket)}/" if path_style else "/"
+        self.netloc = url.netloc
         self._timeout = timeout
         self._credentials = credentials
         self._lock = threading.Lock()
@@ -87,15 +102,15 @@ class CrtPutter:
         access_key, secret_key, token = self._credentials()
         return AwsCredentials(access_key, secret_key, token)
 
-    def put(self, key: str, data: bytes | bytearray, headers: Mapping[str, str],
+    def put(self, host: str, path: str, key: str, data: bytes | bytearray, headers: Mapping[str, str],
             done: Callable[[str | CrtFailure], None]) -> None:
         """Start one PutObject and return at once; ``done`` gets the ETag or a CrtFailure,
         exactly once, on the CRT's event-loop thread (or on this one if it cannot start).
 
         No thread waits for the answer: with one blocked worker per request, every answer
         meant a wake-up and a GIL hand-off to that worker, CPU paid again for every small file."""
-        head = HttpHeaders([("Host", self._host), ("Content-Length", str(len(data))), *headers.items()])
-        request = HttpRequest("PUT", self._base + quote(key, safe="/~"), head, io.BytesIO(data))
+        head = HttpHeaders([("Host", host), ("Content-Length", str(len(data))), *headers.items()])
+        request = HttpRequest("PUT", path, head, io.BytesIO(data))
         etag = [""]
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:

@@ -1,9 +1,10 @@
 """The scheduler: the one loop per folder that writes its journal and feeds its pool lane.
 
 Its turns run on the daemon's shared loop threads (syncd.loops), only when something woke it
-or something it waits for is due: an idle folder costs nothing. Each loop turn it (1) makes newly observed changes durable (its :class:`~syncd.inbox.Inbox`),
-(2) records finished transfers, (3) claims due changes, decides what each one needs (upload,
-server-side copy, delete, or nothing) and hands them to its lane of the shared transfer pool
+or something it waits for is due: an idle folder costs nothing. Each loop turn it (1) makes
+newly observed changes durable (its :class:`~syncd.inbox.Inbox`), (2) records finished
+transfers, (3) claims due changes, decides what each one needs (upload, server-side copy,
+delete, or nothing) and hands them to its lane of the shared transfer pool
 (syncd.pool). Work in flight is bounded by the folder's ``workers`` and by a global byte budget;
 deletes are batched up to 1000 per request.
 """
