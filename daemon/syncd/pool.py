@@ -23,7 +23,7 @@ from .loops import LoopGroup
 log = structlog.get_logger("syncd.pool")
 
 T = TypeVar("T")
-IDLE_EXIT = 60.0   # a thread without work for this long ends (the next burst starts it again)
+IDLE_EXIT = 10.0   # a thread without work for this long ends (the next burst starts it again)
 # Probes (first contact, a halted folder looking again) wait on a store that may not answer:
 # their own threads, so a dead endpoint's folders never hold the transfer threads.
 PROBE_THREADS = 4
