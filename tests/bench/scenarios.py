@@ -366,7 +366,7 @@ def _journal_rows(db: Path) -> int:
 FOLDER_COUNTS = (1, 10, 50, 100)
 FOLDER_FILES = 20             # small files per folder
 FOLDER_IDLE_S = 30.0          # CPU is measured over this long, once every folder is idle
-FOLDER_GOALS = {"threads": 40.0, "RSS": 200.0, "idle CPU": 0.5}   # at 100 folders (issue 21)
+FOLDER_GOALS = {"threads": 40.0, "RSS": 200.0, "idle CPU": 0.5}   # at 100 folders (issue 21); CPU: below it
 
 
 def process_figures(pid: int) -> tuple[int, float, float]:
@@ -420,6 +420,6 @@ def folders(bench: Bench) -> None:
         for metric, unit, value in (("threads", "threads", float(threads)), ("RSS", "MiB", rss),
                                     ("idle CPU", "%", cpu)):
             goal = FOLDER_GOALS[metric] if last else None
-            bench.add(Sample("folders", f"{metric} ({n} folders, idle)", unit, SYNCD, 0, value,
-                             goal is None or value <= goal, "" if goal is None or value <= goal else
-                             f"{value:.1f} {unit} is over the goal of {goal:g}", target=goal))
+            met = goal is None or (value < goal if metric == "idle CPU" else value <= goal)
+            bench.add(Sample("folders", f"{metric} ({n} folders, idle)", unit, SYNCD, 0, value, met,
+                             "" if met else f"{value:.2f} {unit} misses the goal of {goal:g}", target=goal))
