@@ -29,7 +29,7 @@ IDLE_EXIT = 10.0   # a thread without work for this long ends (the next burst st
 PROBE_THREADS = 4
 # Reconcile passes (walks, listings); a queued pass waits for one of these.
 PASS_THREADS = 4
-LOOP_THREADS = 2   # the threads running every folder's scheduler turns (syncd.loops)
+LOOP_THREADS = 4   # the threads running every folder's scheduler turns (syncd.loops): journal writes of four folders at once
 
 
 class Lane:
