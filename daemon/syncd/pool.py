@@ -29,7 +29,9 @@ IDLE_EXIT = 10.0   # a thread without work for this long ends (the next burst st
 PROBE_THREADS = 4
 # Reconcile passes (walks, listings); a queued pass waits for one of these.
 PASS_THREADS = 4
-LOOP_THREADS = 4   # the threads running every folder's scheduler turns (syncd.loops): journal writes of four folders at once
+# The threads running every folder's scheduler turns (syncd.loops): the journal transactions
+# of several bursting folders proceed side by side.
+LOOP_THREADS = 4
 
 
 class Lane:
