@@ -156,8 +156,11 @@ class FolderRuntime:
     def stop_intake(self, watcher: Watcher) -> None:
         watcher.remove(self.folder.name)
         self._stop.set()
+        if self._pass_lane.close():  # a pass still queued behind other folders' passes: dropped
+            with self._pass_lock:
+                self._pass_active = False
+            self._pass_done.set()
         self._pass_done.wait(10)
-        self._pass_lane.close()
 
     def stop(self, deadline: float) -> None:
         self.scheduler.stop(deadline)
@@ -203,6 +206,8 @@ class FolderRuntime:
                 if self._remote_wanted is None:
                     self._blocking = False
             self._pass_done.set()
+        if not self._stop.is_set():
+            self._resume_remote()  # the store may have become usable while this pass ended
 
     def _local(self) -> None:
         if self.first_scan_at is None:

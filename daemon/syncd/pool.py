@@ -64,9 +64,9 @@ class Lane:
         self.submit(run)
         return future
 
-    def close(self) -> None:
-        """Drop what is queued (tasks running go on) and leave the pool."""
-        self.pool._close(self)
+    def close(self) -> int:
+        """Drop what is queued (tasks running go on) and leave the pool; how many were dropped."""
+        return self.pool._close(self)
 
 
 class Pool:
@@ -120,12 +120,14 @@ class Pool:
                 self._started += 1
                 threading.Thread(target=self._work, name=f"{self.name}-{self._started}", daemon=True).start()
 
-    def _close(self, lane: Lane) -> None:
+    def _close(self, lane: Lane) -> int:
         with self._cond:
             lane.closed = True
+            dropped = len(lane.queued)
             lane.queued.clear()
             if lane in self._turns:
                 self._turns.remove(lane)
+            return dropped
 
     def _next(self) -> tuple[Lane, Callable[..., Any], tuple[Any, ...]] | None:
         """The next task, round-robin over the lanes; None when the thread should end."""
