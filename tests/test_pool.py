@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import pytest
+from syncd.config import ConfigError, load_config
 from syncd.loops import LoopGroup
 from syncd.pool import Pool
 
@@ -129,3 +132,26 @@ def test_a_wake_during_a_turn_brings_another_turn():
     release.set()
     await_condition(lambda: turns[0] == 2, 5, "the second turn")
     group.stop()
+
+
+def _config(tmp_path: Path, global_yaml: str, *workers: int) -> Path:
+    (tmp_path / "folders.d").mkdir()
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "syncd.yaml").write_text("state_dir: state\n" + global_yaml)
+    for i, w in enumerate(workers):
+        (tmp_path / "folders.d" / f"f{i}.yaml").write_text(
+            f"path: {tmp_path / 'tree'}\nbucket: bkt\nprefix: p{i}/\nworkers: {w}\n")
+    return tmp_path / "syncd.yaml"
+
+
+def test_the_shared_transfer_threads_default_to_the_largest_folder_workers(tmp_path):
+    assert load_config(_config(tmp_path, "", 4, 24, 8)).transfer_threads() == 24
+
+
+def test_max_workers_sets_the_shared_transfer_threads(tmp_path):
+    assert load_config(_config(tmp_path, "max_workers: 6\n", 4, 24)).transfer_threads() == 6
+
+
+def test_max_workers_must_be_a_whole_number_from_1(tmp_path):
+    with pytest.raises(ConfigError, match="max_workers.*expected a whole number from 1 to 1024"):
+        load_config(_config(tmp_path, "max_workers: 0\n", 4))
