@@ -51,7 +51,7 @@ CONNECTING = Halt("connecting to the object store", FolderState.STARTING)
 
 
 class FolderHealth:
-    """One folder's health. Transitions run on its scheduler's thread, except those named
+    """One folder's health. Transitions run in its scheduler's turns, except those named
     "any thread"; reads may come from any thread."""
 
     def __init__(self, guard: DeleteGuard, log: Any, wake: Waker):

@@ -1,6 +1,6 @@
 """The inbox: changes seen by the watcher and the scans, on their way into the journal.
 
-Any thread may submit; only the scheduler's thread drains the inbox into the journal, in
+Any thread may submit; only the scheduler's turns drain the inbox into the journal, in
 large batches of one transaction each, so the journal keeps its single writer. It records
 *what* changed and knows nothing about how a change is shipped.
 """
@@ -26,7 +26,7 @@ Item = tuple[str, str, Any, float]
 
 
 class Inbox:
-    """Bounded hand-off from the observing threads to the scheduler's thread."""
+    """Bounded hand-off from the observing threads to the scheduler's turns."""
 
     def __init__(self, folder: FolderConfig, journal: Journal, wake: Waker):
         self.folder = folder
@@ -76,7 +76,7 @@ class Inbox:
             # submissions made it journal them a few at a time, one transaction each.
             self._wake.set()
 
-    # ------------------------------------------------------------------ scheduler thread
+    # ------------------------------------------------------------------ scheduler turns
 
     def ingest(self) -> None:
         """Make up to INGEST_BATCH waiting changes durable. A failed write keeps them in
