@@ -33,7 +33,7 @@ class Loop:
         self.turn = turn
         self.due: float | None = None      # monotonic time of the next turn; None: not scheduled
         self.running_since: float | None = None
-        self.not_before = 0.0              # woken turns wait until then (gathering results)
+        self.not_before = 0.0              # the next turn waits until then (gathering results)
         self.woken = False
         self.started = False               # turns run only once started (LoopGroup.start)
         self.closed = False
@@ -152,5 +152,5 @@ class LoopGroup:
                     if lp.woken:
                         self._schedule(lp, max(now, lp.not_before))
                     elif delay is not None:
-                        self._schedule(lp, now + delay)
+                        self._schedule(lp, max(now + delay, lp.not_before))
                 self._cond.notify_all()  # close() may be waiting for this turn
