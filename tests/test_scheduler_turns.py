@@ -39,7 +39,7 @@ def scheduler(tmp_path: Path) -> Iterator[tuple[Scheduler, MemoryStore, Path]]:
 
     s = Scheduler(folder, journal, ByteBudget(1 << 30), make)
     yield s, store, root
-    s._pool.shutdown(wait=True)
+    s.stop(time.monotonic() + 5)
     journal.close()
     beneath.release(folder)
 
@@ -113,7 +113,7 @@ def _probes_with_store_failing(tmp_path: Path, scope: str) -> int:
             _turn_until(s, time.time(), lambda: s.health.last_error is not None, f"failed probe {probe}")
         return len(made)
     finally:
-        s._pool.shutdown(wait=True)
+        s.stop(time.monotonic() + 5)
         journal.close()
         beneath.release(folder)
 

@@ -152,11 +152,19 @@ class Config:
     folders_dir: Path
     log: LogConfig = LogConfig()
     max_inflight_bytes: int = 256 * MiB
+    max_workers: int | None = None   # transfer threads shared by all folders; None: the largest `workers`
     shutdown_timeout: float = 20.0
     socket_group: int | None = None  # gid allowed to use the socket (mode 0660) besides our uid
     metrics: MetricsConfig = MetricsConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     folders: tuple[FolderConfig, ...] = field(default_factory=tuple)
+
+    def transfer_threads(self) -> int:
+        """The shared transfer pool's size: ``max_workers``, or else the largest folder
+        ``workers`` (one folder alone then runs as wide as it is allowed to)."""
+        if self.max_workers is not None:
+            return self.max_workers
+        return max((f.workers for f in self.folders), default=FolderConfig.workers)
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -206,7 +214,7 @@ _FOLDER_KEYS: dict[str, Parser] = {
 }
 _REQUIRED_FOLDER_KEYS = ("path", "bucket")
 _GLOBAL_KEYS = ("state_dir", "socket", "socket_group", "folders_dir", "log", "defaults", "max_inflight_bytes",
-                "shutdown_timeout", "metrics", "heartbeat")
+                "max_workers", "shutdown_timeout", "metrics", "heartbeat")
 _LOG_KEYS: dict[str, Parser] = {
     "level": _choice("debug", "info", "warning", "error"),
     "format": _choice("auto", "console", "journald", "json", "logfmt"),
@@ -315,7 +323,7 @@ def load_config(path: Path | str | None = None, roots_must_exist: bool = True) -
             problems.add("heartbeat.url", "required setting is missing (the URL to ping while in sync)")
         extra["heartbeat"] = HeartbeatConfig(**heartbeat)
     for key, parser in (("max_inflight_bytes", parse_size), ("shutdown_timeout", _positive_duration),
-                        ("socket_group", _group)):
+                        ("socket_group", _group), ("max_workers", _opt(_int_range(1, 1024)))):
         if key in raw:
             try:
                 extra[key] = parser(raw[key])

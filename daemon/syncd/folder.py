@@ -24,10 +24,11 @@ from .health import FolderState as FolderState  # re-exported: its home was here
 from .journal import Journal
 from .owner import OWNED_ELSEWHERE
 from .paths import IgnoreRules
+from .pool import Pools
 from .reconciler import RemotePass, RemoteReport
 from .scan import SCAN_RULES, LocalScan, ScanReport
 from .scheduler import Scheduler
-from .store import StoreError, open_store
+from .store import ObjectStore, StoreError, open_store
 from .transfer import Transfers
 from .uploads import UploadLog
 from .watcher import Watcher
@@ -56,10 +57,17 @@ class Pass(StrEnum):
         return self in (Pass.REQUESTED, Pass.REBUILD)
 
 
-def make_transfers(folder: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:
+def make_store(folder: FolderConfig) -> ObjectStore:
+    """The store a folder's transfers and passes use, per its ``store`` setting: the one place
+    a store is built. S3 folders with the same endpoint, credentials and client settings
+    share one client (see syncd.s3clients)."""
     # Opened here, in the probe's pool thread: the SDK takes a while to import and the
     # startup scan should not wait for it.
-    return Transfers(folder, open_store(folder), uploads, progress)
+    return open_store(folder)
+
+
+def make_transfers(folder: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:
+    return Transfers(folder, make_store(folder), uploads, progress)
 
 
 def _iso(ts: float) -> str:
@@ -67,7 +75,8 @@ def _iso(ts: float) -> str:
 
 
 class FolderRuntime:
-    def __init__(self, folder: FolderConfig, state_dir: Path, budget: ByteBudget):
+    def __init__(self, folder: FolderConfig, state_dir: Path, budget: ByteBudget, pools: Pools | None = None):
+        """``pools``: the daemon's shared threads (None: the scheduler makes its own, for tests)."""
         self.folder = folder
         self._log = structlog.get_logger("syncd.folder").bind(folder=folder.name)
         identity = f"{folder.endpoint_url or 'aws'}|{folder.bucket}|{folder.prefix}"
@@ -75,13 +84,21 @@ class FolderRuntime:
         statedir.secure_journal(db_path)
         self.journal = Journal(db_path, identity)
         self._scratch = state_dir / statedir.FOLDERS / f"{folder.name}.listing.sqlite3"
-        self.scheduler = Scheduler(folder, self.journal, budget, make_transfers)
+        self.scheduler = Scheduler(folder, self.journal, budget, make_transfers, pools)
+        self._pass_lane = self.scheduler.pools.passes.lane(folder.name, 1)
+        self.scheduler.on_usable = self._resume_remote
         self.health = self.scheduler.health
         self.ignore = IgnoreRules(folder.ignore)
         self._watcher: Watcher | None = None
         self._stop = threading.Event()
-        self._pass_thread: threading.Thread | None = None
+        self._pass_active = False         # a pass is queued or running on the shared pass threads
+        self._pass_done = threading.Event()
+        self._pass_done.set()
         self._pass_lock = threading.Lock()
+        # A pass's remote part waits for a usable store without holding a pass thread: the
+        # service's timer (tick) starts it once the scheduler's probe has got one.
+        self._remote_wanted: Pass | None = None
+        self._remote_at = 0.0
         self._blocking = False            # the running pass must finish before `wait` says idle
         self.last_scan: ScanReport | None = None
         self.last_reconcile: RemoteReport | None = None
@@ -138,9 +155,12 @@ class FolderRuntime:
     def stop_intake(self, watcher: Watcher) -> None:
         watcher.remove(self.folder.name)
         self._stop.set()
-        self.health.up.set()  # a remote pass waiting for the store sees the stop at once
-        if self._pass_thread is not None:
-            self._pass_thread.join(10)
+        self.health.up.set()  # a rebuild waiting for the store to adopt first sees the stop at once
+        if self._pass_lane.close():  # a pass still queued behind other folders' passes: dropped
+            with self._pass_lock:
+                self._pass_active = False
+            self._pass_done.set()
+        self._pass_done.wait(10)
 
     def stop(self, deadline: float) -> None:
         self.scheduler.stop(deadline)
@@ -154,39 +174,47 @@ class FolderRuntime:
         return self._start_pass(Pass.REQUESTED)
 
     def pass_running(self) -> bool:
-        return self._pass_thread is not None and self._pass_thread.is_alive()
+        """A pass is queued, running, or its remote part waits for the store."""
+        return self._pass_active or self._remote_wanted is not None
 
-    def _start_pass(self, kind: Pass) -> bool:
+    def _start_pass(self, kind: Pass, local: bool = True) -> bool:
         with self._pass_lock:
-            if self.pass_running():
+            if self._pass_active or (local and self._remote_wanted is not None):
                 return False
+            self._remote_wanted = None
             self._blocking = True
-            self._pass_thread = threading.Thread(target=self._run_pass, args=(kind,),
-                                                 name=f"reconcile-{self.folder.name}", daemon=True)
-            self._pass_thread.start()
-            return True
+            self._pass_active = True
+            self._pass_done.clear()
+        self._pass_lane.submit(self._run_pass, kind, local)
+        return True
 
-    def _run_pass(self, kind: Pass) -> None:
+    def _run_pass(self, kind: Pass, local: bool) -> None:
         try:
             adopted = False
-            if kind is Pass.REBUILD and not self._stop.is_set():
+            if kind is Pass.REBUILD and local and not self._stop.is_set() and self._store_usable_soon():
                 # Adopt first, if the store answers: the walk then journals only the files
                 # the bucket does not hold, instead of every file for the planner to dismiss
                 # one by one. If it does not, the walk goes first (its findings journaled
                 # while the store is away), and the rebuild follows once it is back.
-                adopted = self._remote(rebuild=True, patience=REBUILD_FIRST_PATIENCE)
-            if not self._stop.is_set():
+                adopted = self._remote(kind, retry=False)
+            if local and not self._stop.is_set():
                 try:
                     self._local()
                 finally:
                     self.health.release()
             self._blocking = kind.blocking_remote
             if kind.remote and not adopted and not self._stop.is_set():
-                self._remote(kind is Pass.REBUILD)
+                self._remote(kind)
         except Exception as exc:  # never let a pass kill the daemon; it runs again later
             self._log.exception("reconcile.failed", error=str(exc))
         finally:
-            self._blocking = False
+            with self._pass_lock:
+                self._pass_active = False
+                if self._remote_wanted is None:
+                    self._blocking = False
+            self._pass_done.set()
+        if not self._stop.is_set():
+            self._resume_remote()  # the store may have become usable while this pass ended
 
     def _local(self) -> None:
         if self.first_scan_at is None:
@@ -204,15 +232,31 @@ class FolderRuntime:
                     self._log.warning("scan.rules_not_recorded", error=str(exc))
             self.last_scan = report
 
-    def _remote(self, rebuild: bool, patience: float | None = None) -> bool:
-        """One remote pass; True once it is over (done, or the prefix is another's). A rebuild
-        is retried until it succeeds: until then the scheduler holds every transfer, or it
-        would re-upload what the bucket already holds. With ``patience`` (seconds) it gives up
-        (False) rather than wait longer for the store, or once the store's first answer is a
-        failure."""
-        while not self._stop.is_set():
-            transfers = self._await_transfers(patience)
-            if transfers is None:
+    def _defer_remote(self, kind: Pass, delay: float) -> None:
+        """The remote part runs later, from :meth:`tick` (no thread waits for it)."""
+        with self._pass_lock:
+            self._remote_wanted = kind
+            self._remote_at = time.monotonic() + delay
+
+    def _resume_remote(self, now: float | None = None) -> None:
+        """Start a deferred remote part if the store is usable now (the timer, or the
+        scheduler's loop as soon as its probe succeeds)."""
+        wanted = self._remote_wanted
+        if (wanted is not None and (now if now is not None else time.monotonic()) >= self._remote_at
+                and self.health.halt is None and self.scheduler.transfers is not None):
+            self._start_pass(wanted, local=False)
+
+    def _remote(self, kind: Pass, retry: bool = True) -> bool:
+        """One remote pass, once the scheduler's probe has a working store; True once it is
+        over (done, or the prefix is another's). A rebuild is retried (``retry``) until it
+        succeeds: until then the scheduler holds every transfer, or it would re-upload what
+        the bucket already holds."""
+        rebuild = kind is Pass.REBUILD
+        if not self._stop.is_set():
+            transfers = self.scheduler.transfers
+            if self.health.halt is not None or transfers is None:
+                if retry:
+                    self._defer_remote(kind, 0.0)
                 return False
             try:
                 # The prefix may have been taken over since the probe claimed it.
@@ -229,9 +273,8 @@ class FolderRuntime:
                 self.last_reconcile_error = str(exc)
                 self._next_reconcile = time.monotonic() + REMOTE_RETRY
                 self._log.warning("reconcile.remote_failed", error=str(exc))
-                if rebuild and patience is None:
-                    self._stop.wait(REMOTE_RETRY / 6)
-                    continue
+                if rebuild and retry:
+                    self._defer_remote(kind, REMOTE_RETRY / 6)
                 return False
             if self._stop.is_set():
                 return False
@@ -254,26 +297,18 @@ class FolderRuntime:
             self._log.warning("multipart.sweep_failed", error=str(exc))
             return 0
 
-    def _await_transfers(self, patience: float | None = None) -> Transfers | None:
-        """The remote pass needs a working store; wait for the scheduler's probe to get one
-        (with ``patience``: None once that long has passed or the first probe failed)."""
-        give_up = None if patience is None else time.monotonic() + patience
-        while not self._stop.is_set():
-            transfers = self.scheduler.transfers
+    def _store_usable_soon(self) -> bool:
+        """Wait (at most REBUILD_FIRST_PATIENCE, and no longer than the first probe's answer)
+        for the scheduler's probe to find a working store."""
+        give_up = time.monotonic() + REBUILD_FIRST_PATIENCE
+        while not self._stop.is_set() and time.monotonic() < give_up:
             halt = self.health.halt
-            if halt is None and transfers is not None:
-                return transfers
-            if give_up is not None and (time.monotonic() >= give_up or (
-                    halt is not None and halt.state is not FolderState.STARTING)):
-                return None
-            if self.health.up.is_set():
-                # Short: a journal rebuild holds every upload until this pass has listed the bucket.
-                self._stop.wait(0.05)
-            else:
-                # Halted (an endpoint down for hours): no polling; a successful probe sets `up`,
-                # and the timeout only bounds how late a stop (or the patience) is noticed.
-                self.health.up.wait(1.0 if give_up is None else max(0.0, min(1.0, give_up - time.monotonic())))
-        return None
+            if halt is None and self.scheduler.transfers is not None:
+                return True
+            if halt is not None and halt.state is not FolderState.STARTING:
+                return False  # the first answer was a failure: the walk goes first
+            self.health.up.wait(0.05)
+        return False
 
     def on_overflow(self) -> None:
         """The kernel dropped events (inotify queue overflow): rescan, with backoff."""
@@ -284,7 +319,10 @@ class FolderRuntime:
         self._overflow_pending = True
 
     def tick(self, now: float) -> None:
-        """Called by the service loop: start whatever pass is due."""
+        """Called by the service's timer (one thread for every folder): start whatever pass is
+        due, and look at the root (a root unmounted sends no event)."""
+        self.scheduler.check_root()
+        self._resume_remote(now)
         if self.health.root_recovered.is_set():
             self.health.root_recovered.clear()
             self._log.info("folder.root_restored")
@@ -369,6 +407,6 @@ class FolderRuntime:
         }
 
     def healthy(self, now: float) -> bool:
-        """The loop ticked recently and no transfer is stuck past its timeout (watchdog)."""
-        return now - self.scheduler.last_tick < 15 and self.scheduler.oldest_inflight_age(now) < (
+        """The loop is not stuck and no transfer is stuck past its timeout (watchdog)."""
+        return not self.scheduler.stuck(now) and self.scheduler.oldest_inflight_age(now) < (
             self.folder.request_timeout * 4 + 60)

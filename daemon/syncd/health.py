@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from .guard import DeleteGuard, RootIssue, RootProblem
+from .loops import Waker
 from .store import StoreError
 
 PROBE_MIN, PROBE_MAX = 2.0, 30.0   # spacing of the probes of a halted folder: first, at most
@@ -51,10 +52,10 @@ CONNECTING = Halt("connecting to the object store", FolderState.STARTING)
 
 
 class FolderHealth:
-    """One folder's health. Transitions run on its scheduler's thread, except those named
+    """One folder's health. Transitions run in its scheduler's turns, except those named
     "any thread"; reads may come from any thread."""
 
-    def __init__(self, guard: DeleteGuard, log: Any, wake: threading.Event):
+    def __init__(self, guard: DeleteGuard, log: Any, wake: Waker):
         self.guard = guard
         self._log = log
         self._wake = wake
@@ -101,6 +102,16 @@ class FolderHealth:
             return self.held()
         halt = self.halt
         return halt.reason if halt is not None and state in (FolderState.ERROR, FolderState.STALLED) else None
+
+    @property
+    def probe_at(self) -> float:
+        """When the next probe may start (wall clock; inf while the first contact is held)."""
+        return self._probe_at
+
+    @property
+    def probing(self) -> bool:
+        """A probe is running (its end wakes the scheduler)."""
+        return self._probing
 
     @property
     def stopped(self) -> bool:

@@ -1,6 +1,6 @@
 """The inbox: changes seen by the watcher and the scans, on their way into the journal.
 
-Any thread may submit; only the scheduler's thread drains the inbox into the journal, in
+Any thread may submit; only the scheduler's turns drain the inbox into the journal, in
 large batches of one transaction each, so the journal keeps its single writer. It records
 *what* changed and knows nothing about how a change is shipped.
 """
@@ -15,6 +15,7 @@ from typing import Any
 from .changes import Entry
 from .config import FolderConfig
 from .journal import Journal
+from .loops import Waker
 
 INBOX_LIMIT = 200_000        # observed changes held in memory before the watcher blocks
 INGEST_BATCH = 20_000        # changes journaled per transaction
@@ -26,9 +27,9 @@ Item = tuple[str, str, Any, float, float | None]
 
 
 class Inbox:
-    """Bounded hand-off from the observing threads to the scheduler's thread."""
+    """Bounded hand-off from the observing threads to the scheduler's turns."""
 
-    def __init__(self, folder: FolderConfig, journal: Journal, wake: threading.Event):
+    def __init__(self, folder: FolderConfig, journal: Journal, wake: Waker):
         self.folder = folder
         self.journal = journal
         self._wake = wake
@@ -114,7 +115,7 @@ class Inbox:
             # submissions made it journal them a few at a time, one transaction each.
             self._wake.set()
 
-    # ------------------------------------------------------------------ scheduler thread
+    # ------------------------------------------------------------------ scheduler turns
 
     def ingest(self) -> None:
         """Make up to INGEST_BATCH waiting changes durable. A failed write keeps them in

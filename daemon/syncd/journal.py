@@ -25,8 +25,8 @@ Two tables carry the durability model:
 Replaying after kill -9 is safe because every operation derived from a row is idempotent:
 re-uploading the same bytes, re-copying, or deleting an absent key leaves the same bucket.
 
-One writer per journal: the folder's scheduler thread. Other threads read through their own
-connections (WAL readers never block the writer).
+One writer per journal: the folder's scheduler (its turns never overlap). Other threads read
+through their own connections (WAL readers never block the writer).
 """
 
 from __future__ import annotations

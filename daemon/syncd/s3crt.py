@@ -59,13 +59,35 @@ class CrtFailure(Exception):
 
 
 class CrtPutter:
-    """Signs and sends PutObject requests on the CRT's own event loop; thread-safe."""
+    """PutObject into one bucket, and a restore's whole-object GETs from it, through a
+    (shared) :class:`CrtClient`; thread-safe."""
 
-    def __init__(self, endpoint_url: str, region: str, bucket: str, path_style: bool,
+    def __init__(self, client: CrtClient, bucket: str, path_style: bool):
+        self._client = client
+        self._host = client.netloc if path_style else f"{bucket}.{client.netloc}"
+        self._base = f"/{quote(bucket)}/" if path_style else "/"
+
+    def put(self, key: str, data: bytes | bytearray, headers: Mapping[str, str],
+            done: Callable[[str | CrtFailure], None]) -> None:
+        """See :meth:`CrtClient.put`."""
+        self._client.put(self._host, self._base + quote(key, safe="/~"), key, data, headers, done)
+
+    def fetch(self, key: str, version: str | None,
+              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+        """See :meth:`CrtClient.fetch`."""
+        path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
+        return self._client.fetch(self._host, path, key, start)
+
+
+class CrtClient:
+    """Signs and sends PutObject (and a restore's GetObject) requests on the CRT's own event loop; thread-safe, shared
+    by every folder with the same endpoint, credentials and settings (one event-loop
+    thread and one connection pool for all of them)."""
+
+    def __init__(self, endpoint_url: str, region: str,
                  credentials: Callable[[], tuple[str, str, str | None]], timeout: float, sign_body: bool):
         url = urlsplit(endpoint_url)
-        self._host = url.netloc if path_style else f"{bucket}.{url.netloc}"
-        self._base = f"/{quote(bucket)}/" if path_style else "/"
+        self.netloc = url.netloc
         self._timeout = timeout
         self._credentials = credentials
         self._lock = threading.Lock()
@@ -91,15 +113,15 @@ class CrtPutter:
         access_key, secret_key, token = self._credentials()
         return AwsCredentials(access_key, secret_key, token)
 
-    def put(self, key: str, data: bytes | bytearray, headers: Mapping[str, str],
+    def put(self, host: str, path: str, key: str, data: bytes | bytearray, headers: Mapping[str, str],
             done: Callable[[str | CrtFailure], None]) -> None:
         """Start one PutObject and return at once; ``done`` gets the ETag or a CrtFailure,
         exactly once, on the CRT's event-loop thread (or on this one if it cannot start).
 
         No thread waits for the answer: with one blocked worker per request, every answer
         meant a wake-up and a GIL hand-off to that worker, CPU paid again for every small file."""
-        head = HttpHeaders([("Host", self._host), ("Content-Length", str(len(data))), *headers.items()])
-        request = HttpRequest("PUT", self._base + quote(key, safe="/~"), head, io.BytesIO(data))
+        head = HttpHeaders([("Host", host), ("Content-Length", str(len(data))), *headers.items()])
+        request = HttpRequest("PUT", path, head, io.BytesIO(data))
         etag = [""]
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
@@ -110,14 +132,13 @@ class CrtPutter:
         self._send("PutObject", key, request, on_headers, None,
                    lambda failure: done(etag[0] if failure is None else failure))
 
-    def get(self, key: str, version: str | None, on_headers: Callable[[list[tuple[str, str]]], None],
+    def get(self, host: str, path: str, key: str, on_headers: Callable[[list[tuple[str, str]]], None],
             on_body: Callable[[bytes], None], done: Callable[[CrtFailure | None], None]) -> None:
         """Start one GetObject of the whole object: ``on_headers`` gets the answer's headers
         (a 200), then ``on_body`` each piece of the body in order, then ``done`` None or the
         failure, all on the CRT's event-loop thread. Botocore's CPU per GET (parsing, event
         hooks, signing) caps how many small files a restore fetches per second, as for PUTs."""
-        path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
-        request = HttpRequest("GET", path, HttpHeaders([("Host", self._host)]))
+        request = HttpRequest("GET", path, HttpHeaders([("Host", host)]))
 
         def headers_seen(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
             if status_code < 300:
@@ -128,7 +149,7 @@ class CrtPutter:
 
         self._send("GetObject", key, request, headers_seen, body_seen, done)
 
-    def fetch(self, key: str, version: str | None,
+    def fetch(self, host: str, path: str, key: str,
               start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
         """GET the whole object, waiting for it: ``start`` gets what the headers say of it and
         returns what consumes the body's pieces. Raises CrtFailure, or what those raised
@@ -160,7 +181,7 @@ class CrtPutter:
                 failed.append(failure)
             finished.set()
 
-        self.get(key, version, on_headers, on_body, done)
+        self.get(host, path, key, on_headers, on_body, done)
         finished.wait()  # bounded: the reaper cancels a request past its timeout
         if raised:
             raise raised[0]

@@ -17,19 +17,16 @@ from typing import Any
 # botocore's own opt-out; it is read once, when botocore is first imported (by this module).
 os.environ.setdefault("BOTO_DISABLE_CRT", "true")
 
-import boto3  # noqa: E402 - after the opt-out above
-import botocore.exceptions as bexc  # noqa: E402
-import botocore.utils  # noqa: E402
+import botocore.exceptions as bexc  # noqa: E402 - after the opt-out above
 from awscrt.checksums import crc32c  # noqa: E402
 from boto3.s3.transfer import TransferConfig  # noqa: E402
-from botocore.config import Config as BotoConfig  # noqa: E402
 
+from . import s3clients
 from .bandwidth import Payload
 from .choices import AddressingStyle, Checksum
 from .config import FolderConfig
 from .s3crt import CrtFailure, CrtPutter
 from .s3errors import NOT_FOUND_CODES, UPLOAD_GONE_CODES, classify, crt_error, crt_status, error_code
-from .s3role import assume_role_session
 from .store import (
     FOLDER,
     NO_HEADERS,
@@ -73,44 +70,6 @@ def _header_args(headers: Mapping[str, str]) -> dict[str, Any]:
 _FLEXIBLE = {Checksum.SHA256: ("SHA256", "ChecksumSHA256"), Checksum.CRC32C: ("CRC32C", "ChecksumCRC32C")}
 
 
-def _timestamp(value: Any) -> datetime:
-    """botocore's timestamp parser with a fast path for S3's ISO 8601 form
-    (``2026-12-01T10:50:49.000Z``): botocore parses every listing entry's LastModified with
-    dateutil, which costs more than the rest of a LIST page together."""
-    if isinstance(value, str) and value.endswith("Z"):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            pass
-    parsed: datetime = botocore.utils.parse_timestamp(value)
-    return parsed
-
-
-def _fast_timestamps(session: Any) -> None:
-    """Make the clients of ``session`` parse timestamps with :func:`_timestamp`."""
-    core = getattr(session, "_session", None)  # the botocore session under boto3's
-    if core is not None:
-        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
-
-
-def _crt_putter(session: Any, client: Any, folder: FolderConfig, addressing: AddressingStyle) -> CrtPutter | None:
-    """The CRT data path for small PUTs, or None where it cannot serve (no credentials yet:
-    the probe reports that; a bandwidth limit: bodies are paced by the boto3 path)."""
-    credentials = session.get_credentials()
-    if credentials is None or folder.bandwidth:
-        return None
-
-    def current() -> tuple[str, str, str | None]:
-        frozen = credentials.get_frozen_credentials()  # refreshes assumed-role credentials
-        return frozen.access_key, frozen.secret_key, frozen.token
-
-    # boto3 picks virtual-hosted style for AWS; a dotted bucket name cannot match the TLS
-    # wildcard certificate, so boto3 (and we) fall back to path style for it.
-    path_style = addressing == AddressingStyle.PATH or (addressing == AddressingStyle.AUTO and "." in folder.bucket)
-    return CrtPutter(client.meta.endpoint_url, client.meta.region_name or "us-east-1", folder.bucket, path_style,
-                     current, timeout=folder.request_timeout, sign_body=folder.checksum == Checksum.OFF)
-
-
 def _body(payload: Payload) -> Any:
     """Plain bytes go out in one sendall; a watched body is read (and paced) in chunks."""
     return payload.data if payload.plain else payload
@@ -146,7 +105,8 @@ class _Body:
 
 
 class S3Store:
-    """An S3 bucket via boto3; one client per folder, shared by its worker threads."""
+    """An S3 bucket via boto3 (and awscrt for small PUTs); the clients are shared by every
+    folder with the same endpoint, credentials and settings (syncd.s3clients)."""
 
     def __init__(self, folder: FolderConfig, clock: Callable[[], datetime] | None = None,
                  connections: int | None = None):
@@ -157,43 +117,17 @@ class S3Store:
         self._folder = folder
         # (algorithm, parameter) of a flexible checksum, or None (md5 and off have none).
         self._flexible = _FLEXIBLE.get(folder.checksum)
-        addressing = folder.addressing_style
-        if addressing == AddressingStyle.AUTO and folder.endpoint_url:
-            addressing = AddressingStyle.PATH  # S3-compatible servers on an IP or localhost need path style
-        boto_config = BotoConfig(
-            region_name=folder.region,
-            connect_timeout=10,
-            read_timeout=folder.request_timeout,
-            max_pool_connections=connections or folder.workers + 4,
-            tcp_keepalive=True,
-            # Few quick client-side retries for blips; the journal's own backoff (capped at
-            # minutes, never dropping a change) handles outages, so botocore's retry quota
-            # draining during a long outage does not matter.
-            retries={"mode": "standard", "max_attempts": 3},
-            s3={"addressing_style": addressing.value,
-                # Over plain HTTP botocore would SHA-256 every body for the signature: a second
-                # read of each part (and a third hash). The signed checksum header we send
-                # already lets the server reject a damaged or altered body; with
-                # `checksum: off` there is no such header, so the body stays signed.
-                "payload_signing_enabled": folder.checksum == Checksum.OFF},
-            # We send our own integrity checks (config 'checksum'); some S3-compatible
-            # stores reject the CRC headers newer boto3 sends by default (boto3 issue 4392).
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        try:
-            if folder.role_arn:
-                session = assume_role_session(folder, clock)
-            else:
-                session = boto3.session.Session(profile_name=folder.profile, region_name=folder.region)
-            _fast_timestamps(session)
-            self._credentials = session.get_credentials()
-            self._client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
-        except Exception as exc:  # profile missing and the like
-            raise classify(exc, bucket=folder.bucket) from exc
+        # This endpoint's and setting's clients, shared with other folders.
+        self._shared: s3clients.Shared | None = s3clients.acquire(folder, clock, connections)
+        self._credentials = self._shared.credentials
         self.requests = RequestCounts()  # syncd.metrics: every attempt, by operation and outcome
-        self._client.meta.events.register("response-received.s3", self._answered)
-        self._crt = _crt_putter(session, self._client, folder, addressing)
+        self._client: Any = s3clients.Counted(self._shared.client, self.requests)
+        addressing = s3clients.addressing_of(folder)
+        # boto3 picks virtual-hosted style for AWS; a dotted bucket name cannot match the TLS
+        # wildcard certificate, so boto3 (and we) fall back to path style for it.
+        path_style = addressing == AddressingStyle.PATH or (addressing == AddressingStyle.AUTO and "." in self.bucket)
+        crt = self._shared.crt
+        self._crt = None if crt is None else CrtPutter(crt, folder.bucket, path_style)
         self._extra: dict[str, str] = {}
         if folder.storage_class:
             self._extra["StorageClass"] = folder.storage_class
@@ -201,11 +135,6 @@ class S3Store:
             self._extra["ServerSideEncryption"] = folder.sse
         if folder.sse_kms_key_id:
             self._extra["SSEKMSKeyId"] = folder.sse_kms_key_id
-
-    def _answered(self, event_name: str, response_dict: Mapping[str, Any] | None = None, **_: Any) -> None:
-        """botocore, once per attempt (``response-received.s3.OPERATION``)."""
-        status = None if response_dict is None else int(response_dict.get("status_code") or 0)
-        self.requests.add(event_name.rsplit(".", 1)[-1], status)
 
     def check(self) -> None:
         try:
@@ -496,4 +425,7 @@ class S3Store:
             raise classify(exc, bucket=self.bucket) from exc
 
     def close(self) -> None:
-        self._client.close()
+        """Release the shared client (closed with its last user)."""
+        if self._shared is not None:
+            s3clients.release(self._shared)
+            self._shared = None

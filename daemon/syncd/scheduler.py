@@ -1,9 +1,12 @@
-"""The scheduler: the one thread per folder that writes its journal and feeds its pool.
+"""The scheduler: the one loop per folder that writes its journal and feeds its pool lane.
 
-Each loop turn it (1) makes newly observed changes durable (its :class:`~syncd.inbox.Inbox`),
-(2) records finished transfers, (3) claims due changes, decides what each one needs (upload,
-server-side copy, delete, or nothing) and hands them to a bounded pool. Work in flight is bounded by the folder's
-``workers`` and by a global byte budget; deletes are batched up to 1000 per request.
+Its turns run on the daemon's shared loop threads (syncd.loops), only when something woke it
+or something it waits for is due: an idle folder costs nothing. Each loop turn it (1) makes
+newly observed changes durable (its :class:`~syncd.inbox.Inbox`), (2) records finished
+transfers, (3) claims due changes, decides what each one needs (upload, server-side copy,
+delete, or nothing) and hands them to its lane of the shared transfer pool
+(syncd.pool). Work in flight is bounded by the folder's ``workers`` and by a global byte budget;
+deletes are batched up to 1000 per request.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,7 @@ from .journal import Journal
 from .metrics import FolderStats
 from .owner import Ownership
 from .planner import Planner
+from .pool import Pools
 from .store import ObjectStore, StoreError
 from .transfer import Result, Task, TaskKind, Transfers
 from .trash import stamp, trash_key
@@ -40,6 +44,9 @@ DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first batch waits for a pause in events
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
+ROOT_CHECK_EVERY = 1.0       # a busy turn looks at the root this often (idle: check_root, from outside)
+PROBE_WAIT_MAX = 30.0        # a halted folder's loop looks at its probe backoff at least this often
+DUE_WAIT_MAX = 30.0          # due times are wall-clock: a clock stepped back delays a change at most this
 # The task kinds that write a key: journaled as intents first.
 WRITE_OPS = {TaskKind.UPLOAD: IntentOp.PUT, TaskKind.COPY: IntentOp.COPY}
 
@@ -54,7 +61,9 @@ class Scheduler:
     """Owns one folder's journal writes, planning and pool."""
 
     def __init__(self, folder: FolderConfig, journal: Journal, budget: ByteBudget,
-                 make_transfers: Callable[[FolderConfig, UploadLog, Callable[[int], None]], Transfers]):
+                 make_transfers: Callable[[FolderConfig, UploadLog, Callable[[int], None]], Transfers],
+                 pools: Pools | None = None):
+        """``pools``: the daemon's shared threads; None: a set of its own (tests)."""
         self.folder = folder
         self.journal = journal
         self.budget = budget
@@ -65,11 +74,15 @@ class Scheduler:
         # again, the largest cost of a folder whose endpoint is down.
         self._spare: Transfers | None = None
         self._log = structlog.get_logger("syncd.scheduler").bind(folder=folder.name)
-        self._pool = ThreadPoolExecutor(max_workers=folder.workers + 1, thread_name_prefix=f"syncd-{folder.name}")
+        self._own_pools = pools is None
+        self.pools = pools if pools is not None else Pools.create(folder.workers)
+        self._lane = self.pools.transfers.lane(folder.name, folder.workers)  # its fair share, capped
+        self._probe_lane = self.pools.probes.lane(folder.name, 1)
 
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._wake = self.pools.loops.loop(f"scheduler-{folder.name}", self._step)
+        self._failing_since: float | None = None
+        self.on_usable: Callable[[], None] | None = None  # the probe found a working store
 
         self.inbox = Inbox(folder, journal, self._wake)  # what the watcher and the scans saw
         self._results: deque[Result] = deque()
@@ -98,8 +111,7 @@ class Scheduler:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"scheduler-{self.folder.name}", daemon=True)
-        self._thread.start()
+        self.pools.loops.start(self._wake)
 
     def stop(self, deadline: float) -> None:
         """Stop claiming; let in-flight transfers finish until ``deadline`` (monotonic)."""
@@ -107,41 +119,53 @@ class Scheduler:
         if self._transfers is not None:
             self._transfers.stopping.set()  # large uploads stop between parts and resume later
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()) + 5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def run(self) -> None:
-        failing_since: float | None = None
-        while not self._stop.is_set():
-            try:
-                self._turn(time.time())
-                if failing_since is not None:
-                    self._log.info("scheduler.recovered", after_s=round(time.monotonic() - failing_since, 1))
-                    failing_since = None
-                    self.health.last_error = None
-                timeout = self._next_timeout()
-            except Exception as exc:  # e.g. disk full: keep everything in memory and retry
-                failing_since = failing_since or time.monotonic()
-                self.health.last_error = f"journal: {exc}"
-                self._log_limited("scheduler.failed", error=str(exc))
-                timeout = min(5.0, 0.2 + time.monotonic() - failing_since)
-            self.last_tick = time.monotonic()
-            self._wake.wait(timeout)
-            self._wake.clear()
-            if self._inflight:
-                # Transfers end one by one; gathering them for a moment lets one journal
-                # transaction record several and one claim refill several slots.
-                self._stop.wait(TURN_GATHER)
+        # The loop's turns end here (a turn running now finishes first); the drain runs on
+        # this thread, so the journal still has one writer.
+        self.pools.loops.close(self._wake, max(0.0, deadline - time.monotonic()) + 5)
         self._drain()
+        self._lane.close()
+        self._probe_lane.close()
+        if self._own_pools:
+            self.pools.close()
+
+    def _step(self) -> float | None:
+        """One turn on a loop thread; returns when the next is wanted (None: when woken)."""
+        if self._stop.is_set():
+            return None
+        try:
+            self._turn(time.time())
+            if self._failing_since is not None:
+                self._log.info("scheduler.recovered", after_s=round(time.monotonic() - self._failing_since, 1))
+                self._failing_since = None
+                self.health.last_error = None
+            timeout = self._next_timeout()
+        except Exception as exc:  # e.g. disk full: keep everything in memory and retry
+            self._failing_since = self._failing_since or time.monotonic()
+            self.health.last_error = f"journal: {exc}"
+            self._log_limited("scheduler.failed", error=str(exc))
+            timeout = min(5.0, 0.2 + time.monotonic() - self._failing_since)
+        self.last_tick = time.monotonic()
+        # Transfers end one by one; gathering them for a moment lets one journal transaction
+        # record several and one claim refill several slots.
+        self._wake.not_before = self.last_tick + TURN_GATHER if self._inflight else 0.0
+        return timeout
+
+    def stuck(self, now: float) -> bool:
+        """Its loop has not turned although it should have (systemd watchdog)."""
+        return self._wake.stuck(now)
+
+    def check_root(self) -> None:
+        """Any thread (the service's timer): a root moved away or unmounted sends no event
+        for the files below it, so it is looked at from outside; the turn then acts on it."""
+        if self.health.halt is None and self.guard.root_problem() is not None:
+            self._root_checked = 0.0
+            self._wake.set()
 
     def _drain(self) -> None:
         """Shutdown: wait for in-flight transfers (until the deadline) and record them."""
         deadline = self._drain_deadline
         while self._inflight and time.monotonic() < deadline:
             self._wake.wait(0.1)
-            self._wake.clear()
             self._safe(self._collect)
         self._safe(self.inbox.ingest)
         self._safe(self._collect)
@@ -168,7 +192,7 @@ class Scheduler:
         self._collect()
         self._probe_results()
         health.apply_reports()
-        if health.halt is None and time.monotonic() - self._root_checked >= 1.0:
+        if health.halt is None and time.monotonic() - self._root_checked >= ROOT_CHECK_EVERY:
             # A root moved away or unmounted sends no event for the files below it.
             self._root_checked = time.monotonic()
             issue = self.guard.root_problem()
@@ -179,7 +203,7 @@ class Scheduler:
             self.guard.wave_over()
         if health.halt is not None or self._transfers is None:
             if health.probe_due(now):
-                self._pool.submit(self._probe).add_done_callback(self._on_probe)
+                self._probe_lane.call(self._probe).add_done_callback(self._on_probe)
             return
         if not health.paused and not self.rebuilding:
             self._dispatch(now)
@@ -275,7 +299,7 @@ class Scheduler:
     def _submit(self, task: Task) -> None:
         assert self._transfers is not None
         self._inflight[id(task)] = task
-        self._pool.submit(self._transfers.run, task, self._deliver)
+        self._lane.submit(self._transfers.run, task, self._deliver)
 
     def _deliver(self, result: Result) -> None:
         """A transfer ended (pool thread, or the store's thread for a small PUT)."""
@@ -355,7 +379,7 @@ class Scheduler:
         if issue is not None:
             raise RootProblem(issue)
         transfers = self._transfers or self._spare or self._make_transfers(
-            self.folder, self.journal.uploads, self._progress.append)
+            self.folder, self.journal.uploads, self._progressed)
         self._spare = transfers
         transfers.store.check()
         take_over = self.health.taking_over
@@ -371,6 +395,11 @@ class Scheduler:
             self.versioned = store.versioning() == "Enabled"
         except StoreError:
             pass
+
+    def _progressed(self, n: int) -> None:
+        """A pool thread sent ``n`` more bytes of a large file (status shows the rate)."""
+        self._progress.append(n)
+        self._wake.set()
 
     def _on_probe(self, future: Future[Transfers]) -> None:
         self._probes.append(future)
@@ -390,32 +419,41 @@ class Scheduler:
             self._transfers, self._spare = future.result(), None
             if self.versioned is None:
                 # Beside the first uploads, not before them: only `syncd status` shows it.
-                self._pool.submit(self._ask_versioning, self._transfers.store)
-            if self.health.probe_ok():
+                self._probe_lane.submit(self._ask_versioning, self._transfers.store)
+            usable = self.health.probe_ok()
+            if self.on_usable is not None:
+                self.on_usable()
+            if usable:
                 # Changes that failed while the endpoint was away are tried again now,
                 # not after whatever backoff they had reached.
                 self._log.info("folder.expedited", changes=self.journal.expedite_retries())
 
     # ------------------------------------------------------------------ helpers
 
-    def _next_timeout(self) -> float:
-        if self.inbox or self._results or self._probes:
-            return 0.0
-        if self.health.stopped or self.rebuilding:
-            # Nothing is dispatched (set_rebuilding and resume wake the loop): looking at
-            # due changes here would spin the loop, taking a core from the rebuild's reads.
-            return 1.0
+    def _next_timeout(self) -> float | None:
+        """When the next turn is needed; None: only when something wakes the loop (a change
+        observed, a transfer ended, a control command, the root check from outside)."""
+        if self.inbox or self._results or self._probes or self._outcomes or self._progress:
+            return 0.0  # (outcomes of this turn's planning are journaled by the next)
+        health = self.health
+        if health.halt is not None or self._transfers is None:
+            if health.paused or health.probing:
+                return None  # resume wakes it; so does the probe's end
+            # The next probe, as the backoff says (wall clock, like the health's times).
+            return max(0.0, min(PROBE_WAIT_MAX, health.probe_at - time.time()))
+        if health.paused or self.rebuilding:
+            return None  # resume and the end of a rebuild wake it
         if len(self._inflight) >= self.folder.workers:
             # Every worker is busy: nothing can start before one finishes, and a finishing
             # transfer wakes the loop. (Looking at due changes here spun the loop at 100 % CPU
             # during every large sync, taking a core from the workers and the server.)
-            return 1.0
+            return None
         if self._ready or self._deletes:
             return 0.05  # budget-blocked, or a delete batch filling up: look again shortly
         nxt = self.journal.next_due()
         if nxt is None:
-            return 1.0
-        return max(0.0, min(1.0, nxt - time.time()))
+            return None
+        return max(0.0, min(DUE_WAIT_MAX, nxt - time.time()))
 
     def _log_limited(self, event: str, **kw: Any) -> None:
         now = time.monotonic()

@@ -25,6 +25,7 @@ from .exitcodes import ExitCode
 from .folder import FolderRuntime
 from .heartbeat import Heartbeat
 from .metrics import ListenError, MetricsServer, folder_health, lag
+from .pool import Pools
 from .units import format_size
 from .watcher import Watcher
 
@@ -35,7 +36,10 @@ log = structlog.get_logger("syncd.service")
 # IN_MOVED_FROM for 0.5 s while it looks for its IN_MOVED_TO).
 EVENT_GRACE = 0.6
 WAIT_POLL = 0.02  # `syncd wait` looks this often (a count query on the journal: cheap)
-STATUS_EVERY = 2.0
+# STATUS= is refreshed this often, and more slowly with many folders: a status line reads two
+# counts from every folder's journal.
+STATUS_EVERY, STATUS_EVERY_PER_FOLDER = 2.0, 0.05
+TICK_EVERY = 1.0  # the folders' timer: passes due, deferred remote parts, the root check
 
 
 class Daemon:
@@ -43,6 +47,8 @@ class Daemon:
         self.config = config
         self.folders: dict[str, FolderRuntime] = {}
         self.budget = ByteBudget(config.max_inflight_bytes)
+        # One set of threads for every folder (syncd.pool): transfers, probes, passes, loops.
+        self.pools = Pools.create(config.transfer_threads())
         self.watcher = Watcher(on_overflow=self._on_overflow)
         self.control = ControlServer(config.socket, self, config.socket_group)
         self.notifier = sdnotify.SystemdNotifier()
@@ -55,6 +61,7 @@ class Daemon:
         self.overflows = 0
         self.metrics: MetricsServer | None = None
         self.heartbeat: Heartbeat | None = None
+        self._under_systemd = bool(os.environ.get("NOTIFY_SOCKET"))  # else STATUS= goes nowhere
         usec = os.environ.get("WATCHDOG_USEC")
         self._watchdog_every = int(usec) / 2e6 if usec and usec.isdigit() else None
 
@@ -76,18 +83,20 @@ class Daemon:
         self._ready.set()
         self._notify("READY=1", self._status_line())
         log.info("daemon.ready", folders=len(self.folders), socket=str(self.config.socket), version=__version__)
-        next_status = next_ping = 0.0
+        next_status = next_ping = next_tick = 0.0
         while not self._stop.is_set():
             self._stop.wait(0.5)
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
             now = time.monotonic()
-            for runtime in list(self.folders.values()):
-                runtime.tick(now)
-            if now >= next_status:
+            if now >= next_tick:
+                for runtime in list(self.folders.values()):
+                    runtime.tick(now)
+                next_tick = now + TICK_EVERY
+            if self._under_systemd and now >= next_status:
                 self._notify(self._status_line())
-                next_status = now + STATUS_EVERY
+                next_status = now + max(STATUS_EVERY, STATUS_EVERY_PER_FOLDER * len(self.folders))
             if self._watchdog_every and now >= next_ping and self._healthy(now):
                 self._notify("WATCHDOG=1")
                 next_ping = now + self._watchdog_every
@@ -95,7 +104,7 @@ class Daemon:
         return 0
 
     def _add_folder(self, folder: Any) -> None:
-        runtime = FolderRuntime(folder, self.config.state_dir, self.budget)
+        runtime = FolderRuntime(folder, self.config.state_dir, self.budget, self.pools)
         with self._lock:
             self.folders[folder.name] = runtime
         runtime.start(self.watcher)
@@ -116,6 +125,7 @@ class Daemon:
         self.watcher.stop()
         for runtime in self.folders.values():
             runtime.stop(deadline)
+        self.pools.close()
         self.control.stop()
         log.info("daemon.stopped")
 
@@ -158,7 +168,8 @@ class Daemon:
         for name in removed:
             self._remove_folder(name, deadline)
         self.config = replace(self.config, folders=new.folders, log=new.log, metrics=new.metrics,
-                              heartbeat=new.heartbeat)
+                              heartbeat=new.heartbeat, max_workers=new.max_workers)
+        self.pools.transfers.resize(self.config.transfer_threads())
         for name in added:
             self._add_folder(fresh[name])
         log.info("reload.done", added=[n for n in added if n not in old], removed=[n for n in removed

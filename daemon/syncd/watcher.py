@@ -27,9 +27,9 @@ from watchdog.events import (
     FileSystemEventHandler,
     FileSystemMovedEvent,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from .observer import SharedObserver
 from .paths import IgnoreRules, relpath_of
 
 log = structlog.get_logger("syncd.watcher")
@@ -130,10 +130,10 @@ class _OverflowHook(logging.Handler):
 
 
 class Watcher:
-    """One watchdog observer (one inotify instance) for every folder."""
+    """One watchdog observer (one inotify instance, one emitter thread) for every folder."""
 
     def __init__(self, on_overflow: Callable[[], None] | None = None) -> None:
-        self._observer: BaseObserver = Observer()
+        self._observer: BaseObserver = SharedObserver()
         self._watches: dict[str, ObservedWatch] = {}
         self._hook: _OverflowHook | None = None
         if on_overflow is not None:

@@ -35,7 +35,7 @@ from .report import console, machine_facts, main_table, write_report
 
 # Every scenario, in the order of the current report (docs/benchmarks/full/).
 DEFAULT_SCENARIOS = ("initial", "delay", "burst", "large", "nochange", "rebuild", "takeover", "ingest", "latency",
-                     "idle", "scale")
+                     "idle", "folders", "scale")
 REPORT_DIR = REPO / "docs" / "benchmarks" / "full"   # the current report, which docs/benchmarks/README.md cites
 QUICK_DIR = REPO / "build" / "bench-quick"           # smoke tests never replace it (build/ is ignored by git)
 WEED_STOP_GRACE = 2.0

@@ -360,3 +360,67 @@ def _journal_rows(db: Path) -> int:
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
 
+
+
+# ---------------------------------------------------------------------- many folders
+
+FOLDER_COUNTS = (1, 10, 50, 100)
+FOLDER_FILES = 20             # small files per folder
+FOLDER_IDLE_S = 30.0          # CPU is measured over this long, once every folder is idle
+FOLDER_GOALS = {"threads": 40.0, "RSS": 200.0, "idle CPU": 0.5}   # at 100 folders (issue 21); CPU: below it
+
+
+def process_figures(pid: int) -> tuple[int, float, float]:
+    """(threads, RSS MiB, CPU seconds so far: utime + stime) of a process, from /proc."""
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    # Fields after the command name (which may hold spaces) begin at index 2 (state).
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return threads, rss, cpu
+
+
+def idle_figures(pid: int, seconds: float) -> tuple[int, float, float]:
+    """(threads, RSS MiB, CPU % of one core over ``seconds``) of an idle process."""
+    _, _, before = process_figures(pid)
+    started = time.monotonic()
+    time.sleep(seconds)
+    threads, rss, after = process_figures(pid)
+    return threads, rss, 100.0 * (after - before) / (time.monotonic() - started)
+
+
+@scenario("folders", f"{', '.join(map(str, FOLDER_COUNTS))} folders of {FOLDER_FILES} small files each, idle "
+                     f"once synced: threads, RSS, CPU over {FOLDER_IDLE_S:.0f} s (syncd only)")
+def folders(bench: Bench) -> None:
+    counts = FOLDER_COUNTS if not bench.options.quick else (1, 10)
+    for n in counts:
+        home = bench.scratch(f"folders-{n}")
+        bucket = bench.new_bucket(f"folders-{n}")
+        runner = bench.syncd_runner(home, bucket)
+        (runner.daemon.home / "folders.d" / "bench.yaml").unlink()  # only the folders below
+        runner.daemon.write_global(defaults={"endpoint_url": runner.daemon.endpoint, "region": "us-east-1"})
+        for i in range(n):
+            root = home / f"f{i:03d}"
+            root.mkdir(parents=True, exist_ok=True)
+            for j in range(FOLDER_FILES):
+                (root / f"file{j:02d}.txt").write_bytes(os.urandom(1024))
+            runner.daemon.add_folder(f"f{i:03d}", root, bucket, prefix=f"f{i:03d}/")
+        result = runner.start(bench.timeout_for(n * FOLDER_FILES) + 60)
+        pid = runner.pid
+        if result.error is not None or pid is None:
+            bench.add(Sample("folders", f"threads ({n} folders)", "threads", SYNCD, 0, None, False,
+                             result.error or "no daemon"))
+            runner.stop()
+            continue
+        threads, rss, cpu = idle_figures(pid, FOLDER_IDLE_S)
+        runner.stop()
+        last = n == FOLDER_COUNTS[-1]
+        for metric, unit, value in (("threads", "threads", float(threads)), ("RSS", "MiB", rss),
+                                    ("idle CPU", "%", cpu)):
+            goal = FOLDER_GOALS[metric] if last else None
+            met = goal is None or (value < goal if metric == "idle CPU" else value <= goal)
+            bench.add(Sample("folders", f"{metric} ({n} folders, idle)", unit, SYNCD, 0, value, met,
+                             "" if met else f"{value:.2f} {unit} misses the goal of {goal:g}", target=goal))

@@ -1,0 +1,213 @@
+"""The S3 clients, shared: folders with the same endpoint, credentials and client settings use
+one boto3 client and one CRT client (part of the S3 store implementation).
+
+A boto3 session loads the S3 service model anew and every client holds its own connection
+pool, and a CRT client its own event-loop thread: a hundred folders on one endpoint paid
+that a hundred times (issue 21). boto3 clients and awscrt's S3 client are thread-safe, so a
+client is built once per distinct setting (:func:`acquire`) and released by its last user.
+Requests are still counted per folder: each call carries its store's counter to the event
+hook (:class:`Counted`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+# See s3store: botocore's CRT signer copies every body; BOTO_DISABLE_CRT is read once, when
+# botocore is first imported.
+os.environ.setdefault("BOTO_DISABLE_CRT", "true")
+
+import boto3  # noqa: E402 - after the opt-out above
+import botocore.utils  # noqa: E402
+from botocore.config import Config as BotoConfig  # noqa: E402
+
+from .choices import AddressingStyle, Checksum  # noqa: E402
+from .config import FolderConfig  # noqa: E402
+from .s3crt import CrtClient  # noqa: E402
+from .s3errors import classify  # noqa: E402
+from .s3role import assume_role_session  # noqa: E402
+from .store import RequestCounts  # noqa: E402
+
+# A private call parameter: the calling store's request counter, taken out of the parameters
+# (before botocore validates them) into the request's context, where the response hook finds it.
+_COUNTER = "SyncdRequestCounter"
+_CONTEXT = "syncd_requests"
+
+
+def _timestamp(value: Any) -> datetime:
+    """botocore's timestamp parser with a fast path for S3's ISO 8601 form
+    (``2026-12-01T10:50:49.000Z``): botocore parses every listing entry's LastModified with
+    dateutil, which costs more than the rest of a LIST page together."""
+    if isinstance(value, str) and value.endswith("Z"):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    parsed: datetime = botocore.utils.parse_timestamp(value)
+    return parsed
+
+
+def _fast_timestamps(session: Any) -> None:
+    """Make the clients of ``session`` parse timestamps with :func:`_timestamp`."""
+    core = getattr(session, "_session", None)  # the botocore session under boto3's
+    if core is not None:
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+
+
+def addressing_of(folder: FolderConfig) -> AddressingStyle:
+    addressing = folder.addressing_style
+    if addressing == AddressingStyle.AUTO and folder.endpoint_url:
+        addressing = AddressingStyle.PATH  # S3-compatible servers on an IP or localhost need path style
+    return addressing
+
+
+def client_key(folder: FolderConfig) -> Hashable:
+    """Everything a client is built from: folders equal in these share it."""
+    return (folder.endpoint_url, folder.region, folder.profile, folder.role_arn, folder.role_session_name,
+            folder.role_external_id, folder.role_duration, folder.sts_endpoint_url, addressing_of(folder),
+            folder.request_timeout, folder.workers, folder.checksum == Checksum.OFF, bool(folder.bandwidth))
+
+
+@dataclass
+class Shared:
+    """One client set and how many stores use it."""
+
+    key: Hashable
+    client: Any
+    credentials: Any              # botocore credentials (refreshing for an assumed role), or None
+    crt: CrtClient | None         # the CRT data path for small PUTs, or None (see _crt_client)
+    users: int = 0
+
+
+_lock = threading.Lock()
+_shared: dict[Hashable, Shared] = {}
+
+
+def acquire(folder: FolderConfig, clock: Callable[[], datetime] | None = None,
+            connections: int | None = None) -> Shared:
+    """The client set for ``folder``, built on first use. ``clock`` (tests: fake time for
+    assumed-role credentials) gets a set of its own; ``connections`` (a restore's threads)
+    raises the HTTP pool's size."""
+    key = (client_key(folder), connections) if clock is None else object()
+    with _lock:  # building a client takes ~0.1 s; two folders at once must not build two
+        shared = _shared.get(key)
+        if shared is None:
+            shared = _build(folder, key, clock, connections)
+            if clock is None:
+                _shared[key] = shared
+        shared.users += 1
+        return shared
+
+
+def release(shared: Shared) -> None:
+    with _lock:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        if _shared.get(shared.key) is shared:
+            del _shared[shared.key]
+    shared.client.close()
+
+
+def _build(folder: FolderConfig, key: Hashable, clock: Callable[[], datetime] | None,
+           connections: int | None) -> Shared:
+    boto_config = BotoConfig(
+        region_name=folder.region,
+        connect_timeout=10,
+        read_timeout=folder.request_timeout,
+        # Shared by the folders of this setting: room for the shared transfer threads, the
+        # parts of large files and a reconcile pass's HEADs without discarding connections.
+        max_pool_connections=max(connections or 0, 2 * folder.workers + 8),
+        tcp_keepalive=True,
+        # Few quick client-side retries for blips; the journal's own backoff (capped at
+        # minutes, never dropping a change) handles outages, so botocore's retry quota
+        # draining during a long outage does not matter.
+        retries={"mode": "standard", "max_attempts": 3},
+        s3={"addressing_style": addressing_of(folder).value,
+            # Over plain HTTP botocore would SHA-256 every body for the signature: a second
+            # read of each part (and a third hash). The signed checksum header we send
+            # already lets the server reject a damaged or altered body; with
+            # `checksum: off` there is no such header, so the body stays signed.
+            "payload_signing_enabled": folder.checksum == Checksum.OFF},
+        # We send our own integrity checks (config 'checksum'); some S3-compatible
+        # stores reject the CRC headers newer boto3 sends by default (boto3 issue 4392).
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    try:
+        if folder.role_arn:
+            session = assume_role_session(folder, clock)
+        else:
+            session = boto3.session.Session(profile_name=folder.profile, region_name=folder.region)
+        _fast_timestamps(session)
+        credentials = session.get_credentials()
+        client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
+    except Exception as exc:  # profile missing and the like
+        raise classify(exc, bucket=folder.bucket) from exc
+    client.meta.events.register("provide-client-params.s3", _take_counter)
+    client.meta.events.register("response-received.s3", _count)
+    return Shared(key, client, credentials, _crt_client(credentials, client, folder))
+
+
+def _crt_client(credentials: Any, client: Any, folder: FolderConfig) -> CrtClient | None:
+    """The CRT data path for small PUTs, or None where it cannot serve (no credentials yet:
+    the probe reports that; a bandwidth limit: bodies are paced by the boto3 path)."""
+    if credentials is None or folder.bandwidth:
+        return None
+
+    def current() -> tuple[str, str, str | None]:
+        frozen = credentials.get_frozen_credentials()  # refreshes assumed-role credentials
+        return frozen.access_key, frozen.secret_key, frozen.token
+
+    return CrtClient(client.meta.endpoint_url, client.meta.region_name or "us-east-1", current,
+                     timeout=folder.request_timeout, sign_body=folder.checksum == Checksum.OFF)
+
+
+def _take_counter(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    """botocore, first thing in every call: move the caller's counter into the context."""
+    counter = params.pop(_COUNTER, None)
+    if counter is not None:
+        context[_CONTEXT] = counter
+
+
+def _count(event_name: str, response_dict: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+           **_: Any) -> None:
+    """botocore, once per attempt (``response-received.s3.OPERATION``)."""
+    counter = None if context is None else context.get(_CONTEXT)
+    if isinstance(counter, RequestCounts):
+        status = None if response_dict is None else int(response_dict.get("status_code") or 0)
+        counter.add(event_name.rsplit(".", 1)[-1], status)
+
+
+class Counted:
+    """A shared client as one store uses it: every call carries that store's counter."""
+
+    # Calls that take no API parameters (or, for `copy`, only s3transfer's own).
+    _PLAIN = frozenset({"meta", "close", "copy", "exceptions"})
+
+    def __init__(self, client: Any, counter: RequestCounts):
+        self._client = client
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name in self._PLAIN:
+            return attr
+        if name == "get_paginator":
+            return lambda operation: _CountedPaginator(attr(operation), self._counter)
+        return partial(attr, **{_COUNTER: self._counter})
+
+
+class _CountedPaginator:
+    def __init__(self, paginator: Any, counter: RequestCounts):
+        self._paginator = paginator
+        self._counter = counter
+
+    def paginate(self, **kwargs: Any) -> Any:
+        return self._paginator.paginate(**kwargs, **{_COUNTER: self._counter})
