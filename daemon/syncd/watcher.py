@@ -25,10 +25,10 @@ from watchdog.events import (
     FileSystemEventHandler,
     FileSystemMovedEvent,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .paths import IgnoreRules, relpath_of
+from .watches import Observer  # watchdog's inotify observer, root walks by find
 
 log = structlog.get_logger("syncd.watcher")
 
