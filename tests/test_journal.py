@@ -187,3 +187,19 @@ def test_a_journal_truncated_after_a_clean_close_is_moved_aside(tmp_path):
     assert journal.fresh_reason == "corrupt"
     assert journal.counts()["pending"] == 0
     journal.close()
+
+
+def test_a_rebuild_that_did_not_finish_is_done_again_at_the_next_open(tmp_path):
+    # Started without a journal, stopped before the bucket could be listed (endpoint down):
+    # the next start must still adopt the bucket's objects, not upload everything again.
+    db_path = tmp_path / "j.sqlite3"
+    first = Journal(db_path, "test|bucket|")
+    assert first.fresh
+    first.close()
+    second = Journal(db_path, "test|bucket|")
+    assert second.fresh and second.fresh_reason == "rebuild unfinished"
+    second.rebuilt()
+    second.close()
+    third = Journal(db_path, "test|bucket|")
+    assert not third.fresh
+    third.close()
