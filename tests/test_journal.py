@@ -201,3 +201,19 @@ def test_a_journal_from_before_quiet_periods_opens_with_its_pending_rows_kept(tm
     j = Journal(tmp_path / "old.db", "test")
     j.record([("new.txt", None, 0, 0.02)], max_delay=30)
     assert {(p.path, p.quiet) for p in j.claim_due(time.time(), 10)} == {("kept.txt", None), ("new.txt", 0.02)}
+
+
+def test_a_rebuild_that_did_not_finish_is_done_again_at_the_next_open(tmp_path):
+    # Started without a journal, stopped before the bucket could be listed (endpoint down):
+    # the next start must still adopt the bucket's objects, not upload everything again.
+    db_path = tmp_path / "j.sqlite3"
+    first = Journal(db_path, "test|bucket|")
+    assert first.fresh
+    first.close()
+    second = Journal(db_path, "test|bucket|")
+    assert second.fresh and second.fresh_reason == "rebuild unfinished"
+    second.rebuilt()
+    second.close()
+    third = Journal(db_path, "test|bucket|")
+    assert not third.fresh
+    third.close()

@@ -282,6 +282,10 @@ class FolderRuntime:
             if rebuild:
                 # The adoptions are journaled: uploads may start. The sweep below need not
                 # hold them (it never aborts an upload this folder has journaled).
+                try:
+                    self.journal.rebuilt()
+                except sqlite3.Error as exc:  # the next start adopts again: a listing, no upload
+                    self._log.warning("journal.rebuild_not_recorded", error=str(exc))
                 self.scheduler.set_rebuilding(False)
             report.uploads_aborted = self._sweep_uploads(transfers)
             self.last_reconcile, self.last_reconcile_at, self.last_reconcile_error = report, time.time(), None

@@ -65,6 +65,7 @@ class RowState(IntEnum):
 
 READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
 _T = TypeVar("_T")
+REBUILDING = "rebuilding"  # meta: a rebuild (adopting the bucket's objects) began and has not finished
 CLOSED = "closed"    # meta: close() completed (the next open may skip the integrity check)
 APPROXIMATE_AGE = 50  # an approximate count may be this many times as old as counting took
 
@@ -207,6 +208,10 @@ class Journal:
         self.fresh = "identity" not in meta
         if self.fresh and not self.fresh_reason:
             self.fresh_reason = "lost"  # the file existed but held no state
+        elif meta.get(REBUILDING) == "1":
+            # The last run began a rebuild and never finished its listing (the endpoint was
+            # down, say): without it, every file the bucket already holds would be uploaded again.
+            self.fresh, self.fresh_reason = True, "rebuild unfinished"
         with self.transaction():
             if meta.get("identity") not in (None, self.identity):
                 # Bucket, prefix or endpoint changed: the manifest describes another place.
@@ -221,6 +226,8 @@ class Journal:
                 self.fresh = True
                 self.fresh_reason = "target changed"
             db.execute(f"DELETE FROM meta WHERE key='{CLOSED}'")  # until the next close() completes
+            if self.fresh:  # until rebuilt() says the bucket's objects are adopted
+                db.execute(f"INSERT OR REPLACE INTO meta VALUES ('{REBUILDING}', '1')")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # Claims do not survive a restart: whatever was in flight is simply redone.
@@ -483,6 +490,10 @@ class Journal:
         with self.reader() as db:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def rebuilt(self) -> None:
+        """From the remote pass's thread: the rebuild's listing and adoptions are journaled."""
+        self.set_meta(REBUILDING, "0")
 
     def set_meta(self, key: str, value: str) -> None:
         """From any thread: its own short connection, as the writer's belongs to the scheduler."""

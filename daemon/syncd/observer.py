@@ -29,6 +29,8 @@ from watchdog.observers.inotify_move_event_grouper import (
     PathedInotifyEvent,
 )
 
+from .watches import directories
+
 MOVE_DELAY = InotifyMoveEventGrouper.delay  # how long an IN_MOVED_FROM waits for its IN_MOVED_TO
 
 
@@ -151,6 +153,18 @@ class _WatchGroup(InotifyWatchGroup):
         assert self.grouper is not None
         self._move_event_grouper = self.grouper  # type: ignore[assignment]  # (its interface, see _Grouper)
         super().__post_init__()  # activates the watches: events go to the grouper from now on
+
+    def _add_all_callbacks(self, path: bytes) -> None:
+        """The root's directories listed by find, not os.walk (see syncd.watches)."""
+        found = None
+        if path == self.path and self.is_recursive and not self.follow_symlink and os.path.isdir(path):
+            found = directories(path)
+        if found is None:
+            super()._add_all_callbacks(path)
+            return
+        self._add_callback(path)
+        for directory in found:
+            self._add_callback(directory)
 
 
 class SharedEmitter(InotifyEmitter):
