@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from syncd.changes import Entry, Outcome, OutcomeKind
-from syncd.journal import CLAIMED, Journal
+from syncd.journal import Journal
+from syncd.schema import CLAIMED
 
 from tests.support.daemon import await_condition
 

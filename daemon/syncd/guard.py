@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from .beneath import folder_root
 from .config import FolderConfig
-from .journal import READY, Journal
+from .journal import Journal
+from .schema import READY
 from .store import FOLDER, StoreError
 
 LOOKAHEAD = 20_000  # open changes a deletion wave's check looks at (one lstat each), at most

@@ -36,115 +36,34 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
-from enum import IntEnum
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import structlog
 
 from .changes import Entry, IntentOp, Outcome, OutcomeKind, Pending
+from .schema import (
+    CLAIMED,
+    FAILED,
+    MANIFEST_BLOCK,
+    READY,
+    SAME_FILE,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SELECT_ENTRY,
+    UPSERT,
+    UPSERT_DIR,
+)
 from .sql import immediate
-from .uploads import SCHEMA as UPLOADS_SCHEMA
 from .uploads import UploadLog
 from .uploads import migrate as migrate_uploads
 
 log = structlog.get_logger("syncd.journal")
 
-SCHEMA_VERSION = 6  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
-                    # 4: write intents and the foreign-key cache (tables intents, foreign); 5: trash stamps;
-                    # 6: pending.quiet (a finished write's shorter quiet period)
-
-
-class RowState(IntEnum):
-    """A `pending` row's ``state`` column (formatted into the SQL below as ``{READY:d}``)."""
-
-    READY = 0    # waiting to be due and claimed
-    CLAIMED = 1  # taken by the scheduler: being worked on
-    FAILED = 2   # parked: a permanent failure that needs the user (`syncd retry`)
-
-
-READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
 _T = TypeVar("_T")
 REBUILDING = "rebuilding"  # meta: a rebuild (adopting the bucket's objects) began and has not finished
 CLOSED = "closed"    # meta: close() completed (the next open may skip the integrity check)
 APPROXIMATE_AGE = 50  # an approximate count may be this many times as old as counting took
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending(
-    path       TEXT PRIMARY KEY,
-    move_from  TEXT,
-    first_seen REAL NOT NULL,
-    due        REAL NOT NULL,
-    gen        INTEGER NOT NULL DEFAULT 1,
-    state      INTEGER NOT NULL DEFAULT {READY:d},
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    error      TEXT,
-    quiet      REAL      -- seconds its file must be unmodified before upload; NULL: the folder's settle
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS pending_due ON pending(state, due);
-CREATE INDEX IF NOT EXISTS pending_move ON pending(move_from) WHERE move_from IS NOT NULL;
--- The lag (syncd.metrics): the oldest unsynced change in O(log n), per scrape and /healthz.
--- first_seen changes only on insert and when a change is re-seen mid-transfer, never per event.
-CREATE INDEX IF NOT EXISTS pending_age ON pending(first_seen) WHERE state<2;
-CREATE TABLE IF NOT EXISTS manifest(
-    path     TEXT PRIMARY KEY,
-    size     INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    inode    INTEGER,
-    sha256   TEXT,
-    etag     TEXT
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS manifest_inode ON manifest(inode);
-CREATE TABLE IF NOT EXISTS intents(
-    path  TEXT PRIMARY KEY,
-    op    TEXT NOT NULL,      -- put, multipart or copy: what may have reached the key
-    since REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS trash(
-    path  TEXT PRIMARY KEY,
-    stamp TEXT NOT NULL,      -- syncd.trash.stamp: the trash key's deletion time
-    etag  TEXT                -- of the object being trashed (the manifest's), NULL if unknown
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS foreign_keys(
-    path TEXT PRIMARY KEY,
-    etag TEXT NOT NULL
-) WITHOUT ROWID;
-""" + UPLOADS_SCHEMA
-
-# A manifest row as ``find -printf syncd.tree.FIND_FORMAT`` prints the file it describes:
-# path, size, and mtime as seconds with ten fractional digits, fields ended by \x01 and the
-# record by \x00. Equal bytes mean equal size and mtime (the no-change restart's fast path).
-# find prints whole seconds rounded down and then the nanoseconds (-0.5 s is -1.5000000000);
-# SQLite's / and % round toward zero, hence the detour for times before 1970.
-_NANOS = "((mtime_ns % 1000000000 + 1000000000) % 1000000000)"
-MANIFEST_RECORD = ("path || char(1) || size || char(1) || "
-                   f"printf('%d.%09d0', (mtime_ns - {_NANOS}) / 1000000000, {_NANOS}) || char(0)")
-# SQLite (3.40) has no ORDER BY inside group_concat; it concatenates in the subquery's order.
-# Were that ever not so, the blocks would only differ from the listing: slower, not wrong.
-_BLOCK = (f"SELECT group_concat(rec, ''), max(path), count(*) FROM (SELECT path, {MANIFEST_RECORD} AS rec "
-          "FROM manifest WHERE path > ? ORDER BY path LIMIT ?)")
-
-# Debounce in SQL: each event sets `due` to its own (now+settle, or now+settle_closed for a
-# finished write), but never past first_seen+max_delay, so a file appended to forever is still
-# uploaded periodically. The latest event also decides the quiet period the planner checks.
-_ON_CONFLICT = f"""
-ON CONFLICT(path) DO UPDATE SET
-    move_from = COALESCE(excluded.move_from, pending.move_from),
-    due = MIN(excluded.due, pending.first_seen + ?),
-    quiet = excluded.quiet,
-    gen = pending.gen + 1,
-    state = CASE pending.state WHEN {CLAIMED:d} THEN {CLAIMED:d} ELSE {READY:d} END,
-    attempts = CASE pending.state WHEN {FAILED:d} THEN 0 ELSE pending.attempts END,
-    error = CASE pending.state WHEN {FAILED:d} THEN NULL ELSE pending.error END
-"""
-_ENTRY = "SELECT path, size, mtime_ns, inode, sha256, etag FROM manifest"
-# The same file under another name (a rename or a hard link): same inode, size and mtime.
-_SAME_FILE = " WHERE inode=? AND size=? AND mtime_ns=? AND path!=? LIMIT 1"
-_UPSERT = "INSERT INTO pending(path, move_from, first_seen, due, quiet) VALUES (?, ?, ?, ?, ?)" + _ON_CONFLICT
-# Everything the manifest holds below a directory (a directory deleted or moved away).
-_UPSERT_DIR = ("INSERT INTO pending(path, move_from, first_seen, due, quiet) "
-               "SELECT path, NULL, ?, ?, NULL FROM manifest WHERE path >= ? AND path < ? " + _ON_CONFLICT)
 
 
 # An observed change for Journal.record: (path, move_from, due) or (path, move_from, due, quiet).
@@ -195,7 +114,7 @@ class Journal:
         db = self._db
         with self.transaction():
             migrate_uploads(db)
-        db.executescript(_SCHEMA)
+        db.executescript(SCHEMA)
         if "quiet" not in {r[1] for r in db.execute("PRAGMA table_info(pending)")}:
             db.execute("ALTER TABLE pending ADD COLUMN quiet REAL")  # a journal of schema 5 or older
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -273,14 +192,14 @@ class Journal:
         rows = [(c[0], c[1], now, c[2], c[3] if len(c) > 3 else None, max_delay) for c in changes]
         if rows:
             with self.transaction() as db:
-                db.executemany(_UPSERT, rows)
+                db.executemany(UPSERT, rows)
         return len(rows)
 
     def record_dir(self, prefix: str, due: float, max_delay: float) -> None:
         """Note that every manifest path below directory ``prefix`` may have changed."""
         # '0' is the character after '/', so [prefix/, prefix0) is exactly the subtree.
         with self.transaction() as db:
-            db.execute(_UPSERT_DIR, (time.time(), due, prefix + "/", prefix + "0", max_delay))
+            db.execute(UPSERT_DIR, (time.time(), due, prefix + "/", prefix + "0", max_delay))
 
     def forget(self, items: Iterable[tuple[str, int, str | None]]) -> None:
         """Drop manifest rows the bucket no longer matches: ``(path, mtime_ns, etag)``.
@@ -406,12 +325,12 @@ class Journal:
                                 (path,)).fetchone() is not None
 
     def entry(self, path: str) -> Entry | None:
-        row = self._db.execute(_ENTRY + " WHERE path=?", (path,)).fetchone()
+        row = self._db.execute(SELECT_ENTRY + " WHERE path=?", (path,)).fetchone()
         return Entry(*row) if row else None
 
     def entry_by_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> Entry | None:
         """A manifest entry that is the same file under another name (a rename or hard link)."""
-        row = self._db.execute(_ENTRY + _SAME_FILE, (inode, size, mtime_ns, exclude)).fetchone()
+        row = self._db.execute(SELECT_ENTRY + SAME_FILE, (inode, size, mtime_ns, exclude)).fetchone()
         return Entry(*row) if row else None
 
     # ------------------------------------------------------------------ reader side
@@ -474,7 +393,7 @@ class Journal:
     def lookup_inode(self, inode: int, size: int, mtime_ns: int, exclude: str) -> str | None:
         """Reader-side :meth:`entry_by_inode` for the scan thread: the other path's name."""
         with self.reader() as db:
-            row = db.execute("SELECT path FROM manifest" + _SAME_FILE, (inode, size, mtime_ns, exclude)).fetchone()
+            row = db.execute("SELECT path FROM manifest" + SAME_FILE, (inode, size, mtime_ns, exclude)).fetchone()
         return row[0] if row else None
 
     def has_pending(self, path: str) -> bool:
@@ -524,7 +443,7 @@ class Journal:
             db.execute("BEGIN")
             after = ""
             while True:
-                blob, last, count = db.execute(_BLOCK, (after, rows)).fetchone()
+                blob, last, count = db.execute(MANIFEST_BLOCK, (after, rows)).fetchone()
                 if not count:
                     return
                 yield blob, last, count

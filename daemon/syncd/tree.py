@@ -5,7 +5,7 @@ and lstat walk costs a few times more per file than GNU find, which runs in
 its own process (on the other core) while the journal reads the manifest. ``find`` prints
 every regular file as ``path \\x01 size \\x01 mtime \\x00``, ``sort -z`` puts the records in
 byte order, and the journal prints its manifest rows in exactly that form and order
-(:data:`syncd.journal.MANIFEST_RECORD`). A block of manifest rows that equals the next bytes
+(:data:`syncd.schema.MANIFEST_RECORD`). A block of manifest rows that equals the next bytes
 of the listing needs no Python per file: every file in it is unchanged. Only a block that
 differs is parsed and merged row by row. Memory is bounded: the pipe is read in small
 pieces, the manifest is prefetched up to a fixed size, and sort spills to disk beyond its
@@ -31,7 +31,7 @@ from functools import lru_cache
 
 from .paths import IgnoreRules
 
-FIND_FORMAT = r"%P\001%s\001%T@\000"  # must print what journal.MANIFEST_RECORD prints
+FIND_FORMAT = r"%P\001%s\001%T@\000"  # must print what schema.MANIFEST_RECORD prints
 READ_SIZE = 256 * 1024
 SORT_BUFFER = "32M"        # sort's own memory; beyond it, it merges through temporary files
 PREFETCH_BYTES = 8 << 20   # manifest blocks read while find runs (bounds memory, not correctness)
