@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from syncd.azurestore import from_azure, to_azure
+from syncd.azuremeta import from_azure, to_azure
 from syncd.store import object_meta
 
 from .support.azurite import AzuriteServer

@@ -1,5 +1,5 @@
-"""The Azure Blob Storage implementation of :class:`syncd.store.ObjectStore`; with azureerrors
-and azureauth, the only modules importing the Azure SDK. ``bucket`` is the container,
+"""The Azure Blob Storage implementation of :class:`syncd.store.ObjectStore`; with azureerrors,
+azureauth and azuremeta, the only modules importing the Azure SDK. ``bucket`` is the container,
 ``endpoint_url`` the account's blob endpoint.
 
 How S3's shape maps onto block blobs (docs/configuration.md, "Azure Blob Storage"):
@@ -27,7 +27,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -35,16 +34,16 @@ import requests.adapters
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobBlock, ContentSettings, LinearRetry
+from azure.storage.blob import BlobBlock, LinearRetry
 
 from .azureauth import service_client
 from .azureerrors import classify, error_code
+from .azuremeta import META_ETAG, block_id, etag_of, object_of, parse_block, settings, to_azure
 from .bandwidth import Payload
 from .config import FolderConfig
 from .store import (
     FOLDER,
     KEY,
-    META_RCLONE_MTIME,
     NO_HEADERS,
     TRANSIENT,
     Changed,
@@ -66,67 +65,10 @@ MAX_NAME = 1024              # Azure: a blob name is at most 1024 characters (Az
 MIN_PART = 5 * 1024 * 1024   # the protocol's (S3's) minimum part: the pipeline sizes parts for it
 PAGE_SIZE = 1000             # the protocol's page (S3's); Azure allows up to 5000
 COPY_POLL_MAX = 2.0          # seconds between polls of a pending Copy Blob
-META_ETAG = "syncd_etag"     # the S3-form ETag of a committed block list (see above)
-_MULTIPART = re.compile(r"^[0-9a-f]{32}-[0-9]+$")
-_BLOCK = re.compile(r"^[0-9a-f]{16}\d{5}$")  # a block id's upload id and part number
-
-# Object header -> ContentSettings field. Blob HTTP headers have no Expires.
-_SETTINGS = {"Content-Type": "content_type", "Cache-Control": "cache_control",
-             "Content-Disposition": "content_disposition", "Content-Encoding": "content_encoding",
-             "Content-Language": "content_language"}
 
 
-# ---------------------------------------------------------------------- metadata names
 
-def to_azure(meta: Mapping[str, str]) -> dict[str, str]:
-    """syncd's metadata as Azure stores it (names that are C# identifiers)."""
-    out: dict[str, str] = {}
-    for name, value in meta.items():
-        if name.startswith("syncd-"):
-            name = name.replace("-", "_")
-        elif name == META_RCLONE_MTIME:
-            value = _rfc3339(value)
-        out[name] = value
-    return out
-
-
-def from_azure(meta: Mapping[str, str]) -> dict[str, str]:
-    """The inverse of :func:`to_azure`, without syncd's internal ``syncd_etag``."""
-    out: dict[str, str] = {}
-    for name, value in meta.items():
-        if name.lower() == META_ETAG:
-            continue
-        if name.lower().startswith("syncd_"):
-            name = name.lower().replace("_", "-")
-        elif name.lower() == META_RCLONE_MTIME:
-            name, value = META_RCLONE_MTIME, _seconds(value)
-        out[name] = value
-    return out
-
-
-def _rfc3339(seconds: str) -> str:
-    """``1700000000.123456789`` as rclone's azureblob ``mtime`` (RFC 3339, nanoseconds, UTC)."""
-    whole, _, frac = seconds.partition(".")
-    try:
-        moment = datetime.fromtimestamp(int(whole), UTC)
-    except (ValueError, OverflowError):
-        return seconds
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{(frac or '0').ljust(9, '0')[:9]}Z"
-
-
-def _seconds(stamp: str) -> str:
-    """rclone's RFC 3339 ``mtime`` back in the S3 form; anything else unchanged."""
-    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z", stamp)
-    if m is None:
-        return stamp
-    whole = int(datetime.fromisoformat(m.group(1) + "+00:00").timestamp())
-    return f"{whole}.{(m.group(2) or '0').ljust(9, '0')}"
-
-
-def _settings(headers: Mapping[str, str], md5: bytes | bytearray | None = None) -> ContentSettings:
-    fields: dict[str, Any] = {_SETTINGS[k]: v for k, v in headers.items() if k in _SETTINGS}
-    return ContentSettings(content_md5=bytearray(md5) if md5 else None, **fields)
-
+# ---------------------------------------------------------------------- request bodies
 
 def _paced(body: Payload) -> bytes | bytearray:
     """The body's bytes, read through its pacing once when it is paced (a bandwidth limit):
@@ -142,41 +84,6 @@ def _paced(body: Payload) -> bytes | bytearray:
 
 def _content_md5(digest: bytes) -> dict[str, str]:
     return {"Content-MD5": base64.b64encode(digest).decode()}
-
-
-def _etag(props: Any) -> str:
-    """The ETag the pipeline sees (see the module docstring)."""
-    meta = props.metadata or {}
-    stored = meta.get(META_ETAG, "")
-    if _MULTIPART.match(stored):
-        return str(stored)
-    md5 = props.content_settings.content_md5 if props.content_settings is not None else None
-    if md5:
-        return bytes(md5).hex()
-    return str(props.etag or "").strip('"')
-
-
-def _object(key: str, props: Any, with_meta: bool) -> RemoteObject:
-    modified = props.last_modified.timestamp() if props.last_modified is not None else None
-    return RemoteObject(key, int(props.size or 0), _etag(props), from_azure(props.metadata or {}) if with_meta
-                        else None, modified)
-
-
-def _block_id(upload_id: str, number: int, md5_hex: str) -> str:
-    """Upload id, part number and the part's raw MD5: 37 bytes, 52 characters of base64 (Azure
-    takes at most 64 bytes before encoding; Azurite at most 64 characters after)."""
-    return base64.b64encode(f"{upload_id}{number:05d}".encode() + bytes.fromhex(md5_hex)).decode()
-
-
-def _parse_block(block_id: str) -> tuple[str, int, str] | None:
-    try:
-        raw = base64.b64decode(block_id)
-        head = raw[:21].decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if len(raw) != 37 or not _BLOCK.match(head):
-        return None
-    return head[:16], int(head[16:]), raw[21:].hex()
 
 
 # ---------------------------------------------------------------------- the store
@@ -263,7 +170,7 @@ class AzureBlobStore:
             # header, not the SDK's validate_content, which would read a paced body twice), and
             # keeps it as the blob's MD5.
             blob.upload_blob(data, length=len(body), overwrite=True, metadata=to_azure(meta),
-                             content_settings=_settings(headers, md5), headers=_content_md5(md5))
+                             content_settings=settings(headers, md5), headers=_content_md5(md5))
         except Exception as exc:
             done(classify(exc, key, self.bucket))
             return
@@ -280,7 +187,7 @@ class AzureBlobStore:
         md5 = digest.hex()
         try:
             # The block's Content-MD5: the service checks the body against it.
-            self._blob(key).stage_block(_block_id(upload_id, number, md5), _paced(body), length=len(body),
+            self._blob(key).stage_block(block_id(upload_id, number, md5), _paced(body), length=len(body),
                                         headers=_content_md5(digest))
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
@@ -297,8 +204,8 @@ class AzureBlobStore:
         stored = to_azure(meta or {})
         stored[META_ETAG] = etag
         try:
-            self._blob(key).commit_block_list([BlobBlock(_block_id(upload_id, p.number, p.etag)) for p in ordered],
-                                              metadata=stored, content_settings=_settings(headers))
+            self._blob(key).commit_block_list([BlobBlock(block_id(upload_id, p.number, p.etag)) for p in ordered],
+                                              metadata=stored, content_settings=settings(headers))
         except HttpResponseError as exc:
             if error_code(exc) == "InvalidBlockList":
                 if self.list_parts(key, upload_id) is None:
@@ -339,7 +246,7 @@ class AzureBlobStore:
             raise
         found: dict[str, dict[int, Part]] = {}
         for block in uncommitted:
-            parsed = _parse_block(block.id)
+            parsed = parse_block(block.id)
             if parsed is not None and (upload_id is None or parsed[0] == upload_id):
                 found.setdefault(parsed[0], {})[parsed[1]] = Part(parsed[1], parsed[2], "", int(block.size))
         return found
@@ -383,10 +290,10 @@ class AzureBlobStore:
             if META_ETAG in (props.metadata or {}):
                 stored[META_ETAG] = props.metadata[META_ETAG]
             # Each only if the blob is still the one read (412 otherwise: TRANSIENT, planned again).
-            changed = blob.set_http_headers(_settings(headers, props.content_settings.content_md5), etag=props.etag,
+            changed = blob.set_http_headers(settings(headers, props.content_settings.content_md5), etag=props.etag,
                                             match_condition=MatchConditions.IfNotModified)
             blob.set_blob_metadata(stored, etag=changed["etag"], match_condition=MatchConditions.IfNotModified)
-            return _etag(blob.get_blob_properties())
+            return etag_of(blob.get_blob_properties())
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
 
@@ -399,7 +306,7 @@ class AzureBlobStore:
             source = self._blob(src_key)
             dest = self._blob(dst_key)
             props = source.get_blob_properties()
-            if if_match is not None and _etag(props) != if_match:
+            if if_match is not None and etag_of(props) != if_match:
                 raise Changed(f"azure://{self.bucket}/{src_key}: ConditionNotMet: the ETag is not {if_match}",
                               scope=KEY, code="ConditionNotMet", key=src_key)
             answer = dest.start_copy_from_url(source.url, source_etag=props.etag,
@@ -418,10 +325,10 @@ class AzureBlobStore:
                 raise StoreError(f"azure://{self.bucket}/{dst_key}: copy from {src_key} ended {status}",
                                  scope=TRANSIENT, code="CopyFailed", key=dst_key)
             if headers is not None:
-                dest.set_http_headers(_settings(headers, props.content_settings.content_md5))
+                dest.set_http_headers(settings(headers, props.content_settings.content_md5))
         except Exception as exc:
             raise classify(exc, dst_key, self.bucket) from exc
-        return _etag(props)
+        return etag_of(props)
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         if not keys:
@@ -457,7 +364,7 @@ class AzureBlobStore:
         try:
             # overwrite=False sends If-None-Match: *.
             self._blob(key).upload_blob(body, overwrite=not if_absent,
-                                        content_settings=_settings({"Content-Type": "application/json"},
+                                        content_settings=settings({"Content-Type": "application/json"},
                                                                    hashlib.md5(body).digest()))
         except ResourceExistsError:
             if if_absent:
@@ -480,7 +387,7 @@ class AzureBlobStore:
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return _object(key, props, True)
+        return object_of(key, props, True)
 
     def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> _Body:
         try:
@@ -495,7 +402,7 @@ class AzureBlobStore:
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
         props = stream.properties
-        info = _object(key, props, True)
+        info = object_of(key, props, True)
         total = str(getattr(props, "content_range", "") or "")
         if "/" in total and not total.endswith("/*"):
             info = RemoteObject(key, int(total.rsplit("/", 1)[1]), info.etag, info.meta, info.modified)
@@ -520,7 +427,7 @@ class AzureBlobStore:
                                                results_per_page=PAGE_SIZE).by_page()
             empty = True
             for page in pages:
-                batch = [_object(b.name, b, False) for b in page]
+                batch = [object_of(b.name, b, False) for b in page]
                 empty = False
                 yield batch
             if empty:

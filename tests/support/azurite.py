@@ -179,14 +179,14 @@ class BlobClient:
         return _Pages(self._container)
 
     def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
-        from syncd.azurestore import from_azure
+        from syncd.azuremeta import from_azure
 
         stream = self._container(Bucket).download_blob(Key)
         return {"Body": _Body(stream.readall()), "Metadata": from_azure(stream.properties.metadata or {}),
                 "ContentLength": stream.properties.size}
 
     def head_object(self, Bucket: str, Key: str) -> dict[str, Any]:  # noqa: N803
-        from syncd.azurestore import from_azure
+        from syncd.azuremeta import from_azure
 
         props = self._container(Bucket).get_blob_client(Key).get_blob_properties()
         return {"ContentLength": props.size, "Metadata": from_azure(props.metadata or {}),
