@@ -19,7 +19,7 @@ from .choices import DeleteMode
 from .config import Config, ConfigError, FolderConfig, load_config
 from .exitcodes import ExitCode
 from .store import ObjectStore, StoreError, open_store
-from .validators import _bucket, _prefix
+from .validators import parse_bucket, parse_prefix
 
 if TYPE_CHECKING:
     from .restore import Result as RestoreResult
@@ -99,8 +99,8 @@ def _source(args: argparse.Namespace) -> FolderConfig | int:
         else:
             bucket, prefix = args.bucket, args.prefix or ""
         try:
-            return FolderConfig(name=bucket, source=Path("<command line>"), path=target, bucket=_bucket(bucket),
-                                prefix=_prefix(prefix), endpoint_url=args.endpoint_url, region=args.region,
+            return FolderConfig(name=bucket, source=Path("<command line>"), path=target, bucket=parse_bucket(bucket),
+                                prefix=parse_prefix(prefix), endpoint_url=args.endpoint_url, region=args.region,
                                 profile=args.profile)
         except ValueError as exc:
             print(f"syncd: restore: {exc}", file=sys.stderr)

@@ -46,19 +46,19 @@ class HeaderRule:
     headers: tuple[tuple[str, str], ...]
 
 
-def _str(value: Any) -> str:
+def parse_str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty string, got {value!r}")
     return value
 
 
-def _opt(parser: Parser) -> Parser:
+def parse_opt(parser: Parser) -> Parser:
     def parse(value: Any) -> Any:
         return None if value is None else parser(value)
     return parse
 
 
-def _choice(*choices: str, kind: Callable[[str], Any] = str) -> Parser:
+def parse_choice(*choices: str, kind: Callable[[str], Any] = str) -> Parser:
     """One of ``choices``, as ``kind`` (a StrEnum of them, say)."""
     def parse(value: Any) -> Any:
         if value not in choices:
@@ -67,7 +67,7 @@ def _choice(*choices: str, kind: Callable[[str], Any] = str) -> Parser:
     return parse
 
 
-def _int_range(lo: int, hi: int) -> Parser:
+def parse_int_range(lo: int, hi: int) -> Parser:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ValueError(f"expected a whole number from {lo} to {hi}, got {value!r}")
@@ -75,7 +75,7 @@ def _int_range(lo: int, hi: int) -> Parser:
     return parse
 
 
-def _str_list(value: Any) -> tuple[str, ...]:
+def parse_str_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -83,14 +83,14 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _bucket(value: Any) -> str:
+def parse_bucket(value: Any) -> str:
     # AWS allows 3-63 of [a-z0-9.-]; S3-compatible stores and legacy buckets are laxer.
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{2,254}", value):
         raise ValueError(f"expected a bucket name (3+ characters of letters, digits, '.', '-', '_'), got {value!r}")
     return str(value)
 
 
-def _prefix(value: Any) -> str:
+def parse_prefix(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -100,28 +100,28 @@ def _prefix(value: Any) -> str:
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
-def _part_size(value: Any) -> int:
+def parse_part_size(value: Any) -> int:
     size = parse_size(value)
     if not S3_MIN_PART <= size <= S3_MAX_PART:
         raise ValueError("expected a part size from 5MiB to 5GiB (S3's multipart limits)")
     return size
 
 
-def _positive_rate(value: Any) -> int:
+def parse_positive_rate(value: Any) -> int:
     rate = parse_rate(value)
     if rate <= 0:
         raise ValueError("expected a rate greater than zero such as 20MiB/s (omit the key for no limit)")
     return rate
 
 
-def _positive_duration(value: Any) -> float:
+def parse_positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
         raise ValueError("expected a duration greater than zero")
     return seconds
 
 
-def _group(value: Any) -> int | None:
+def parse_group(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -134,13 +134,13 @@ def _group(value: Any) -> int | None:
     raise ValueError(f"expected a group name or number, got {value!r}")
 
 
-def _bool(value: Any) -> bool:
+def parse_bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
     return value
 
 
-def _max_delete(value: Any) -> str:
+def parse_max_delete(value: Any) -> str:
     text = str(value).strip()
     if isinstance(value, bool) or not re.fullmatch(r"[0-9]+%?|[0-9]+\.[0-9]+%", text):
         raise ValueError(f"expected a count such as 1000 or a percentage such as 25%, got {value!r}")
@@ -149,13 +149,13 @@ def _max_delete(value: Any) -> str:
     return text
 
 
-def _endpoint(value: Any) -> str:
+def parse_endpoint(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8333, got {value!r}")
     return value.rstrip("/")
 
 
-def _listen(value: Any) -> tuple[str, int]:
+def parse_listen(value: Any) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:9108`` for IPv6): an address to bind, not a URL."""
     text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     host, _, port = text.rpartition(":")
@@ -176,33 +176,33 @@ def _is_ip(text: str, version: int) -> bool:
         return False
 
 
-def _url(value: Any) -> str:
+def parse_url(value: Any) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+", value) or any(c.isspace() for c in value):
         raise ValueError(f"expected an http(s) URL such as https://hc-ping.com/UUID, got {value!r}")
     return value
 
 
-def _role_arn(value: Any) -> str:
+def parse_role_arn(value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"arn:[a-z-]+:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}", value):
         raise ValueError(f"expected a role ARN such as arn:aws:iam::123456789012:role/Uploader, got {value!r}")
     return value
 
 
-def _role_session_name(value: Any) -> str:
+def parse_role_session_name(value: Any) -> str:
     # STS: RoleSessionName is 2-64 of [\w+=,.@-]
     if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@-]{2,64}", value):
         raise ValueError(f"expected 2 to 64 letters, digits or any of + = , . @ - _, got {value!r}")
     return value
 
 
-def _role_external_id(value: Any) -> str:
+def parse_role_external_id(value: Any) -> str:
     # STS: ExternalId is 2-1224 of [\w+=,.@:/-]
     if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@:/-]{2,1224}", value):
         raise ValueError(f"expected 2 to 1224 letters, digits or any of + = , . @ : / - _, got {value!r}")
     return value
 
 
-def _role_duration(value: Any) -> int:
+def parse_role_duration(value: Any) -> int:
     seconds = parse_duration(value)
     if not MIN_ROLE_DURATION <= seconds <= MAX_ROLE_DURATION:
         raise ValueError(f"expected a session duration from 15m to 12h (STS AssumeRole's limits), got {value!r}")
@@ -223,7 +223,7 @@ def _header_value(name: str, value: Any) -> str:
     return value
 
 
-def _headers(value: Any) -> tuple[HeaderRule, ...]:
+def parse_headers(value: Any) -> tuple[HeaderRule, ...]:
     """``[{pattern: GLOB, Header-Name: value, ...}, ...]``; an unknown header name is an error."""
     if not isinstance(value, list):
         raise ValueError("expected a list of rules such as [{pattern: '*.html', Cache-Control: 'max-age=60'}]")
