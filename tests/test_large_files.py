@@ -287,6 +287,27 @@ def test_sigterm_stops_a_large_upload_between_parts_and_the_restart_resumes_it(p
     assert incomplete_uploads(s3, bucket) == []
 
 
+@pytest.mark.parametrize("backend", ["azure"], indirect=True)  # S3: the 1 GiB kill -9 test above
+def test_kill9_mid_large_upload_resumes_from_its_confirmed_parts(proxied_syncd, s3_proxy, tree, s3, bucket):
+    path = write_random(tree / "archive.tar", 60 * MiB, seed=6)
+    proxied_syncd.add_folder("main", tree, bucket, multipart_threshold="5MiB", part_size="5MiB",
+                             bandwidth="10MiB/s")
+    proxied_syncd.start()
+    await_condition(lambda: s3_proxy.counts().get("UploadPart", 0) >= 4, 60, "4 of 12 parts sent")
+    proxied_syncd.kill9()
+    assert s3_proxy.counts().get("CompleteMultipartUpload", 0) == 0, "the upload finished before the kill"
+    sent_before = s3_proxy.counts().get("UploadPart", 0)
+    s3_proxy.reset_counts()
+
+    proxied_syncd.start()
+    proxied_syncd.wait_idle(60)
+    # Resumed, not started over (an Azure upload id is made locally: no request to count).
+    assert s3_proxy.counts().get("UploadPart", 0) <= 12 - sent_before + 2  # at most two parts sent again
+    assert "multipart.resumed" in proxied_syncd.log()
+    assert sha256_object(s3, bucket, "archive.tar") == sha256_file(path)
+    assert incomplete_uploads(s3, bucket) == []
+
+
 def test_file_deleted_while_the_daemon_was_down_has_its_upload_aborted(proxied_syncd, s3_proxy, tree, s3, bucket):
     path = write_random(tree / "gone.bin", 30 * MiB, seed=6)
     (tree / "kept.txt").write_text("kept")
