@@ -21,6 +21,12 @@ class Seen:
         with self.lock:
             self.paths.add(path)
 
+    def finished(self, path: str, move_from: str | None = None) -> None:
+        self.submit(path, move_from)
+
+    def attributes_changed(self, path: str) -> None:
+        self.submit(path)
+
 
 def test_the_listing_holds_every_directory_parents_first_and_no_symlink(tmp_path):
     (tmp_path / "a" / "b" / "c").mkdir(parents=True)
