@@ -67,7 +67,9 @@ def test_missing_bucket_is_a_folder_error_while_other_folders_sync(syncd, tmp_pa
     status = await_condition(lambda: (f := syncd.folder_status("bad"))["state"] == "error" and f, 30,
                              "the folder with a missing bucket to report an error")
     assert "no-such-bucket-here" in status["last_error"] and "does not exist" in status["last_error"]
-    assert status["pending"] == 1  # its change is kept, not dropped
+    # Its change is kept, not dropped: the startup walk journals it once the first probe has
+    # failed (a new folder first waits for the store, to adopt what the bucket holds).
+    await_condition(lambda: syncd.folder_status("bad")["pending"] == 1, 30, "the change to be journaled")
     syncd.cli("wait", "good", "--timeout", "30")
     (good / "later.txt").write_text("still syncing")
     assert syncd.cli("wait", "good", "--timeout", "30").returncode == 0
