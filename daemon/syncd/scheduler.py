@@ -125,6 +125,9 @@ class Scheduler:
         self._drain()
         self._lane.close()
         self._probe_lane.close()
+        self._release_spare()
+        if self._transfers is not None:
+            self._transfers.store.close()
         if self._own_pools:
             self.pools.close()
 
@@ -388,6 +391,13 @@ class Scheduler:
             self.health.taking_over = False
         return transfers
 
+    def _release_spare(self) -> None:
+        """Drop a failed probe's store, releasing its client: a shared client is cached until
+        its last user closes it, and a new one reads the credentials afresh."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare is not self._transfers:
+            spare.store.close()
+
     def _ask_versioning(self, store: ObjectStore) -> None:
         """Pool thread: is the bucket versioned (GetBucketVersioning says Enabled)? Left None
         if it cannot be asked: only `syncd status` shows it, never the folder's work."""
@@ -413,7 +423,7 @@ class Scheduler:
             if exc is not None:
                 if not (isinstance(exc, StoreError) and exc.transient):
                     # Credentials or settings the user may fix: the next probe reads them afresh.
-                    self._spare = None
+                    self._release_spare()
                 self.health.probe_failed(exc)
                 continue
             self._transfers, self._spare = future.result(), None
