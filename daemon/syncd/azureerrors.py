@@ -21,6 +21,11 @@ def error_code(exc: HttpResponseError) -> str:
     return str(getattr(code, "value", code) or "")
 
 
+def blob_missing(exc: HttpResponseError) -> bool:
+    """The blob is absent (a 404 that is not the container's)."""
+    return exc.status_code == 404 and error_code(exc) != "ContainerNotFound"
+
+
 _FOLDER_CODES = {
     "ContainerNotFound": "the container does not exist: create it or fix 'bucket'",
     "AuthenticationFailed": "the request's signature was refused: fix the account key or the credentials",

@@ -37,7 +37,7 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobBlock, LinearRetry
 
 from .azureauth import service_client
-from .azureerrors import classify, error_code
+from .azureerrors import blob_missing, classify, error_code
 from .azuremeta import META_ETAG, block_id, etag_of, object_of, parse_block, settings, to_azure
 from .bandwidth import Payload
 from .config import FolderConfig
@@ -53,6 +53,7 @@ from .store import (
     RemoteObject,
     RequestCounts,
     StoreError,
+    StreamBody,
     Upload,
     UploadGone,
     Version,
@@ -87,25 +88,6 @@ def _content_md5(digest: bytes) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- the store
-
-class _Body:
-    """A Get Blob body (syncd.store.Fetched)."""
-
-    def __init__(self, info: RemoteObject, stream: Any, container: str):
-        self.info = info
-        self._stream = stream
-        self._container = container
-
-    def chunks(self, size: int) -> Iterator[bytes]:
-        try:
-            while piece := self._stream.read(size):
-                yield bytes(piece)
-        except Exception as exc:
-            raise classify(exc, self.info.key, self._container) from exc
-
-    def close(self) -> None:
-        pass  # the downloader holds no connection between reads
-
 
 class AzureBlobStore:
     """A container via azure-storage-blob; one client per folder, shared by its worker threads."""
@@ -354,7 +336,7 @@ class AzureBlobStore:
         try:
             return bytes(self._blob(key).download_blob().readall())
         except HttpResponseError as exc:
-            if exc.status_code == 404 and error_code(exc) != "ContainerNotFound":
+            if blob_missing(exc):
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -382,20 +364,20 @@ class AzureBlobStore:
         try:
             props = self._blob(key).get_blob_properties(version_id=version)
         except HttpResponseError as exc:
-            if exc.status_code == 404 and error_code(exc) != "ContainerNotFound":
+            if blob_missing(exc):
                 return None
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
         return object_of(key, props, True)
 
-    def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> _Body:
+    def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> StreamBody:
         try:
             length = None if last is None else last - first + 1
             offset = first if first or length is not None else None
             stream = self._blob(key).download_blob(offset=offset, length=length, version_id=version)
         except HttpResponseError as exc:
-            if exc.status_code == 404 and error_code(exc) != "ContainerNotFound":
+            if blob_missing(exc):
                 raise NotFound(f"azure://{self.bucket}/{key}: BlobNotFound: gone since it was listed", scope=KEY,
                                code="NoSuchKey", key=key) from exc
             raise classify(exc, key, self.bucket) from exc
@@ -406,7 +388,7 @@ class AzureBlobStore:
         total = str(getattr(props, "content_range", "") or "")
         if "/" in total and not total.endswith("/*"):
             info = RemoteObject(key, int(total.rsplit("/", 1)[1]), info.etag, info.meta, info.modified)
-        return _Body(info, stream, self.bucket)
+        return StreamBody(info, stream, self.bucket, classify, closing=False)
 
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:

@@ -35,6 +35,7 @@ from .store import (
     RemoteObject,
     RequestCounts,
     StoreError,
+    StreamBody,
     Upload,
     Version,
     fetch_by_get,
@@ -83,25 +84,6 @@ def _answered(key: str, resp: Mapping[str, Any]) -> RemoteObject:
     modified = resp.get("LastModified")
     return RemoteObject(key=key, size=size, etag=_etag(resp), meta=dict(resp.get("Metadata", {})),
                         modified=modified.timestamp() if modified is not None else None)
-
-
-class _Body:
-    """A GetObject body (syncd.store.Fetched): read in pieces, errors classified."""
-
-    def __init__(self, info: RemoteObject, stream: Any, bucket: str):
-        self.info = info
-        self._stream = stream
-        self._bucket = bucket
-
-    def chunks(self, size: int) -> Iterator[bytes]:
-        try:
-            while piece := self._stream.read(size):
-                yield piece
-        except Exception as exc:
-            raise classify(exc, self.info.key, self._bucket) from exc
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 class S3Store:
@@ -366,7 +348,7 @@ class S3Store:
             raise classify(exc, key, self.bucket) from exc
         return _answered(key, resp)
 
-    def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> _Body:
+    def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> StreamBody:
         args: dict[str, Any] = {"VersionId": version} if version else {}
         if first or last is not None:
             args["Range"] = f"bytes={first}-{'' if last is None else last}"
@@ -374,7 +356,7 @@ class S3Store:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return _Body(_answered(key, resp), resp["Body"], self.bucket)
+        return StreamBody(_answered(key, resp), resp["Body"], self.bucket, classify)
 
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .bandwidth import Payload
 
@@ -182,6 +182,31 @@ class Fetched(Protocol):
 
     def close(self) -> None:
         """Release the connection (also when the body was not read to the end)."""
+
+
+class StreamBody:
+    """A :class:`Fetched` over an SDK's body stream: read in pieces, the SDK's errors turned
+    into StoreErrors by the store's ``classify`` (key, bucket or container)."""
+
+    def __init__(self, info: RemoteObject, stream: Any, where: str,
+                 classify: Callable[[Exception, str | None, str], StoreError], closing: bool = True) -> None:
+        """``closing``: the stream holds a connection until closed (Azure's downloader does not)."""
+        self.info = info
+        self._stream = stream
+        self._where = where
+        self._classify = classify
+        self._closing = closing
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        try:
+            while piece := self._stream.read(size):
+                yield bytes(piece)
+        except Exception as exc:
+            raise self._classify(exc, self.info.key, self._where) from exc
+
+    def close(self) -> None:
+        if self._closing:
+            self._stream.close()
 
 
 def fetch_by_get(store: ObjectStore, key: str, version: str | None,
