@@ -182,24 +182,24 @@ def parse_url(value: Any) -> str:
     return value
 
 
-def parse_role_arn(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"arn:[a-z-]+:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}", value):
-        raise ValueError(f"expected a role ARN such as arn:aws:iam::123456789012:role/Uploader, got {value!r}")
-    return value
+def _matching(pattern: str, expected: str) -> Callable[[Any], str]:
+    """A parser of strings that match ``pattern`` whole; ``expected`` says what in the error."""
+    compiled = re.compile(pattern)
+
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            raise ValueError(f"expected {expected}, got {value!r}")
+        return value
+    return parse
 
 
-def parse_role_session_name(value: Any) -> str:
-    # STS: RoleSessionName is 2-64 of [\w+=,.@-]
-    if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@-]{2,64}", value):
-        raise ValueError(f"expected 2 to 64 letters, digits or any of + = , . @ - _, got {value!r}")
-    return value
-
-
-def parse_role_external_id(value: Any) -> str:
-    # STS: ExternalId is 2-1224 of [\w+=,.@:/-]
-    if not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@:/-]{2,1224}", value):
-        raise ValueError(f"expected 2 to 1224 letters, digits or any of + = , . @ : / - _, got {value!r}")
-    return value
+parse_role_arn = _matching(r"arn:[a-z-]+:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}",
+                           "a role ARN such as arn:aws:iam::123456789012:role/Uploader")
+# STS: RoleSessionName is 2-64 of [\w+=,.@-]
+parse_role_session_name = _matching(r"[\w+=,.@-]{2,64}", "2 to 64 letters, digits or any of + = , . @ - _")
+# STS: ExternalId is 2-1224 of [\w+=,.@:/-]
+parse_role_external_id = _matching(r"[\w+=,.@:/-]{2,1224}",
+                                   "2 to 1224 letters, digits or any of + = , . @ : / - _")
 
 
 def parse_role_duration(value: Any) -> int:
