@@ -463,3 +463,18 @@ class Bench:
         problem = result.error or self.verify(bucket, dataset)
         return self.add(Sample(scenario, metric, "s", runner.tool, rep, result.seconds, problem is None,
                                problem or "", extra))
+
+
+def quiet_window(pid: int, seconds: float) -> tuple[float, int, float]:
+    """(% of one CPU over ``seconds``, peak RSS in bytes sampled once a second, the seconds
+    actually measured) of a process left alone."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    before, t0 = proc.cpu_times(), time.monotonic()
+    peak = proc.memory_info().rss
+    while time.monotonic() - t0 < seconds:
+        time.sleep(1.0)
+        peak = max(peak, proc.memory_info().rss)
+    after, elapsed = proc.cpu_times(), time.monotonic() - t0
+    return (after.user + after.system - before.user - before.system) / elapsed * 100, peak, elapsed

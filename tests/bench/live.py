@@ -16,7 +16,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from .core import PREFIX, SYNCD, Bench, Dataset, PeerRunner, Sample, SyncdRunner, make_dataset, scenario
+from .core import PREFIX, SYNCD, Bench, Dataset, PeerRunner, Sample, SyncdRunner, make_dataset, quiet_window, scenario
 
 MiB = 1024 * 1024
 POLL_S = 0.005           # how often the harness looks for the object (HEAD): fine beside the 50 ms goal
@@ -102,8 +102,6 @@ def _sync_loop(peer: PeerRunner, stop: threading.Event, failures: list[str]) -> 
 
 @scenario("idle", "idle cost: CPU % and RSS of syncd watching a synced 100,000-file tree for 60 s")
 def idle(bench: Bench) -> None:
-    import psutil
-
     files = bench.size(100_000, 10_000)
     window = float(bench.size(60, 20))
     ds = make_dataset(bench.scratch("idle-data"), files=files, dirs=max(1, files // 100), min_size=100,
@@ -125,14 +123,7 @@ def idle(bench: Bench) -> None:
         deadline = time.monotonic() + 120
         while runner.control("status")["folders"][0]["state"] != "watching" and time.monotonic() < deadline:
             time.sleep(0.2)
-        proc = psutil.Process(runner.pid)
-        before, t0 = proc.cpu_times(), time.monotonic()
-        peak = proc.memory_info().rss
-        while time.monotonic() - t0 < window:
-            time.sleep(1.0)
-            peak = max(peak, proc.memory_info().rss)
-        after, elapsed = proc.cpu_times(), time.monotonic() - t0
-        cpu = (after.user + after.system - before.user - before.system) / elapsed * 100
+        cpu, peak, elapsed = quiet_window(runner.pid, window)
         problem = runner.stop()
         ok, detail = problem is None, problem or ""
         bench.add(sample(metric=f"CPU, {what}", unit="% CPU", rep=rep, value=cpu, ok=ok, detail=detail,

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from .core import REPO, SYNCD, Bench, Dataset, Sample, SyncdRunner, scenario
+from .core import REPO, SYNCD, Bench, Dataset, Sample, SyncdRunner, quiet_window, scenario
 
 MiB = 1024 * 1024
 IDLE_CPU_TARGET = 0.5      # % of one CPU
@@ -49,20 +49,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _quiet_window(pid: int, seconds: float) -> tuple[float, int]:
-    """(% of one CPU over ``seconds``, peak RSS in bytes), sampled once a second."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    before, t0 = proc.cpu_times(), time.monotonic()
-    peak = proc.memory_info().rss
-    while time.monotonic() - t0 < seconds:
-        time.sleep(1.0)
-        peak = max(peak, proc.memory_info().rss)
-    after, elapsed = proc.cpu_times(), time.monotonic() - t0
-    return (after.user + after.system - before.user - before.system) / elapsed * 100, peak
 
 
 def _await(runner: SyncdRunner, done: Callable[[dict[str, object]], bool], timeout: float) -> bool:
@@ -124,7 +110,7 @@ def _stalled(bench: Bench, ds: Dataset, label: str, window: float, rep: int, sam
         return
     peak = runner.rss() or 0
     assert runner.pid is not None
-    cpu, window_peak = _quiet_window(runner.pid, window)
+    cpu, window_peak, _ = quiet_window(runner.pid, window)
     problem = runner.stop()
     ok, detail = problem is None, problem or ""
     bench.add(sample(metric=f"journaled, {what}", unit="s", rep=rep, value=seconds, ok=ok, detail=detail))
@@ -147,7 +133,7 @@ def _synced(bench: Bench, runner: SyncdRunner, label: str, window: float, rep: i
     # The startup's remote pass (the bucket's listing) runs after `wait` returned: the quiet
     # window starts once it is over.
     _await(runner, lambda f: f["state"] == "watching" and f["last_reconcile"] is not None, bench.timeout_for(files))
-    cpu, peak = _quiet_window(runner.pid, window)
+    cpu, peak, _ = quiet_window(runner.pid, window)
     problem = runner.stop()
     ok, detail = problem is None, problem or ""
     what = f"watching {label}, synced, {window:.0f} s"
