@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -44,6 +44,7 @@ from .verify import expected_digest
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
+HASH_STEP = 8 * CHUNK    # the hashing thread behind ranged parts wakes once this much more is written
 # Objects up to this size come through the store's fetch (awscrt): the CRT may hold a body
 # whole before it hands it over, so larger ones stream through boto3 in CHUNK pieces.
 FETCH_WHOLE_LIMIT = CHUNK
@@ -319,20 +320,24 @@ class Restorer:
 
     def _download(self, fd: int, item: Item, parts: ThreadPoolExecutor) -> tuple[RemoteObject, str | None]:
         """The object's bytes into ``fd``: what the (first) GET said about it, and the digest
-        of the bytes in the algorithm the object's metadata calls for when it could be taken
-        on the way (one GET; ranged parts arrive out of order and are hashed afterwards)."""
+        of the bytes in the algorithm the object's metadata calls for (taken on the way; ranged
+        parts are hashed behind them as they arrive)."""
         if item.size <= FETCH_WHOLE_LIMIT:
             return self._fetch_whole(fd, item)
         if item.size < self.threshold or item.size <= self.part_size:
             return self._fetch(fd, item, 0, None, hash_it=True)
-        try:
-            os.posix_fallocate(fd, 0, item.size)  # ENOSPC now, not after most of the download
-        except OSError as exc:
-            if exc.errno != errno.EOPNOTSUPP and exc.errno != errno.EINVAL:
-                raise
+        _allocate(fd, item.size)
         ranges = [(start, min(start + self.part_size, item.size) - 1) for start in range(0, item.size, self.part_size)]
-        futures = [parts.submit(self._fetch, fd, item, a, b) for a, b in ranges]
-        wait(futures)  # every part has finished before fd may be closed (a number reused under a pwrite)
+        follow = _Progress([a for a, _ in ranges])
+        futures = [parts.submit(self._fetch, fd, item, a, b, progress=follow.part(k))
+                   for k, (a, b) in enumerate(ranges)]
+        for f in futures:
+            f.add_done_callback(follow.finished)
+        try:
+            actual = self._hash_behind(fd, ranges, follow)
+        finally:
+            follow.stop()
+            wait(futures)  # every part has finished before fd may be closed (a number reused under a pwrite)
         for f in futures:
             failure = f.exception()
             if failure is not None:
@@ -341,11 +346,38 @@ class Restorer:
         if any(i.etag != infos[0].etag for i in infos):
             raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
                              scope=TRANSIENT, key=item.key)
-        return infos[0], None
+        return infos[0], actual
+
+    def _hash_behind(self, fd: int, ranges: list[tuple[int, int]], follow: _Progress) -> str | None:
+        """The digest of the parts' bytes, taken while they download: this thread reads back
+        (from the page cache, into one reused buffer) whatever the parts have written next to
+        the bytes hashed so far, so the hash ends just after the last part rather than
+        re-reading the whole file after it. None if a part failed or the object names no
+        digest to check (the caller reports either)."""
+        info = follow.first_info()
+        expected = None if info is None else expected_digest(info)
+        if expected is None:
+            return None
+        digest = hashlib.new(expected[0])
+        buf = memoryview(bytearray(CHUNK))
+        for k, (first, last) in enumerate(ranges):
+            at = first
+            while at <= last:
+                upto = follow.wait_past(k, at, min(at + HASH_STEP, last + 1))
+                if upto is None or self._stop.is_set():
+                    return None
+                while at < upto:
+                    got = os.preadv(fd, [buf[:min(CHUNK, upto - at)]], at)
+                    if got <= 0:
+                        raise OSError(errno.EIO, f"read back {got} bytes at {at}")
+                    digest.update(buf[:got])
+                    at += got
+        return digest.hexdigest()
 
     def _fetch_whole(self, fd: int, item: Item) -> tuple[RemoteObject, str | None]:
-        """One GET of the whole object (the store's fast path for small ones: awscrt),
-        hashed as it arrives in the algorithm its metadata calls for."""
+        """The whole object through the store's fast path (awscrt: one GET, or parallel
+        ranged GETs handed over in order), hashed as it arrives in the algorithm its metadata
+        calls for."""
         digest: list[hashlib._Hash] = []
         offset = [0]
 
@@ -376,11 +408,15 @@ class Restorer:
                              f"{item.size}", scope=TRANSIENT, key=item.key)
         return info, digest[0].hexdigest() if digest else None
 
-    def _fetch(self, fd: int, item: Item, first: int, last: int | None,
-               hash_it: bool = False) -> tuple[RemoteObject, str | None]:
+    def _fetch(self, fd: int, item: Item, first: int, last: int | None, hash_it: bool = False,
+               progress: Callable[[int, RemoteObject | None], None] | None = None) -> tuple[RemoteObject, str | None]:
+        """Bytes ``first``..``last`` of the object into ``fd`` at their offset; ``progress``
+        hears the GET's answer and then how far the written bytes reach."""
         body = self.store.get(item.key, item.version, first, last)
         with self._lock:
             self.result.gets += 1
+        if progress is not None:
+            progress(first, body.info)
         try:
             expected = expected_digest(body.info) if hash_it else None
             digest = hashlib.new(expected[0]) if expected is not None else None
@@ -395,6 +431,8 @@ class Restorer:
                     written = os.pwrite(fd, view, offset)
                     offset += written
                     view = view[written:]
+                if progress is not None:
+                    progress(offset, None)
                 with self._lock:
                     self.result.bytes += len(piece)
             expected_end = item.size if last is None else last + 1
@@ -434,6 +472,67 @@ class Restorer:
         while not self._stop.wait(0.5):
             sys.stderr.write("\r\x1b[K" + self.progress_line())
             sys.stderr.flush()
+
+
+class _Progress:
+    """How far each ranged part of one download has written, for the thread hashing behind them."""
+
+    def __init__(self, starts: list[int]):
+        self._cond = threading.Condition()
+        self._reached = list(starts)   # per part: the offset its written bytes reach
+        self._info: RemoteObject | None = None
+        self._failed = False
+        self._pending = len(starts)
+        self._want = (-1, 0)           # (part, offset) the hashing thread waits for: wake it only then
+
+    def part(self, k: int) -> Callable[[int, RemoteObject | None], None]:
+        def advance(offset: int, info: RemoteObject | None) -> None:
+            with self._cond:
+                self._reached[k] = offset
+                if info is not None and self._info is None:
+                    self._info = info
+                    self._cond.notify_all()
+                elif self._want[0] == k and offset >= self._want[1]:
+                    self._cond.notify_all()
+        return advance
+
+    def finished(self, future: Future[tuple[RemoteObject, str | None]]) -> None:
+        with self._cond:
+            self._pending -= 1
+            if future.cancelled() or future.exception() is not None:
+                self._failed = True
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._failed = True
+            self._cond.notify_all()
+
+    def first_info(self) -> RemoteObject | None:
+        """What the first part's GET said of the object (None: a part failed first)."""
+        with self._cond:
+            while self._info is None and not self._failed and self._pending:
+                self._cond.wait()
+            return None if self._failed else self._info
+
+    def wait_past(self, k: int, offset: int, enough: int) -> int | None:
+        """Once part ``k`` has written up to ``enough`` (or ended past ``offset``): how far
+        it reaches (None: a part failed)."""
+        with self._cond:
+            self._want = (k, enough)
+            while self._reached[k] < enough and not self._failed and self._pending:
+                self._cond.wait()
+            self._want = (-1, 0)
+            return None if self._failed or self._reached[k] <= offset else self._reached[k]
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Reserve the file's blocks: ENOSPC now, not after most of the download."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno != errno.EOPNOTSUPP and exc.errno != errno.EINVAL:
+            raise
 
 
 def _hash_fd(fd: int, algorithm: str, stop: threading.Event) -> str:
