@@ -4,6 +4,7 @@ and prefix alone), store, output and exit code around :mod:`syncd.verify` and :m
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -174,6 +175,10 @@ def _restore(args: argparse.Namespace) -> int:
     try:
         # Two pools of `workers` threads may each have a GET open: whole files, and ranged parts.
         store = open_store(folder, connections=2 * (args.workers or folder.workers) + 4)
+        # The SDKs' import and client set-up leave a large heap of objects that live as long
+        # as the process; frozen, the collector's full passes during the many downloads (their
+        # callbacks allocate on every answer) no longer walk them again and again.
+        gc.freeze()
         source = _source_of(args, folder, store, at)
         if source is None:
             return ExitCode.FAILURE
