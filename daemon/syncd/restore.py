@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import secrets
 import stat as statmod
@@ -44,6 +45,7 @@ from .verify import expected_digest
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
+BATCH = 16               # files of one directory handed to a worker at once (fewer if that idles workers)
 HASH_STEP = 8 * CHUNK    # the hashing thread behind ranged parts wakes once this much more is written
 # Objects up to this size come through the store's fetch (awscrt): the CRT may hold a body
 # whole before it hands it over, so larger ones stream through boto3 in CHUNK pieces.
@@ -135,6 +137,9 @@ class Restorer:
         self._total_files = 0
         self._total_bytes = 0
         self._started = time.monotonic()
+        # Temp names: unguessable per run, then numbered (no random draw per file); O_EXCL all the same.
+        self._temp_stem = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-"
+        self._temp_numbers = itertools.count()
 
     # ------------------------------------------------------------------ the run
 
@@ -188,7 +193,7 @@ class Restorer:
             parts_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore-part")
             pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore")
             try:
-                futures = [pool.submit(self._one, root, item, parts_pool) for item in items]
+                futures = [pool.submit(self._batch, root, batch, parts_pool) for batch in self._batches(items)]
                 for f in futures:
                     f.result()
             except BaseException:
@@ -223,15 +228,47 @@ class Restorer:
 
     # ------------------------------------------------------------------ one file
 
-    def _one(self, root: RootDir, item: Item, parts: ThreadPoolExecutor) -> None:
+    def _batches(self, items: list[Item]) -> list[list[Item]]:
+        """The items in batches of one directory's files: a batch opens its directory once, and
+        is one hand-off to a worker thread, for all its files (each costs CPU per small file).
+        Batches stay small enough to keep every worker busy; a large file goes alone."""
+        size = max(1, min(BATCH, len(items) // (4 * self.workers)))
+        batches: list[list[Item]] = []
+        open_batches: dict[str, list[Item]] = {}
+        for item in items:
+            if size == 1 or item.size > FETCH_WHOLE_LIMIT:
+                batches.append([item])
+                continue
+            parent = item.rel.rpartition("/")[0]
+            batch = open_batches.setdefault(parent, [])
+            batch.append(item)
+            if len(batch) == size:
+                batches.append(batch)
+                del open_batches[parent]
+        batches.extend(open_batches.values())
+        return batches
+
+    def _batch(self, root: RootDir, items: list[Item], parts: ThreadPoolExecutor) -> None:
+        """Restore files of one directory, each on its own (a failure is that file's)."""
         if self._stop.is_set():
             return
-        parent, _, name = item.rel.rpartition("/")
+        parent = items[0].rel.rpartition("/")[0]
         try:
             dir_fd = root.make_dirs(parent)
         except (OSError, StoreError) as exc:
-            self._note("failed", item.rel, _reason(exc))
+            for item in items:
+                self._note("failed", item.rel, _reason(exc))
             return
+        try:
+            for item in items:
+                if self._stop.is_set():
+                    return
+                self._one(dir_fd, item, parts)
+        finally:
+            os.close(dir_fd)
+
+    def _one(self, dir_fd: int, item: Item, parts: ThreadPoolExecutor) -> None:
+        name = item.rel.rpartition("/")[2]
         try:
             for attempt in range(ATTEMPTS):
                 try:
@@ -247,8 +284,6 @@ class Restorer:
             pass
         except (OSError, StoreError) as exc:
             self._note("failed", item.rel, _reason(exc))
-        finally:
-            os.close(dir_fd)
 
     def _restore(self, dir_fd: int, name: str, item: Item, parts: ThreadPoolExecutor) -> tuple[str, str]:
         try:
@@ -267,7 +302,7 @@ class Restorer:
                 return "kept", f"{what} is there (the object has {item.size} bytes); --force replaces it"
             if not self.force:
                 return "kept", "a local file with other content is there; --force replaces it"
-        tmp = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        tmp = f"{self._temp_stem}{next(self._temp_numbers)}{TEMP_SUFFIX}"
         fd = os.open(tmp, _WRITE_FLAGS, 0o666, dir_fd=dir_fd)
         placed = False
         try:
