@@ -25,7 +25,7 @@ import stat as statmod
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -45,6 +45,7 @@ from .verify import expected_digest
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
+PLAN_STEP = 1000         # listed items handed to the workers at once (S3 lists 1000 keys a page)
 BATCH = 16               # files of one directory handed to a worker at once (fewer if that idles workers)
 HASH_STEP = 8 * CHUNK    # the hashing thread behind ranged parts wakes once this much more is written
 # Objects up to this size come through the store's fetch (awscrt): the CRT may hold a body
@@ -144,6 +145,10 @@ class Restorer:
     # ------------------------------------------------------------------ the run
 
     def plan(self) -> list[Item]:
+        return list(self._planned())
+
+    def _planned(self) -> Iterator[Item]:
+        """The items to restore, as the listing's pages come (refused keys noted on the way)."""
         prefix = self.folder.prefix
         if self.source == Source.CURRENT:
             listing = current_items(self.store, prefix)
@@ -157,7 +162,6 @@ class Restorer:
                 listing = trash.items_at(self.store, prefix, self.at, now)
             else:
                 listing = trash.deleted_items(self.store, prefix, now)
-        items = []
         for key, rel, size, etag, version in listing:
             if rel.endswith("/") and size == 0 and name_problem(rel[:-1] or ".") is None:
                 continue  # a directory marker (consoles make them): empty directories are not mirrored
@@ -169,8 +173,7 @@ class Restorer:
                 continue
             if self.select is not None and not self.select.match_file(rel):
                 continue
-            items.append(Item(rel, key, size, etag, version))
-        return items
+            yield Item(rel, key, size, etag, version)
 
     def run(self) -> Result:
         os.makedirs(self.target, exist_ok=True)
@@ -184,16 +187,20 @@ class Restorer:
             except BlockingIOError:
                 raise OSError(errno.EBUSY, f"another syncd restore is writing into {self.target}") from None
             self._clean_temps(root)
-            items = self.plan()
-            self._total_files = len(items)
-            self._total_bytes = sum(i.size for i in items)
             ticker = threading.Thread(target=self._ticker, daemon=True) if self.show_progress else None
             if ticker is not None:
                 ticker.start()
             parts_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore-part")
             pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore")
             try:
-                futures = [pool.submit(self._batch, root, batch, parts_pool) for batch in self._batches(items)]
+                # Downloads start with the listing's first page, not after its last.
+                futures: list[Future[None]] = []
+                planned = self._planned()
+                while chunk := list(itertools.islice(planned, PLAN_STEP)):
+                    with self._lock:
+                        self._total_files += len(chunk)
+                        self._total_bytes += sum(i.size for i in chunk)
+                    futures += [pool.submit(self._batch, root, batch, parts_pool) for batch in self._batches(chunk)]
                 for f in futures:
                     f.result()
             except BaseException:
