@@ -155,6 +155,7 @@ def _source_of(args: argparse.Namespace, folder: FolderConfig, store: ObjectStor
 
 
 def _restore(args: argparse.Namespace) -> int:
+    gc.disable()  # until the downloads start: see gc.freeze() below
     from .restore import Restorer
     from .snapshot import parse_time
 
@@ -176,9 +177,11 @@ def _restore(args: argparse.Namespace) -> int:
         # Two pools of `workers` threads may each have a GET open: whole files, and ranged parts.
         store = open_store(folder, connections=2 * (args.workers or folder.workers) + 4)
         # The SDKs' import and client set-up leave a large heap of objects that live as long
-        # as the process; frozen, the collector's full passes during the many downloads (their
-        # callbacks allocate on every answer) no longer walk them again and again.
+        # as the process (collecting while they are built finds nothing to free); frozen, the
+        # collector's full passes during the many downloads (their callbacks allocate on every
+        # answer) no longer walk them again and again.
         gc.freeze()
+        gc.enable()
         source = _source_of(args, folder, store, at)
         if source is None:
             return ExitCode.FAILURE
