@@ -417,9 +417,8 @@ class Restorer:
         return digest.hexdigest()
 
     def _fetch_whole(self, fd: int, item: Item) -> tuple[RemoteObject, str | None]:
-        """The whole object through the store's fast path (awscrt: one GET, or parallel
-        ranged GETs handed over in order), hashed as it arrives in the algorithm its metadata
-        calls for."""
+        """One GET of the whole object (the store's fast path for small ones: awscrt),
+        hashed as it arrives in the algorithm its metadata calls for."""
         digest: list[hashlib._Hash] = []
         offset = [0]
 
