@@ -1,19 +1,22 @@
 """`syncd restore` of a large object as ranged parts: its bytes are hashed behind the parts as
 they arrive (no second pass over the file), and a wrong digest or a failed part leaves nothing
-under the real name. Against the in-memory store (the ranged get() path)."""
+under the real name. And downloads start with the listing's first page. Against the
+in-memory store (the ranged get() path)."""
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from syncd import restore
 from syncd.config import FolderConfig
 from syncd.restore import Restorer
-from syncd.store import KEY
+from syncd.store import KEY, RemoteObject
 
+from .support.daemon import await_condition
 from .support.memstore import MemoryStore, StoredObject
 
 KiB = 1024
@@ -68,3 +71,22 @@ def test_a_failed_part_fails_the_file_and_leaves_no_temp_file(tmp_path, body):
     result = Restorer(_folder(tmp_path), store, str(tmp_path), workers=4).run()  # type: ignore[arg-type]
     assert [path for path, _ in result.failed] == ["big.bin"] and "InternalError" in result.failed[0][1]
     assert not (tmp_path / "big.bin").exists() and not _temps(tmp_path)
+
+
+def test_downloads_start_before_the_listing_has_ended(tmp_path):
+    store = MemoryStore(page_size=500)
+    for i in range(1500):
+        body = b"x%d" % i
+        store.objects[f"p/d{i % 30}/f{i}"] = StoredObject(body, hashlib.md5(body).hexdigest(),
+                                                          {"syncd-sha256": hashlib.sha256(body).hexdigest()}, {})
+    listing = store.list
+
+    def last_page_after_a_download(prefix: str) -> Iterator[list[RemoteObject]]:
+        pages = list(listing(prefix))
+        yield from pages[:-1]
+        await_condition(lambda: store.calls["fetch"] > 0, 10, "a download before the listing's last page")
+        yield pages[-1]
+
+    store.list = last_page_after_a_download  # type: ignore[method-assign]
+    result = Restorer(_folder(tmp_path), store, str(tmp_path), workers=4).run()  # type: ignore[arg-type]
+    assert len(result.restored) == 1500 and result.ok
