@@ -9,7 +9,7 @@ the journal prints its manifest rows in exactly that form and order
 (:data:`syncd.schema.MANIFEST_RECORD`). A block of manifest rows that equals the next bytes
 of the listing needs no Python per file: every file in it is unchanged. Only a block that
 differs is parsed and merged row by row. Memory is bounded: the pipe is read in small
-pieces, the manifest is prefetched up to a fixed size, and sort spills to disk beyond its
+pieces, the manifest is spooled to a temporary file, and sort spills to disk beyond its
 own buffer.
 
 Byte equality can only pass files whose size and mtime equal the manifest's; anything that
@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -37,7 +38,6 @@ from .paths import IgnoreRules
 FIND_FORMAT = r"%p\001%s\001%T@\000"  # must print what schema.MANIFEST_RECORD prints (run in the root)
 READ_SIZE = 256 * 1024
 SORT_BUFFER = "32M"        # sort's own memory; beyond it, it merges through temporary files
-PREFETCH_BYTES = 8 << 20   # manifest blocks read while find runs (bounds memory, not correctness)
 PARTS = max(1, min(4, os.cpu_count() or 1))  # find | sort pipelines run at once
 STOP_CHECK = 0.25          # how often a read waiting for sort looks at the stop flag (seconds)
 
@@ -318,20 +318,25 @@ class TreeDiff:
         """Yields every difference; the caller must exhaust it unless ``stop`` is set."""
         listing = _Listing(self.root, self.ignore.pruned_dirs, stop, self.parts)
         completed = False
+        spool = None
         try:
-            prefetched = _Prefetch(blocks)
-            for blob, last, count in prefetched:
+            spool = _Spool(blocks, stop)
+            for blob, last, count in spool:
                 if stop.is_set():
                     return
                 if listing.skip_if_next(blob):
                     self.files += count
                     continue
                 yield from self._merge(listing, blob, last)
+            if stop.is_set():
+                return  # the spool ended early: the rest of the listing is not known new
             while (record := listing.peek()) is not None:
                 listing.drop()
                 yield from self._on_disk_only(record)
             completed = not (stop.is_set() or listing.stopped)
         finally:
+            if spool is not None:
+                spool.close()
             errors = listing.close(completed)
         self.unreadable = errors
 
@@ -382,22 +387,89 @@ class TreeDiff:
         return rel
 
 
-class _Prefetch:
-    """Manifest blocks read ahead while find and sort run, up to PREFETCH_BYTES."""
+class _Spool:
+    """The manifest's blocks, printed by the journal into a temporary file by a thread of
+    their own while find and sort run, and read back in order.
 
-    def __init__(self, blocks: Iterator[tuple[bytes, bytes, int]]):
-        self._blocks = blocks
-        self._ahead: list[tuple[bytes, bytes, int]] = []
-        size = 0
-        for block in blocks:
-            self._ahead.append(block)
-            size += len(block[0])
-            if size >= PREFETCH_BYTES:
-                break
-        self._ahead.reverse()
+    Printing a large manifest takes about as long as a find of its tree, on one core: done
+    after the listing it is a second wait; done alongside it, it shares the cores with the
+    finds. The blocks wait on disk, not in memory, so memory stays flat however large the
+    manifest is (the file is as large as the listing sort writes)."""
+
+    def __init__(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event):
+        self._file = tempfile.TemporaryFile()
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._written = 0       # bytes of whole records in the file
+        self._done = False
+        self._error: BaseException | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._write, args=(blocks,), name="manifest-spool", daemon=True)
+        self._thread.start()
+
+    def _write(self, blocks: Iterator[tuple[bytes, bytes, int]]) -> None:
+        fd = self._file.fileno()
+        offset = 0
+        try:
+            for blob, last, count in blocks:
+                if self._closing or self._stop.is_set():
+                    break
+                record = memoryview(_HEADER.pack(len(blob), len(last), count) + blob + last)
+                while record:
+                    n = os.pwrite(fd, record, offset)
+                    offset += n
+                    record = record[n:]
+                with self._cond:
+                    self._written = offset
+                    self._cond.notify_all()
+        except BaseException as exc:  # handed to the reader
+            self._error = exc
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()  # releases its read snapshot now, in the thread that reads it
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes, int]]:
-        while self._ahead:
-            yield self._ahead.pop()
-        yield from self._blocks
+        fd = self._file.fileno()
+        offset = 0
+        while True:
+            with self._cond:
+                while self._written == offset and not self._done:
+                    self._cond.wait(STOP_CHECK)
+                    if self._stop.is_set():
+                        return
+                written = self._written
+            if written == offset:  # done: every record is read
+                if isinstance(self._error, OSError):
+                    raise TreeError(f"cannot spool the manifest to a temporary file: {self._error}")
+                if self._error is not None:
+                    raise self._error
+                return
+            blob_len, last_len, count = _HEADER.unpack(os.pread(fd, _HEADER.size, offset))
+            offset += _HEADER.size
+            body = _read(fd, blob_len + last_len, offset)
+            offset += blob_len + last_len
+            yield body[:blob_len], body[blob_len:], count
 
+    def close(self) -> None:
+        self._closing = True
+        self._thread.join()  # at most one block's query away
+        self._file.close()
+
+
+_HEADER = struct.Struct("<QQQ")  # a spooled block: len(records), len(last path), row count
+
+
+def _read(fd: int, n: int, offset: int) -> bytes:
+    parts = []
+    while n > 0:
+        data = os.pread(fd, n, offset)
+        if not data:
+            raise TreeError("the manifest spool ended early")
+        parts.append(data)
+        n -= len(data)
+        offset += len(data)
+    return b"".join(parts)
