@@ -397,7 +397,10 @@ class _Spool:
     manifest is (the file is as large as the listing sort writes)."""
 
     def __init__(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event):
-        self._file = tempfile.TemporaryFile()
+        try:
+            self._file = tempfile.TemporaryFile()
+        except OSError as exc:
+            raise TreeError(f"cannot make a temporary file for the manifest: {exc}") from exc
         self._stop = stop
         self._cond = threading.Condition()
         self._written = 0       # bytes of whole records in the file
