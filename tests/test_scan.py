@@ -132,12 +132,20 @@ def mutate(root: Path, rng: random.Random) -> None:
     write(root, "build/new.o")  # ignored
 
 
+LISTINGS = {"one find": (1, True), "three finds": (3, True), "find without -files0-from": (3, False)}
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("block_rows", [7, 1024])
 @pytest.mark.parametrize("patterns", [IGNORE, IGNORE_PRUNED], ids=["negation", "pruned"])
+@pytest.mark.parametrize("listing", list(LISTINGS))
 def test_the_fast_listing_submits_exactly_what_the_python_walk_submits(tmp_path, monkeypatch, seed, block_rows,
-                                                                       patterns):
+                                                                       patterns, listing):
     monkeypatch.setattr(scan_module, "BLOCK_ROWS", block_rows)  # 7: many equal and unequal blocks
+    parts, files0 = LISTINGS[listing]
+    monkeypatch.setattr(tree, "PARTS", parts)  # the root's entries listed by this many finds at once
+    if not files0:
+        monkeypatch.setattr(tree, "files0_from", lambda: False)  # findutils < 4.9: one find of the root
     rng = random.Random(seed)
     root = tmp_path / "root"
     root.mkdir()
@@ -186,7 +194,7 @@ def test_find_prints_a_file_exactly_as_the_journal_prints_its_manifest_row(tmp_p
     os.utime(root / "dir/name with space", ns=(mtime_ns, mtime_ns))
     journal = Journal(tmp_path / "j.sqlite3", "test")
     manifest_of(root, journal)
-    listed = subprocess.run(["find", str(root), "-type", "f", "-printf", tree.FIND_FORMAT],
+    listed = subprocess.run(["find", "dir", "-type", "f", "-printf", tree.FIND_FORMAT], cwd=root,
                             capture_output=True, check=True).stdout
     [(blob, last, count)] = list(journal.manifest_blocks(10))
     assert (blob, last, count) == (listed, b"dir/name with space", 1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
+from syncd import watches
 from syncd.paths import IgnoreRules
 from syncd.watcher import Watcher
 from syncd.watches import directories
@@ -38,6 +40,31 @@ def test_the_listing_holds_every_directory_parents_first_and_no_symlink(tmp_path
     rel = [os.fsdecode(p)[len(str(tmp_path)) + 1:] for p in found]
     assert sorted(rel) == ["a", "a/b", "a/b/c", "d"]
     assert rel.index("a") < rel.index("a/b") < rel.index("a/b/c")
+
+
+def test_counting_subdirectories_by_st_nlink_lists_the_directories_find_lists(tmp_path):
+    for rel in ("a/b/c/d", "a/e", "f", "g/h", "g/i/j", "k"):
+        (tmp_path / rel).mkdir(parents=True)
+    for i in range(50):
+        (tmp_path / "a" / "e" / f"file{i}").write_text("x")
+    (tmp_path / "g" / "file").write_text("x")
+    os.symlink(tmp_path / "a", tmp_path / "g" / "link-to-dir")
+    os.symlink(tmp_path / "g" / "file", tmp_path / "k" / "link-to-file")
+    root = os.fsencode(tmp_path)
+    if watches.fs_type(root) not in watches.NLINK_COUNTS_SUBDIRS:
+        pytest.skip("the tmp dir is not on ext4, xfs or tmpfs")
+    by_nlink, by_find = watches._by_nlink(root), watches._by_find(root)
+    assert by_find is not None
+    assert sorted(by_nlink) == sorted(by_find)
+    assert len(by_nlink) == 11
+
+
+def test_a_filesystem_that_does_not_count_subdirectories_is_listed_by_find(tmp_path, monkeypatch):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.setattr(watches, "NLINK_COUNTS_SUBDIRS", frozenset())
+    monkeypatch.setattr(watches, "_by_nlink", None)  # must not be used
+    found = directories(os.fsencode(tmp_path))
+    assert found is not None and sorted(found) == [os.fsencode(tmp_path / "a"), os.fsencode(tmp_path / "a" / "b")]
 
 
 def test_a_write_in_a_deep_directory_that_existed_before_the_watch_is_seen(tmp_path):

@@ -157,7 +157,7 @@ class LocalScan:
     def _compare_listing(self, stop: threading.Event, report: ScanReport) -> None:
         """GNU find's listing against the manifest in blocks (see syncd.tree): the fast path,
         valid while the ignore rules are those of the last complete walk."""
-        diff = tree.TreeDiff(self.root, self.ignore, self.rootdir.one_file_system)
+        diff = tree.TreeDiff(self.rootdir, self.ignore)
         blocks = self.journal.manifest_blocks(BLOCK_ROWS)
         diffs = diff.run(blocks, stop)
         try:

@@ -4,11 +4,12 @@ A no-change restart of a 100,000-file folder spent most of its time in Python: a
 and lstat walk costs a few times more per file than GNU find, which runs in
 its own process (on the other core) while the journal reads the manifest. ``find`` prints
 every regular file as ``path \\x01 size \\x01 mtime \\x00``, ``sort -z`` puts the records in
-byte order, and the journal prints its manifest rows in exactly that form and order
+byte order (several finds at once, each over a run of the root's entries: see _Listing), and
+the journal prints its manifest rows in exactly that form and order
 (:data:`syncd.schema.MANIFEST_RECORD`). A block of manifest rows that equals the next bytes
 of the listing needs no Python per file: every file in it is unchanged. Only a block that
 differs is parsed and merged row by row. Memory is bounded: the pipe is read in small
-pieces, the manifest is prefetched up to a fixed size, and sort spills to disk beyond its
+pieces, the manifest is spooled to a temporary file, and sort spills to disk beyond its
 own buffer.
 
 Byte equality can only pass files whose size and mtime equal the manifest's; anything that
@@ -23,18 +24,21 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import struct
 import subprocess
+import tempfile
 import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .beneath import RootDir
 from .paths import IgnoreRules
 
-FIND_FORMAT = r"%P\001%s\001%T@\000"  # must print what schema.MANIFEST_RECORD prints
+FIND_FORMAT = r"%p\001%s\001%T@\000"  # must print what schema.MANIFEST_RECORD prints (run in the root)
 READ_SIZE = 256 * 1024
 SORT_BUFFER = "32M"        # sort's own memory; beyond it, it merges through temporary files
-PREFETCH_BYTES = 8 << 20   # manifest blocks read while find runs (bounds memory, not correctness)
+PARTS = max(1, min(4, os.cpu_count() or 1))  # find | sort pipelines run at once
 STOP_CHECK = 0.25          # how often a read waiting for sort looks at the stop flag (seconds)
 
 NEW, CHANGED, MISSING = "new", "changed", "missing"
@@ -77,10 +81,120 @@ def parse(record: bytes) -> tuple[bytes, int, int] | None:
         return None
 
 
-class _Listing:
-    """find | sort -z, read as a byte stream of records."""
+def _starts(rootfd: int, pruned: tuple[str, ...], device: int | None) -> list[bytes]:
+    """The root's entries that find must list, in the listing's order: regular files and
+    directories (not pruned; with ``device``, on that filesystem), each directory sorted as
+    ``name/`` as the records below it are."""
+    skip = {os.fsencode(name) for name in pruned}
+    keys: list[tuple[bytes, bytes]] = []
+    with os.scandir(rootfd) as it:
+        for entry in it:
+            name = os.fsencode(entry.name)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if name in skip or (device is not None and entry.stat(follow_symlinks=False).st_dev != device):
+                        continue  # pruned, or a mount point (-xdev)
+                    keys.append((name + b"/", name))
+                elif entry.is_file(follow_symlinks=False):
+                    keys.append((name, name))
+            except OSError:
+                continue  # gone since it was listed
+    keys.sort()
+    return [name for _, name in keys]
 
-    def __init__(self, root: str, pruned: tuple[str, ...], stop: threading.Event, one_file_system: bool = False):
+
+def _runs(names: list[bytes], parts: int) -> list[list[bytes]]:
+    """``names`` cut into at most ``parts`` runs of consecutive names."""
+    n = min(parts, len(names))
+    return [names[len(names) * i // n:len(names) * (i + 1) // n] for i in range(n)]
+
+
+@lru_cache(maxsize=1)
+def files0_from() -> bool:
+    """find reads its starting points from a file (-files0-from, GNU findutils 4.9)."""
+    try:
+        out = subprocess.run(["find", "-files0-from", "/dev/null", "-prune"], capture_output=True, timeout=10,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0
+
+
+class _Pipe:
+    """One ``find | sort -z``: the files below some of the root's entries, sorted."""
+
+    def __init__(self, args: list[str], cwd: str, starts: list[bytes] | None, env: dict[str, str],
+                 pass_fds: tuple[int, ...]):
+        names = None
+        if starts is not None:
+            names = tempfile.TemporaryFile()
+            names.write(b"".join(name + b"\0" for name in starts))
+            names.seek(0)
+        try:
+            self.find = subprocess.Popen(args, stdin=names or subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, cwd=cwd, pass_fds=pass_fds)
+        except OSError as exc:
+            raise TreeError(f"cannot run find: {exc}") from exc
+        finally:
+            if names is not None:
+                names.close()  # find has its own descriptor of it
+        assert self.find.stdout is not None and self.find.stderr is not None
+        try:
+            self.sort = subprocess.Popen(["sort", "-z", "-S", SORT_BUFFER], stdin=self.find.stdout,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        except OSError as exc:
+            self.find.kill()
+            self.find.stdout.close()
+            self.find.stderr.close()
+            self.find.wait()
+            raise TreeError(f"cannot run sort: {exc}") from exc
+        self.find.stdout.close()  # sort holds the read end now
+        assert self.sort.stdout is not None
+        self.errors: list[bytes] = []
+        self._drain = threading.Thread(target=self._read_find_errors, name="find-stderr", daemon=True)
+        self._drain.start()
+
+    def _read_find_errors(self) -> None:
+        assert self.find.stderr is not None
+        for line in self.find.stderr:  # unreadable directories: kept for one warning
+            if len(self.errors) < 20:
+                self.errors.append(line.rstrip())
+
+    def kill(self) -> None:
+        for proc in (self.find, self.sort):
+            if proc.poll() is None:
+                proc.kill()
+
+    def close(self, completed: bool) -> None:
+        """Reap both processes; raises TreeError if a completed listing cannot be trusted."""
+        assert self.sort.stdout is not None and self.sort.stderr is not None and self.find.stderr is not None
+        if not completed:
+            self.kill()
+        self.sort.stdout.close()
+        find_rc, sort_rc = self.find.wait(), self.sort.wait()
+        self._drain.join()
+        self.find.stderr.close()
+        sort_err = self.sort.stderr.read().decode(errors="replace").strip()
+        self.sort.stderr.close()
+        if completed and sort_rc != 0:
+            raise TreeError(f"sort exited {sort_rc}: {sort_err[-300:]}")
+        # find exits 1 after an unreadable directory and lists the rest; worse is a failure.
+        if completed and find_rc not in (0, 1):
+            raise TreeError(f"find exited {find_rc}: {b' '.join(self.errors)[-300:]!r}")
+        if completed and find_rc == 1 and not self.errors:
+            raise TreeError("find exited 1 without saying why")
+
+
+class _Listing:
+    """The sorted records of the tree, read as one byte stream.
+
+    The stat of every file is most of a no-change restart's time, and one find does them
+    one after another: the root's entries are cut into ``parts`` runs of consecutive
+    names, each listed by its own ``find | sort -z`` (all running at once), and their
+    outputs, each sorted, follow each other in order (every record below an entry sorts
+    before every record below the next one)."""
+
+    def __init__(self, root: RootDir, pruned: tuple[str, ...], stop: threading.Event, parts: int = 1):
         env = {**os.environ, "LC_ALL": "C"}  # byte order, raw names
         self._stop = stop
         self.stopped = False
@@ -90,44 +204,45 @@ class _Listing:
         for name in pruned:
             prune += ["-o", "-name", name] if prune else ["-name", name]
         skip = ["(", "-type", "d", "(", *prune, ")", "-prune", ")", "-o"] if prune else []
-        # -P: no symlink is followed, not even a root swapped for one (config refuses a
-        # symlinked root, so the folder's own path never is one). The listing only says which
-        # paths to look at; what is read is resolved beneath the root's fd (syncd.beneath).
-        # -xdev: one_file_system (rsync -x). -mindepth 1: the root is never pruned.
-        xdev = ["-xdev"] if one_file_system else []
+        # -P: no symlink is followed. -xdev: one_file_system (rsync -x).
+        xdev = ["-xdev"] if root.one_file_system else []
+        self._pipes: list[_Pipe] = []
+        fd = root.open_dir("")
         try:
-            self._find = subprocess.Popen(["find", "-P", root, *xdev, "-mindepth", "1", *skip, "-type", "f",
-                                           "-printf", FIND_FORMAT],
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        except OSError as exc:
-            raise TreeError(f"cannot run find: {exc}") from exc
-        assert self._find.stdout is not None and self._find.stderr is not None
-        sort = ["sort", "-z", "-S", SORT_BUFFER]
-        try:
-            self._sort = subprocess.Popen(sort, stdin=self._find.stdout, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, env=env)
-        except OSError as exc:
-            self._find.kill()
-            self._find.stdout.close()
-            self._find.stderr.close()
-            self._find.wait()
-            raise TreeError(f"cannot run sort: {exc}") from exc
-        self._find.stdout.close()  # sort holds the read end now
-        assert self._sort.stdout is not None
-        self._out = self._sort.stdout
-        self._fd = self._out.fileno()  # read with os.read after select, so a stop is noticed
+            if files0_from():
+                # Starting points are the root's entries, named relative to the root held
+                # open (find runs in it), so %p is the path relative to the root.
+                runs = _runs(_starts(fd, pruned, root.device if root.one_file_system else None), parts)
+                args = ["find", "-P", "-files0-from", "-", *xdev, *skip, "-type", "f", "-printf", FIND_FORMAT]
+                for run in runs:
+                    self._pipes.append(_Pipe(args, f"/proc/self/fd/{fd}", run, env, (fd,)))
+            else:
+                # -mindepth 1: the root is never pruned.
+                args = ["find", "-P", root.path, *xdev, "-mindepth", "1", *skip, "-type", "f",
+                        "-printf", FIND_FORMAT.replace("%p", "%P", 1)]
+                self._pipes.append(_Pipe(args, "/", None, env, ()))
+        except BaseException:
+            for pipe in self._pipes:
+                pipe.close(False)
+            raise
+        finally:
+            os.close(fd)
+        self._next = 0
+        self._fd = -1
         self._buf = b""
         self._pos = 0
         self._eof = False
-        self._find_errors: list[bytes] = []
-        self._drain = threading.Thread(target=self._read_find_errors, name="find-stderr", daemon=True)
-        self._drain.start()
+        self._advance()
 
-    def _read_find_errors(self) -> None:
-        assert self._find.stderr is not None
-        for line in self._find.stderr:  # unreadable directories: kept for one warning
-            if len(self._find_errors) < 20:
-                self._find_errors.append(line.rstrip())
+    def _advance(self) -> None:
+        """Read from the next pipe (EOF after the last)."""
+        if self._next >= len(self._pipes):
+            self._eof = True
+            return
+        out = self._pipes[self._next].sort.stdout
+        assert out is not None
+        self._fd = out.fileno()  # read with os.read after select, so a stop is noticed
+        self._next += 1
 
     def _fill(self, n: int) -> bool:
         """At least ``n`` unread bytes buffered; False if the stream ends first (or stop is
@@ -139,8 +254,8 @@ class _Listing:
                     return False
             data = os.read(self._fd, READ_SIZE)
             if not data:
-                self._eof = True
-                break
+                self._advance()
+                continue
             self._buf = self._buf[self._pos:] + data
             self._pos = 0
         return len(self._buf) - self._pos >= n
@@ -171,36 +286,29 @@ class _Listing:
         self._pos = end + 1
 
     def close(self, completed: bool) -> list[bytes]:
-        """Reap both processes; raises TreeError if a completed listing cannot be trusted.
+        """Reap every process; raises TreeError if a completed listing cannot be trusted.
         Returns find's complaints about unreadable directories (the walk skips those too)."""
         if not completed:
-            for proc in (self._find, self._sort):
-                if proc.poll() is None:
-                    proc.kill()
-        self._out.close()
-        find_rc, sort_rc = self._find.wait(), self._sort.wait()
-        self._drain.join()
-        assert self._sort.stderr is not None and self._find.stderr is not None
-        self._find.stderr.close()
-        sort_err = self._sort.stderr.read().decode(errors="replace").strip()
-        self._sort.stderr.close()
-        if completed and sort_rc != 0:
-            raise TreeError(f"sort exited {sort_rc}: {sort_err[-300:]}")
-        # find exits 1 after an unreadable directory and lists the rest; worse is a failure.
-        if completed and find_rc not in (0, 1):
-            raise TreeError(f"find exited {find_rc}: {b' '.join(self._find_errors)[-300:]!r}")
-        if completed and find_rc == 1 and not self._find_errors:
-            raise TreeError("find exited 1 without saying why")
-        return self._find_errors
+            for pipe in self._pipes:
+                pipe.kill()
+        failure: TreeError | None = None
+        for pipe in self._pipes:
+            try:
+                pipe.close(completed)
+            except TreeError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return [line for pipe in self._pipes for line in pipe.errors]
 
 
 class TreeDiff:
     """The differences between the tree under ``root`` and the manifest, in path order."""
 
-    def __init__(self, root: str, ignore: IgnoreRules, one_file_system: bool = False):
+    def __init__(self, root: RootDir, ignore: IgnoreRules, parts: int | None = None):
         self.root = root
         self.ignore = ignore
-        self.one_file_system = one_file_system
+        self.parts = parts or PARTS
         self.files = 0  # regular files on disk that the mirror covers (not ignored)
         self.unreadable: list[bytes] = []
         self._dir = ""
@@ -208,22 +316,27 @@ class TreeDiff:
 
     def run(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event) -> Generator[Diff, None, None]:
         """Yields every difference; the caller must exhaust it unless ``stop`` is set."""
-        listing = _Listing(self.root, self.ignore.pruned_dirs, stop, self.one_file_system)
+        listing = _Listing(self.root, self.ignore.pruned_dirs, stop, self.parts)
         completed = False
+        spool = None
         try:
-            prefetched = _Prefetch(blocks)
-            for blob, last, count in prefetched:
+            spool = _Spool(blocks, stop)
+            for blob, last, count in spool:
                 if stop.is_set():
                     return
                 if listing.skip_if_next(blob):
                     self.files += count
                     continue
                 yield from self._merge(listing, blob, last)
+            if stop.is_set():
+                return  # the spool ended early: the rest of the listing is not known new
             while (record := listing.peek()) is not None:
                 listing.drop()
                 yield from self._on_disk_only(record)
             completed = not (stop.is_set() or listing.stopped)
         finally:
+            if spool is not None:
+                spool.close()
             errors = listing.close(completed)
         self.unreadable = errors
 
@@ -274,22 +387,92 @@ class TreeDiff:
         return rel
 
 
-class _Prefetch:
-    """Manifest blocks read ahead while find and sort run, up to PREFETCH_BYTES."""
+class _Spool:
+    """The manifest's blocks, printed by the journal into a temporary file by a thread of
+    their own while find and sort run, and read back in order.
 
-    def __init__(self, blocks: Iterator[tuple[bytes, bytes, int]]):
-        self._blocks = blocks
-        self._ahead: list[tuple[bytes, bytes, int]] = []
-        size = 0
-        for block in blocks:
-            self._ahead.append(block)
-            size += len(block[0])
-            if size >= PREFETCH_BYTES:
-                break
-        self._ahead.reverse()
+    Printing a large manifest takes about as long as a find of its tree, on one core: done
+    after the listing it is a second wait; done alongside it, it shares the cores with the
+    finds. The blocks wait on disk, not in memory, so memory stays flat however large the
+    manifest is (the file is as large as the listing sort writes)."""
+
+    def __init__(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event):
+        try:
+            self._file = tempfile.TemporaryFile()
+        except OSError as exc:
+            raise TreeError(f"cannot make a temporary file for the manifest: {exc}") from exc
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._written = 0       # bytes of whole records in the file
+        self._done = False
+        self._error: BaseException | None = None
+        self._closing = False
+        self._thread = threading.Thread(target=self._write, args=(blocks,), name="manifest-spool", daemon=True)
+        self._thread.start()
+
+    def _write(self, blocks: Iterator[tuple[bytes, bytes, int]]) -> None:
+        fd = self._file.fileno()
+        offset = 0
+        try:
+            for blob, last, count in blocks:
+                if self._closing or self._stop.is_set():
+                    break
+                record = memoryview(_HEADER.pack(len(blob), len(last), count) + blob + last)
+                while record:
+                    n = os.pwrite(fd, record, offset)
+                    offset += n
+                    record = record[n:]
+                with self._cond:
+                    self._written = offset
+                    self._cond.notify_all()
+        except BaseException as exc:  # handed to the reader
+            self._error = exc
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()  # releases its read snapshot now, in the thread that reads it
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes, int]]:
-        while self._ahead:
-            yield self._ahead.pop()
-        yield from self._blocks
+        fd = self._file.fileno()
+        offset = 0
+        while True:
+            with self._cond:
+                while self._written == offset and not self._done:
+                    self._cond.wait(STOP_CHECK)
+                    if self._stop.is_set():
+                        return
+                written = self._written
+            if written == offset:  # done: every record is read
+                if isinstance(self._error, OSError):
+                    raise TreeError(f"cannot spool the manifest to a temporary file: {self._error}")
+                if self._error is not None:
+                    raise self._error
+                return
+            blob_len, last_len, count = _HEADER.unpack(os.pread(fd, _HEADER.size, offset))
+            offset += _HEADER.size
+            body = _read(fd, blob_len + last_len, offset)
+            offset += blob_len + last_len
+            yield body[:blob_len], body[blob_len:], count
 
+    def close(self) -> None:
+        self._closing = True
+        self._thread.join()  # at most one block's query away
+        self._file.close()
+
+
+_HEADER = struct.Struct("<QQQ")  # a spooled block: len(records), len(last path), row count
+
+
+def _read(fd: int, n: int, offset: int) -> bytes:
+    parts = []
+    while n > 0:
+        data = os.pread(fd, n, offset)
+        if not data:
+            raise TreeError("the manifest spool ended early")
+        parts.append(data)
+        n -= len(data)
+        offset += len(data)
+    return b"".join(parts)
