@@ -5,7 +5,6 @@ it in the journal as pending changes (the local pass is syncd.scan). Described o
 from __future__ import annotations
 
 import os
-import queue
 import sqlite3
 import stat as statmod
 import threading
@@ -36,6 +35,7 @@ from .beneath import folder_root
 from .changes import Entry
 from .config import FolderConfig
 from .journal import Journal
+from .listing import Prefetch, Spool
 from .paths import IgnoreRules, reserved
 from .store import META_MTIME, META_OWNER, META_SHA256, ObjectStore, RemoteObject, StoreError
 from .trash import expired
@@ -116,109 +116,6 @@ class _Walked:
             close()  # the walk's directory fds
 
 
-# The objects of the listing the manifest does not know, with whether a write intent names
-# them and whether an earlier pass found them foreign with this very ETag.
-_UNKNOWN = ("SELECT r.path, r.size, r.etag, i.op IS NOT NULL, f.path IS NOT NULL FROM remote r "
-            "LEFT JOIN j.manifest m ON m.path = r.path LEFT JOIN j.intents i ON i.path = r.path "
-            "LEFT JOIN j.foreign_keys f ON f.path = r.path AND f.etag = r.etag WHERE m.path IS NULL")
-Query = tuple[str, tuple[object, ...]]
-
-
-class _Spool:
-    """The listing in the scratch table, and which of its objects can be decided already.
-
-    S3 lists keys in ascending UTF-8 order, so once a page is in, so is every key up to its
-    last one: those objects are decided while the next pages are fetched. The order is
-    checked, not trusted (SeaweedFS lists directory by directory; other stores promise
-    nothing): from the first page that goes back, the rest waits for the whole listing."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-        self.pages = 0
-        self.done: str | None = None       # every unknown object up to this path is handed out
-        self.disordered: int | None = None  # the first page that went back
-        self._high: str | None = None      # the highest path of the pages in order
-
-    def add(self, rows: list[tuple[str, int, str]]) -> None:
-        page = self.pages
-        self.pages += 1
-        self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?,?)", [(*r, page) for r in rows])
-        if self.disordered is None and rows:
-            if self._high is not None and min(r[0] for r in rows) <= self._high:
-                self.disordered = page
-            else:
-                self._high = max(r[0] for r in rows)
-
-    def decidable(self) -> Query | None:
-        """The unknown objects the listing so far is complete for, not handed out yet."""
-        if self.disordered is not None or self._high is None or self._high == self.done:
-            return None
-        low, self.done = self.done, self._high
-        if low is None:
-            return _UNKNOWN + " AND r.path <= ? ORDER BY r.path", (self.done,)
-        return _UNKNOWN + " AND r.path > ? AND r.path <= ? ORDER BY r.path", (low, self.done)
-
-    def rest(self) -> Query:
-        """The unknown objects not handed out yet, once the listing is complete."""
-        if self.done is None:
-            return _UNKNOWN + " ORDER BY r.path", ()
-        late = self.disordered if self.disordered is not None else self.pages
-        return _UNKNOWN + " AND (r.path > ? OR r.page >= ?) ORDER BY r.path", (self.done, late)
-
-
-class _Prefetch:
-    """The listing's pages, fetched a few ahead by a thread of their own: the next LIST
-    request is on its way while the objects of the last page are decided."""
-
-    AHEAD = 2  # pages waiting (memory: a page is at most 1000 objects)
-
-    def __init__(self, store: ObjectStore, prefix: str, stop: threading.Event):
-        self._queue: queue.Queue[list[RemoteObject] | BaseException | None] = queue.Queue(self.AHEAD)
-        self._halt = threading.Event()
-        self._stop = stop
-        self._thread = threading.Thread(target=self._run, args=(store, prefix), name="reconcile-list", daemon=True)
-
-    def __enter__(self) -> _Prefetch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._halt.set()  # the thread ends at its next page (a request under way is finished first)
-        self._thread.join()
-
-    def __iter__(self) -> Iterator[list[RemoteObject]]:
-        while (item := self._queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def _run(self, store: ObjectStore, prefix: str) -> None:
-        pages = store.list(prefix)
-        try:
-            for page in pages:
-                if not self._put(page):
-                    return
-                if self._stop.is_set():
-                    break
-        except BaseException as exc:  # the pass's thread raises it
-            self._put(exc)
-            return
-        finally:
-            close = getattr(pages, "close", None)
-            if close is not None:
-                close()
-        self._put(None)
-
-    def _put(self, item: list[RemoteObject] | BaseException | None) -> bool:
-        while not self._halt.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-
 class Adopter(Protocol):
     def submit(self, path: str, move_from: str | None = None, settle: bool = True,
                is_dir: bool = False) -> None: ...
@@ -290,7 +187,7 @@ class RemotePass:
 
     def _listing(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, walk: bool) -> None:
         """Spool the listing and decide the objects the manifest does not know, page by page
-        while the next pages are fetched (:class:`_Spool`). With ``walk`` (a rebuild: every
+        while the next pages are fetched (syncd.listing). With ``walk`` (a rebuild: every
         object is unknown) the local files are found by one walk of the tree merged with the
         objects in path order, not by resolving each object's path on its own."""
         local = None
@@ -302,11 +199,11 @@ class RemotePass:
             except OSError:
                 pass  # the root is not open (the guard holds the folder): each path is looked up
         foreign: list[tuple[str, str]] = []
-        spool = _Spool(db)
+        spool = Spool(db)
         try:
             with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool, \
                     ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="reconcile-read") as readers, \
-                    _Prefetch(self.store, self.folder.prefix, stop) as pages:
+                    Prefetch(self.store, self.folder.prefix, stop) as pages:
                 decide = partial(self._decide, pool, readers, local, report, foreign, stop)
                 for page in pages:
                     report.lists += 1
@@ -324,7 +221,7 @@ class RemotePass:
         if not stop.is_set():
             self.journal.replace_foreign(foreign)
 
-    def _spool_page(self, db: sqlite3.Connection, spool: _Spool, page: list[RemoteObject]) -> int:
+    def _spool_page(self, db: sqlite3.Connection, spool: Spool, page: list[RemoteObject]) -> int:
         prefix = self.folder.prefix
         cut = len(prefix)
         cutoff = self.clock() - self.folder.trash_retain
@@ -338,7 +235,7 @@ class RemotePass:
     def _decide(self, pool: ThreadPoolExecutor, readers: ThreadPoolExecutor, local: _Walked | None,
                 report: RemoteReport, foreign: list[tuple[str, str]], stop: threading.Event,
                 rows: sqlite3.Cursor) -> None:
-        """Classify and record the unknown objects of ``rows`` (_Spool's queries)."""
+        """Classify and record the unknown objects of ``rows`` (syncd.listing.Spool's queries)."""
         while not stop.is_set():
             batch: list[Unknown] = [((path, size, etag, intended, known), local.stat(path) if local is not None
                                      else _ASK) for path, size, etag, intended, known in rows.fetchmany(UNKNOWN_BATCH)]
