@@ -127,8 +127,9 @@ class RemotePass:
     """Compares the bucket listing with the manifest; repairs drift, rebuilds a lost journal.
 
     The listing is spooled into a scratch SQLite table and joined with the manifest in SQL:
-    memory stays flat however many objects there are, and no listing order is assumed. In
-    steady state it costs LIST requests only; HEAD is used just for objects the manifest does
+    memory stays flat however many objects there are, and no listing order is assumed (S3's
+    key order, where it holds, lets each page's objects be decided while the next page is
+    fetched: syncd.listing). In steady state it costs LIST requests only; HEAD is used just for objects the manifest does
     not know (to read syncd's metadata and adopt unchanged files instead of uploading them).
     """
 
@@ -160,7 +161,7 @@ class RemotePass:
         try:
             db.execute("PRAGMA journal_mode=OFF")
             db.execute("PRAGMA synchronous=OFF")
-            # page: the listing page a row came in (see _Spool), for the rows decided after it
+            # page: the listing page a row came in (syncd.listing.Spool: which rows are decided when)
             db.execute("CREATE TABLE remote(path TEXT PRIMARY KEY, size INTEGER, etag TEXT, page INTEGER) "
                        "WITHOUT ROWID")
             db.execute("CREATE TABLE purge(key TEXT PRIMARY KEY) WITHOUT ROWID")
@@ -237,8 +238,8 @@ class RemotePass:
                 rows: sqlite3.Cursor) -> None:
         """Classify and record the unknown objects of ``rows`` (syncd.listing.Spool's queries)."""
         while not stop.is_set():
-            batch: list[Unknown] = [((path, size, etag, intended, known), local.stat(path) if local is not None
-                                     else _ASK) for path, size, etag, intended, known in rows.fetchmany(UNKNOWN_BATCH)]
+            batch: list[Unknown] = [(r, local.stat(r[0]) if local is not None else _ASK)
+                                    for r in rows.fetchmany(UNKNOWN_BATCH)]
             if not batch:
                 break
             # What needs no request and only a small read is decided by the readers, a slice
