@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from syncd.journal import Journal
 from syncd.listing import Prefetch, Spool
-from syncd.store import RemoteObject, StoreError
+from syncd.store import RemoteObject, Scope, StoreError
 
 from tests.support.memstore import MemoryStore, StoredObject
 
@@ -66,6 +66,15 @@ def test_a_listing_error_is_raised_in_the_reading_thread() -> None:
     store = MemoryStore()
     store.fail("list")
     with Prefetch(store, "p/", threading.Event()) as pages, pytest.raises(StoreError):
+        list(pages)
+
+
+def test_a_store_refusing_the_listing_outright_is_raised_in_the_reading_thread() -> None:
+    class Refusing:
+        def list(self, prefix: str) -> Iterator[list[RemoteObject]]:
+            raise StoreError("no such bucket", scope=Scope.FOLDER)
+
+    with Prefetch(Refusing(), "p/", threading.Event()) as pages, pytest.raises(StoreError):  # type: ignore[arg-type]
         list(pages)
 
 

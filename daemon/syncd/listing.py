@@ -88,8 +88,9 @@ class Prefetch:
             yield item
 
     def _run(self, store: ObjectStore, prefix: str) -> None:
-        pages = store.list(prefix)
+        pages: Iterator[list[RemoteObject]] | None = None
         try:
+            pages = store.list(prefix)  # inside: a store may raise before its first page, too
             for page in pages:
                 if not self._put(page):
                     return

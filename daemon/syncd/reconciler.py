@@ -129,8 +129,9 @@ class RemotePass:
     The listing is spooled into a scratch SQLite table and joined with the manifest in SQL:
     memory stays flat however many objects there are, and no listing order is assumed (S3's
     key order, where it holds, lets each page's objects be decided while the next page is
-    fetched: syncd.listing). In steady state it costs LIST requests only; HEAD is used just for objects the manifest does
-    not know (to read syncd's metadata and adopt unchanged files instead of uploading them).
+    fetched: syncd.listing). In steady state it costs LIST requests only; HEAD is used just
+    for objects the manifest does not know (to read syncd's metadata and adopt unchanged
+    files instead of uploading them).
     """
 
     HEAD_WORKERS = 16
