@@ -48,11 +48,13 @@ def _write(root: Path, rel: str, data: bytes) -> None:
     (root / rel).write_bytes(data)
 
 
-@pytest.fixture
-def bucket_and_tree(tmp_path: Path) -> tuple[FolderConfig, MemoryStore]:
+@pytest.fixture(params=[False, True], ids=["listed-in-no-order", "listed-in-key-order"])
+def bucket_and_tree(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[FolderConfig, MemoryStore]:
+    """Several pages, listed shuffled (the rest is decided after the listing) or in S3's key
+    order (each page's objects decided while the next is fetched)."""
     root = tmp_path / "root"
     root.mkdir()
-    store = MemoryStore(page_size=3)  # several pages, listed in no particular order
+    store = MemoryStore(page_size=3, sorted_listing=request.param)
     for i, rel in enumerate(SAME):
         _write(root, rel, f"content {i}".encode() * (i + 1))
         _put(store, rel, f"content {i}".encode() * (i + 1))

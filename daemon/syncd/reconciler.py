@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -34,8 +35,9 @@ from .beneath import folder_root
 from .changes import Entry
 from .config import FolderConfig
 from .journal import Journal
+from .listing import Prefetch, Spool
 from .paths import IgnoreRules, reserved
-from .store import META_MTIME, META_OWNER, META_SHA256, ObjectStore, StoreError
+from .store import META_MTIME, META_OWNER, META_SHA256, ObjectStore, RemoteObject, StoreError
 from .trash import expired
 
 log = structlog.get_logger("syncd.reconciler")
@@ -97,8 +99,12 @@ class _Walked:
     def __init__(self, files: Iterator[tuple[str, os.stat_result]]):
         self._files = files
         self._next = next(files, None)
+        self._asked: str | None = None
 
     def stat(self, path: str) -> os.stat_result | None:
+        if self._asked is not None and path < self._asked:
+            return _ASK  # behind the walk (a listing out of order): looked up on its own
+        self._asked = path
         # str order is code point order, the UTF-8 byte order of the walk and of SQLite.
         while self._next is not None and self._next[0] < path:
             self._next = next(self._files, None)
@@ -121,9 +127,11 @@ class RemotePass:
     """Compares the bucket listing with the manifest; repairs drift, rebuilds a lost journal.
 
     The listing is spooled into a scratch SQLite table and joined with the manifest in SQL:
-    memory stays flat however many objects there are, and no listing order is assumed. In
-    steady state it costs LIST requests only; HEAD is used just for objects the manifest does
-    not know (to read syncd's metadata and adopt unchanged files instead of uploading them).
+    memory stays flat however many objects there are, and no listing order is assumed (S3's
+    key order, where it holds, lets each page's objects be decided while the next page is
+    fetched: syncd.listing). In steady state it costs LIST requests only; HEAD is used just
+    for objects the manifest does not know (to read syncd's metadata and adopt unchanged
+    files instead of uploading them).
     """
 
     HEAD_WORKERS = 16
@@ -154,14 +162,15 @@ class RemotePass:
         try:
             db.execute("PRAGMA journal_mode=OFF")
             db.execute("PRAGMA synchronous=OFF")
-            db.execute("CREATE TABLE remote(path TEXT PRIMARY KEY, size INTEGER, etag TEXT) WITHOUT ROWID")
+            # page: the listing page a row came in (syncd.listing.Spool: which rows are decided when)
+            db.execute("CREATE TABLE remote(path TEXT PRIMARY KEY, size INTEGER, etag TEXT, page INTEGER) "
+                       "WITHOUT ROWID")
             db.execute("CREATE TABLE purge(key TEXT PRIMARY KEY) WITHOUT ROWID")
-            self._spool(db, report, stop)
+            db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
+            self._listing(db, report, stop, walk=rebuild)
             if stop.is_set():
                 return report
-            db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
             self._drift(db, report)
-            self._unknown(db, report, stop, walk=rebuild)
             self._purge(db, report, stop)
         finally:
             db.close()
@@ -178,21 +187,74 @@ class RemotePass:
                                    "to remove them")
         return report
 
-    def _spool(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
+    def _listing(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, walk: bool) -> None:
+        """Spool the listing and decide the objects the manifest does not know, page by page
+        while the next pages are fetched (syncd.listing). With ``walk`` (a rebuild: every
+        object is unknown) the local files are found by one walk of the tree merged with the
+        objects in path order, not by resolving each object's path on its own."""
+        local = None
+        if walk:
+            try:
+                # Not stopped with the pass: a walk cut short would make files look missing
+                # (the batch loop stops instead).
+                local = _Walked(scan.walk(self.rootdir, self.ignore))
+            except OSError:
+                pass  # the root is not open (the guard holds the folder): each path is looked up
+        foreign: list[tuple[str, str]] = []
+        spool = Spool(db)
+        try:
+            with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool, \
+                    ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="reconcile-read") as readers, \
+                    Prefetch(self.store, self.folder.prefix, stop) as pages:
+                decide = partial(self._decide, pool, readers, local, report, foreign, stop)
+                for page in pages:
+                    report.lists += 1
+                    report.objects += self._spool_page(db, spool, page)
+                    if stop.is_set():
+                        return
+                    if (query := spool.decidable()) is not None:
+                        decide(db.execute(*query))
+                db.commit()
+                if not stop.is_set():
+                    decide(db.execute(*spool.rest()))
+        finally:
+            if local is not None:
+                local.close()
+        if not stop.is_set():
+            self.journal.replace_foreign(foreign)
+
+    def _spool_page(self, db: sqlite3.Connection, spool: Spool, page: list[RemoteObject]) -> int:
         prefix = self.folder.prefix
         cut = len(prefix)
         cutoff = self.clock() - self.folder.trash_retain
-        for page in self.store.list(prefix):
-            report.lists += 1
-            # syncd's bookkeeping keys (owner marker, trash) are not mirror content.
-            rows = [(o.key[cut:], o.size, o.etag) for o in page if not reserved(o.key[cut:])]
-            report.objects += len(rows)
-            db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?)", rows)
-            db.executemany("INSERT OR IGNORE INTO purge VALUES (?)",
-                           [(o.key,) for o in page if expired(prefix, o.key, cutoff)])
-            if stop.is_set():
-                return
-        db.commit()
+        # syncd's bookkeeping keys (owner marker, trash) are not mirror content.
+        rows = [(o.key[cut:], o.size, o.etag) for o in page if not reserved(o.key[cut:])]
+        spool.add(rows)
+        db.executemany("INSERT OR IGNORE INTO purge VALUES (?)",
+                       [(o.key,) for o in page if expired(prefix, o.key, cutoff)])
+        return len(rows)
+
+    def _decide(self, pool: ThreadPoolExecutor, readers: ThreadPoolExecutor, local: _Walked | None,
+                report: RemoteReport, foreign: list[tuple[str, str]], stop: threading.Event,
+                rows: sqlite3.Cursor) -> None:
+        """Classify and record the unknown objects of ``rows`` (syncd.listing.Spool's queries)."""
+        while not stop.is_set():
+            batch: list[Unknown] = [(r, local.stat(r[0]) if local is not None else _ASK)
+                                    for r in rows.fetchmany(UNKNOWN_BATCH)]
+            if not batch:
+                break
+            # What needs no request and only a small read is decided by the readers, a slice
+            # of objects each (hashlib and reads release the GIL, so they share the cores;
+            # one hand-off per file would cost more than a small file's read).
+            slices = [batch[i:i + READ_SLICE] for i in range(0, len(batch), READ_SLICE)]
+            found = [f for part in readers.map(self._classify_inline, slices) for f in part]
+            rest = iter(pool.map(self._classify, [u for u, f in zip(batch, found, strict=True) if f is None]))
+            for (row, _), f in zip(batch, found, strict=True):
+                f = f or next(rest)
+                assert f is not None
+                self._record(f, report)
+                if f.verdict == Verdict.FOREIGN:
+                    foreign.append((row[0], row[2]))
 
     def _purge(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
         """Delete trash entries older than trash_retain, 1000 per request (S3's limit for
@@ -217,51 +279,6 @@ class RemotePass:
         for path, mtime_ns, etag in rows:
             report.drift += 1
             self.sink.submit_forget(path, mtime_ns, etag)
-
-    def _unknown(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, walk: bool) -> None:
-        """Objects the manifest does not know: ours (a write intent, a lost journal, an
-        orphan of our own id) or foreign. With ``walk`` (a rebuild: every object is unknown)
-        the local files are found by one walk of the tree merged with the objects in path
-        order, not by resolving each object's path on its own."""
-        rows = db.execute(
-            "SELECT r.path, r.size, r.etag, i.op IS NOT NULL, f.path IS NOT NULL FROM remote r "
-            "LEFT JOIN j.manifest m ON m.path = r.path LEFT JOIN j.intents i ON i.path = r.path "
-            "LEFT JOIN j.foreign_keys f ON f.path = r.path AND f.etag = r.etag WHERE m.path IS NULL"
-            + (" ORDER BY r.path" if walk else ""))
-        local = None
-        if walk:
-            try:
-                # Not stopped with the pass: a walk cut short would make files look missing
-                # (the batch loop stops instead).
-                local = _Walked(scan.walk(self.rootdir, self.ignore))
-            except OSError:
-                pass  # the root is not open (the guard holds the folder): each path is looked up
-        foreign: list[tuple[str, str]] = []
-        try:
-            with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool, \
-                    ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="reconcile-read") as readers:
-                while not stop.is_set():
-                    batch: list[Unknown] = [(r, local.stat(r[0]) if local is not None else _ASK)
-                                            for r in rows.fetchmany(UNKNOWN_BATCH)]
-                    if not batch:
-                        break
-                    # What needs no request and only a small read is decided by the readers,
-                    # a slice of objects each (hashlib and reads release the GIL, so they share
-                    # the cores; one hand-off per file would cost more than a small file's read).
-                    slices = [batch[i:i + READ_SLICE] for i in range(0, len(batch), READ_SLICE)]
-                    found = [f for part in readers.map(self._classify_inline, slices) for f in part]
-                    rest = iter(pool.map(self._classify, [u for u, f in zip(batch, found, strict=True) if f is None]))
-                    for (row, _), f in zip(batch, found, strict=True):
-                        f = f or next(rest)
-                        assert f is not None
-                        self._record(f, report)
-                        if f.verdict == Verdict.FOREIGN:
-                            foreign.append((row[0], row[2]))
-        finally:
-            if local is not None:
-                local.close()
-        if not stop.is_set():
-            self.journal.replace_foreign(foreign)
 
     def _classify_inline(self, unknowns: list[Unknown]) -> list[Finding | None]:
         return [self._classify(u, inline=True) for u in unknowns]

@@ -24,6 +24,7 @@ from typing import Any
 os.environ.setdefault("BOTO_DISABLE_CRT", "true")
 
 import boto3  # noqa: E402 - after the opt-out above
+import botocore.handlers  # noqa: E402
 import botocore.utils  # noqa: E402
 from botocore.config import Config as BotoConfig  # noqa: E402
 
@@ -58,6 +59,32 @@ def _fast_timestamps(session: Any) -> None:
     core = getattr(session, "_session", None)  # the botocore session under boto3's
     if core is not None:
         core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+
+
+# The answer a complete ListObjectsV2 body ends with.
+_LISTING_END = b"</ListBucketResult>"
+
+
+def _cheap_listing_check(client: Any) -> None:
+    """botocore parses every S3 answer a second time (``_handle_200_error``) to find an
+    ``<Error>`` document sent with status 200 (S3 does so for copies and
+    CompleteMultipartUpload) or a body cut short, and makes both a retried 500. For
+    ListObjectsV2, a rebuild's thousands of pages, looking at how the body ends catches both
+    at no cost; every other operation keeps botocore's check."""
+    check = getattr(botocore.handlers, "_handle_200_error", None)
+    if check is None:  # another botocore: its own handling stays as it is
+        return
+    client.meta.events.unregister("before-parse.s3.*", check)
+
+    def handler(operation_model: Any, response_dict: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if operation_model.name != "ListObjectsV2":
+            check(operation_model, response_dict, **kwargs)
+        elif response_dict and response_dict.get("status_code") == 200:
+            body = response_dict.get("body") or b""
+            if not body.rstrip().endswith(_LISTING_END):
+                response_dict["status_code"] = 500  # retried like botocore's own finding
+
+    client.meta.events.register_first("before-parse.s3.*", handler)
 
 
 def addressing_of(folder: FolderConfig) -> AddressingStyle:
@@ -150,6 +177,7 @@ def _build(folder: FolderConfig, key: Hashable, clock: Callable[[], datetime] | 
         client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
     except Exception as exc:  # profile missing and the like
         raise classify(exc, bucket=folder.bucket) from exc
+    _cheap_listing_check(client)
     client.meta.events.register("provide-client-params.s3", _take_counter)
     client.meta.events.register("response-received.s3", _count)
     return Shared(key, client, credentials, _crt_client(credentials, client, folder))

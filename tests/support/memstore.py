@@ -117,8 +117,9 @@ class MemoryStore:
     """A bucket in a dict; thread-safe (one lock), every answer given before the call returns."""
 
     def __init__(self, bucket: str = "memory", *, seed: int = 0, page_size: int = PAGE_SIZE,
-                 clock: Callable[[], float] = time.time, versioned: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, versioned: bool = False, sorted_listing: bool = False) -> None:
         self.bucket = bucket
+        self.sorted_listing = sorted_listing        # list in key order, as S3 does (default: shuffled)
         self.objects: dict[str, StoredObject] = {}  # tests may look at headers here
         self.versioned = versioned                  # keep every version and delete marker, as S3 does
         self._history: dict[str, list[tuple[str, float, StoredObject | None]]] = {}
@@ -422,7 +423,10 @@ class MemoryStore:
             self._before("list")
             found = [RemoteObject(k, len(o.body), o.etag, modified=o.modified)
                      for k, o in self.objects.items() if k.startswith(prefix)]
-            self._random.shuffle(found)  # no order is promised (SeaweedFS walks its tree)
+            if self.sorted_listing:
+                found.sort(key=lambda o: o.key)  # S3: ascending UTF-8 byte order (= code point order)
+            else:
+                self._random.shuffle(found)  # no order is promised (SeaweedFS walks its tree)
         for start in range(0, len(found), self._page_size):
             yield found[start:start + self._page_size]
         if not found:
