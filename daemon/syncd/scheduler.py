@@ -43,6 +43,7 @@ DELETE_LULL = 0.25           # a partial delete batch waits this long for more k
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first batch waits for a pause in events
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
+SINGLE_BATCH = 8             # small uploads a turn starts go to a pool thread this many at a time
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
 ROOT_CHECK_EVERY = 1.0       # a busy turn looks at the root this often (idle: check_root, from outside)
 PROBE_WAIT_MAX = 30.0        # a halted folder's loop looks at its probe backoff at least this often
@@ -288,8 +289,19 @@ class Scheduler:
                 self.budget.release(t.cost)
             self._ready.extendleft(reversed(tasks))
             raise
+        # A small upload's thread only reads the file and starts its PUT (the answer comes on
+        # the store's thread), so several share one pool task: each hand-off to a thread costs
+        # a wake-up and a GIL transfer, paid per file during a sync of many small files.
+        assert self._transfers is not None
+        batch = self._transfers.background_puts
+        singles: list[Task] = []
         for t in tasks:
-            self._submit(t)
+            if batch and t.kind == TaskKind.UPLOAD and t.single:
+                singles.append(t)
+            else:
+                self._submit(t)
+        for i in range(0, len(singles), SINGLE_BATCH):
+            self._submit_all(singles[i:i + SINGLE_BATCH])
 
     def _wave_observed(self) -> bool:
         """The first batch of a deletion wave waits until events pause (an `rm -rf` still
@@ -303,6 +315,17 @@ class Scheduler:
         assert self._transfers is not None
         self._inflight[id(task)] = task
         self._lane.submit(self._transfers.run, task, self._deliver)
+
+    def _submit_all(self, tasks: list[Task]) -> None:
+        """Tasks that each end quickly (a small upload only starts its PUT), run one after
+        another on one pool thread."""
+        assert self._transfers is not None
+        for task in tasks:
+            self._inflight[id(task)] = task
+        if len(tasks) == 1:
+            self._lane.submit(self._transfers.run, tasks[0], self._deliver)
+        else:
+            self._lane.submit(self._transfers.run_all, tasks, self._deliver)
 
     def _deliver(self, result: Result) -> None:
         """A transfer ended (pool thread, or the store's thread for a small PUT)."""

@@ -77,6 +77,7 @@ class Task:
     # delete: trash: path -> (trash key, ETag of the object to keep there, if known), journaled
     trash: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     trashed: bool = False               # the copies into the trash are made (an upload falling back)
+    single: bool = False                # upload: one PutObject (the thread only reads and sends it)
     touched: float = field(default_factory=time.monotonic)  # last sign of progress (watchdog)
 
     def touch(self) -> None:
@@ -143,6 +144,16 @@ class Transfers:
             result = self._crashed(task, exc)
         if result is not None:
             deliver(result)
+
+    @property
+    def background_puts(self) -> bool:
+        """A small upload only reads its file and starts the PUT (no thread waits for the answer)."""
+        return self.store.background_puts and self.throttle is None
+
+    def run_all(self, tasks: list[Task], deliver: Callable[[Result], None]) -> None:
+        """:meth:`run` for each task in turn, on one pool thread (see Scheduler._submit)."""
+        for task in tasks:
+            self.run(task, deliver)
 
     def _crashed(self, task: Task, exc: Exception) -> Result:
         self._log.exception("transfer.crashed", path=task.path, op=task.kind, error=str(exc))

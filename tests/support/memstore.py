@@ -119,6 +119,7 @@ class MemoryStore:
     def __init__(self, bucket: str = "memory", *, seed: int = 0, page_size: int = PAGE_SIZE,
                  clock: Callable[[], float] = time.time, versioned: bool = False) -> None:
         self.bucket = bucket
+        self.background_puts = False  # put answers before it returns (and a fault hook may hold it)
         self.objects: dict[str, StoredObject] = {}  # tests may look at headers here
         self.versioned = versioned                  # keep every version and delete marker, as S3 does
         self._history: dict[str, list[tuple[str, float, StoredObject | None]]] = {}
