@@ -217,26 +217,33 @@ class Scheduler:
             n = self._progress.popleft()
             self.done.bytes += n
             self._rate.append((time.monotonic(), 0, n))
+        results: list[Result] = []
         while self._results:
-            r = self._results.popleft()
+            results.append(self._results.popleft())
+        cost = files = sent = 0
+        for r in results:
             self._inflight.pop(id(r.task), None)
-            self.budget.release(r.task.cost)
+            cost += r.task.cost
             if r.task.copy_from is not None:
                 self._copy_sources.discard(r.task.copy_from.path)
                 if any(o.kind == OutcomeKind.DONE for o in r.outcomes):
                     self.guard.moved()
             self._outcomes.extend(r.outcomes)
-            self.stats.observe(r)
-            if r.files or r.bytes_sent:
-                self.done.files += r.files
-                self.done.bytes += r.bytes_sent
-                self._rate.append((time.monotonic(), r.files, r.bytes_sent))
+            files += r.files
+            sent += r.bytes_sent
             if r.folder_error is not None:
                 self.health.fail(str(r.folder_error), stalled=r.folder_error.transient)
             for o in r.outcomes:
                 if o.kind in (OutcomeKind.RETRY, OutcomeKind.PARK) and o.error:
                     self.health.last_error = o.error
                     self._log_limited("transfer.failed", path=o.path, error=o.error, outcome=o.kind)
+        if results:
+            self.budget.release(cost)
+            self.stats.observe(results)
+        if files or sent:
+            self.done.files += files
+            self.done.bytes += sent
+            self._rate.append((time.monotonic(), files, sent))
         if self._outcomes:
             self.journal.apply(self._outcomes)
             self._outcomes = []
