@@ -298,12 +298,13 @@ class Scheduler:
             raise
         # A small upload's thread only reads the file and starts its PUT (the answer comes on
         # the store's thread), so several share one pool task: each hand-off to a thread costs
-        # a wake-up and a GIL transfer, paid per file during a sync of many small files.
+        # a wake-up and a GIL transfer, paid per file during a sync of many small files. One
+        # that first copies the old object into the trash waits for that copy: it goes alone.
         assert self._transfers is not None
         batch = self._transfers.background_puts
         singles: list[Task] = []
         for t in tasks:
-            if batch and t.kind == TaskKind.UPLOAD and t.single:
+            if batch and t.kind == TaskKind.UPLOAD and t.single and not t.trash:
                 singles.append(t)
             else:
                 self._submit(t)

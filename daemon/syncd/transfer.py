@@ -151,7 +151,7 @@ class Transfers:
         return self.store.background_puts and self.throttle is None
 
     def run_all(self, tasks: list[Task], deliver: Callable[[Result], None]) -> None:
-        """:meth:`run` for each task in turn, on one pool thread (see Scheduler._submit)."""
+        """:meth:`run` for each task in turn, on one pool thread (see Scheduler._start)."""
         for task in tasks:
             self.run(task, deliver)
 
@@ -187,6 +187,11 @@ class Transfers:
             try:
                 if before.st_size <= self.folder.multipart_threshold:
                     data, digest = self._read_whole(f, fd, before)
+                elif task.single:
+                    # Planned as one PUT, grown past the threshold since (still being written):
+                    # planned again once settled, as a multipart upload on a thread of its own,
+                    # not here, ahead of the small uploads that may share this thread.
+                    return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen, delay=self.folder.settle)])
                 else:
                     entry = self.multipart.upload(Source(p.path, key, f, fd, before), task.touch)
                     self._count("multipart")
