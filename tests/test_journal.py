@@ -47,6 +47,15 @@ def test_a_change_during_its_transfer_keeps_the_row_for_another_pass(journal):
     assert journal.counts()["pending"] == 1                 # and the newer change is still due
 
 
+def test_of_uploads_recorded_together_only_the_one_changed_meanwhile_stays_due(journal):
+    journal.record([(p, None, 0) for p in ("a", "b", "c")], max_delay=30)
+    claimed = journal.claim_due(time.time(), 10)
+    journal.record([("b", None, 0)], max_delay=30)         # written again during its upload
+    journal.apply([Outcome(OutcomeKind.DONE, p.path, p.gen, entry=_entry(p.path)) for p in claimed])
+    assert all(journal.entry(p) == _entry(p) for p in ("a", "b", "c"))
+    assert [p.path for p in journal.claim_due(time.time(), 10)] == ["b"]  # ready again, alone
+
+
 def test_finished_change_removes_the_row_and_records_the_manifest_atomically(journal):
     journal.record([("a", None, 0)], max_delay=30)
     [claimed] = journal.claim_due(time.time(), 10)

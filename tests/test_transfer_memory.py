@@ -3,6 +3,7 @@ change's outcome (done, retry, defer with a folder error, park), without a serve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,19 @@ def test_an_upload_is_done_with_the_objects_etag_and_metadata(transfers: Transfe
     assert head.meta[META_SHA256] == hashlib.sha256(b"alpha").hexdigest()
     assert head.meta[META_OWNER] == "owner-1"
     assert store.objects["p/a.txt"].headers.get("Content-Type") == "text/plain"
+
+
+def test_a_file_planned_as_one_put_that_grew_past_the_threshold_is_planned_again(
+        tmp_path: Path, folder: FolderConfig, store: MemoryStore) -> None:
+    small = dataclasses.replace(folder, multipart_threshold=4)  # "alpha" (5 bytes) is past it now
+    journal = Journal(tmp_path / "j2.sqlite3", "test")
+    try:
+        task = Task("upload", [pending("a.txt")], single=True)
+        [outcome] = run(Transfers(small, store, journal.uploads), task).outcomes
+    finally:
+        journal.close()
+    assert outcome.kind == "defer" and outcome.delay == small.settle  # not sent in parts on the shared thread
+    assert store.objects == {} and list(store.list_uploads("")) == []
 
 
 def test_a_transient_failure_is_retried_later(transfers: Transfers, store: MemoryStore) -> None:

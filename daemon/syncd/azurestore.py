@@ -97,6 +97,7 @@ class AzureBlobStore:
         """``environ``: where the credentials are read (the process environment; tests pass their own).
         ``connections``: the HTTP pool size, by default the folder's workers and a few more."""
         self.bucket = folder.bucket
+        self.background_puts = False  # the SDK's upload_blob waits for the answer
         self._folder = folder
         self.requests = RequestCounts()  # syncd.metrics: one count per HTTP attempt
         # Few quick client-side retries for blips; the journal's own backoff handles outages.

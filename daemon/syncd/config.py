@@ -92,7 +92,7 @@ class FolderConfig:
     settle_closed: float = 0.02         # quiet period of a finished write (closed or renamed into place)
     hot_window: float = 2.0             # a path finished again within this is hot: it waits `settle`
     max_delay: float = 30.0
-    workers: int = 16
+    workers: int = 32
     multipart_threshold: int = 64 * MiB
     part_size: int = 16 * MiB
     part_concurrency: int = 2           # parts of one file in flight at once

@@ -350,7 +350,11 @@ class FolderRuntime:
     # ------------------------------------------------------------------ status
 
     def is_idle(self) -> tuple[bool, int]:
-        """(nothing pending, settling, being scanned or in flight; number of parked failures)."""
+        """(nothing pending, settling, being scanned or in flight; number of parked failures,
+        counted only when idle). `syncd wait` asks every few ms: while transfers run or a
+        pass it waits for is busy, the answer needs no count over the pending table."""
+        if self.scheduler.in_flight() or (self._blocking and self.pass_running()):
+            return False, 0
         # The inbox before the journal: a change journaled between the two reads is then seen
         # in the journal; read the other way round it could be missed by both.
         inbox_empty = len(self.scheduler.inbox) == 0

@@ -225,39 +225,76 @@ class Journal:
         return [Pending(*r) for r in rows]
 
     def apply(self, outcomes: Iterable[Outcome]) -> None:
-        """Record finished work in one transaction: manifest first, then the pending row."""
+        """Record finished work in one transaction: manifest first, then the pending row.
+
+        Uploads and copies that ended well (most outcomes of a sync) are written a run at a
+        time, one statement each for the run's rows, in the order given."""
         now = time.time()
         with self.transaction() as db:
+            run: list[Outcome] = []
+            seen: set[str] = set()
             for o in outcomes:
-                if o.kind == OutcomeKind.DONE:
-                    if o.entry is not None:
-                        e = o.entry
-                        db.execute("INSERT OR REPLACE INTO manifest VALUES (?,?,?,?,?,?)",
-                                   (e.path, e.size, e.mtime_ns, e.inode, e.sha256, e.etag))
-                    if o.forget:
-                        db.execute("DELETE FROM manifest WHERE path=?", (o.path,))
-                    if o.entry is not None or o.forget or o.settled:
-                        # The key's content is now known (recorded, or deleted): no longer "may have written".
-                        db.execute("DELETE FROM intents WHERE path=?", (o.path,))
-                    db.execute("DELETE FROM trash WHERE path=?", (o.path,))  # that trash entry is made
-                    cur = db.execute("DELETE FROM pending WHERE path=? AND gen=?", (o.path, o.gen))
-                    if cur.rowcount == 0:
-                        # Changed again while we worked on it: look again after it settles.
-                        db.execute(f"UPDATE pending SET state={READY:d}, first_seen=?, move_from=NULL WHERE path=?",
-                                   (now, o.path))
-                elif o.kind == OutcomeKind.RETRY:
-                    db.execute(f"UPDATE pending SET state={READY:d}, attempts=attempts+1, error=?, "
-                               "due=MAX(due, ?) WHERE path=?", (o.error, now + o.delay, o.path))
-                elif o.kind == OutcomeKind.DEFER:
-                    db.execute(f"UPDATE pending SET state={READY:d}, due=MAX(due, ?) WHERE path=?",
-                               (now + o.delay, o.path))
-                elif o.kind == OutcomeKind.PARK:
-                    cur = db.execute(f"UPDATE pending SET state={FAILED:d}, error=? WHERE path=? AND gen=?",
-                                     (o.error, o.path, o.gen))
-                    if cur.rowcount == 0:
-                        db.execute(f"UPDATE pending SET state={READY:d} WHERE path=?", (o.path,))
-                else:
-                    raise ValueError(f"unknown outcome kind {o.kind!r}")
+                if o.kind == OutcomeKind.DONE and o.entry is not None and not o.forget:
+                    if o.path in seen:  # the same path twice: keep the order of its outcomes
+                        self._apply_written(db, run, now)
+                        run, seen = [], set()
+                    run.append(o)
+                    seen.add(o.path)
+                    continue
+                if run:
+                    self._apply_written(db, run, now)
+                    run, seen = [], set()
+                self._apply_one(db, o, now)
+            if run:
+                self._apply_written(db, run, now)
+
+    @staticmethod
+    def _apply_written(db: sqlite3.Connection, run: list[Outcome], now: float) -> None:
+        """:meth:`_apply_one` for DONE outcomes with an entry, of distinct paths."""
+        db.executemany("INSERT OR REPLACE INTO manifest VALUES (?,?,?,?,?,?)",
+                       [(e.path, e.size, e.mtime_ns, e.inode, e.sha256, e.etag)
+                        for o in run if (e := o.entry) is not None])
+        paths = [(o.path,) for o in run]
+        db.executemany("DELETE FROM intents WHERE path=?", paths)
+        db.executemany("DELETE FROM trash WHERE path=?", paths)
+        cur = db.executemany("DELETE FROM pending WHERE path=? AND gen=?", [(o.path, o.gen) for o in run])
+        if cur.rowcount != len(run):
+            # Some changed again while we worked on them: their rows (a newer gen) are still
+            # there; look again after they settle. (The rows deleted above match nothing.)
+            db.executemany(f"UPDATE pending SET state={READY:d}, first_seen=?, move_from=NULL WHERE path=?",
+                           [(now, o.path) for o in run])
+
+    @staticmethod
+    def _apply_one(db: sqlite3.Connection, o: Outcome, now: float) -> None:
+        if o.kind == OutcomeKind.DONE:
+            if o.entry is not None:
+                e = o.entry
+                db.execute("INSERT OR REPLACE INTO manifest VALUES (?,?,?,?,?,?)",
+                           (e.path, e.size, e.mtime_ns, e.inode, e.sha256, e.etag))
+            if o.forget:
+                db.execute("DELETE FROM manifest WHERE path=?", (o.path,))
+            if o.entry is not None or o.forget or o.settled:
+                # The key's content is now known (recorded, or deleted): no longer "may have written".
+                db.execute("DELETE FROM intents WHERE path=?", (o.path,))
+            db.execute("DELETE FROM trash WHERE path=?", (o.path,))  # that trash entry is made
+            cur = db.execute("DELETE FROM pending WHERE path=? AND gen=?", (o.path, o.gen))
+            if cur.rowcount == 0:
+                # Changed again while we worked on it: look again after it settles.
+                db.execute(f"UPDATE pending SET state={READY:d}, first_seen=?, move_from=NULL WHERE path=?",
+                           (now, o.path))
+        elif o.kind == OutcomeKind.RETRY:
+            db.execute(f"UPDATE pending SET state={READY:d}, attempts=attempts+1, error=?, "
+                       "due=MAX(due, ?) WHERE path=?", (o.error, now + o.delay, o.path))
+        elif o.kind == OutcomeKind.DEFER:
+            db.execute(f"UPDATE pending SET state={READY:d}, due=MAX(due, ?) WHERE path=?",
+                       (now + o.delay, o.path))
+        elif o.kind == OutcomeKind.PARK:
+            cur = db.execute(f"UPDATE pending SET state={FAILED:d}, error=? WHERE path=? AND gen=?",
+                             (o.error, o.path, o.gen))
+            if cur.rowcount == 0:
+                db.execute(f"UPDATE pending SET state={READY:d} WHERE path=?", (o.path,))
+        else:
+            raise ValueError(f"unknown outcome kind {o.kind!r}")
 
     def intend(self, items: Iterable[tuple[str, IntentOp]]) -> None:
         """Durably note ``(path, op)``: a write to the path's key is about to be sent."""

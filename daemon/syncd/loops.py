@@ -113,14 +113,16 @@ class LoopGroup:
                 return
             self._schedule(lp, max(time.monotonic(), lp.not_before))
 
-    def _schedule(self, lp: Loop, at: float) -> None:
-        """Under the lock: make ``lp`` due at ``at`` unless it is due earlier already."""
+    def _schedule(self, lp: Loop, at: float, notify: bool = True) -> None:
+        """Under the lock: make ``lp`` due at ``at`` unless it is due earlier already.
+        ``notify`` False: the calling thread looks at the heap next itself (a turn just ended)."""
         if lp.due is not None and lp.due <= at:
             return
         lp.due = at
         lp._seq = next(self._seq)
         heapq.heappush(self._heap, (at, lp._seq, lp))
-        self._cond.notify()
+        if notify:
+            self._cond.notify()
 
     def _take(self) -> Loop | None:
         with self._cond:
@@ -134,6 +136,8 @@ class LoopGroup:
                     lp.due = None
                     lp.running_since = now
                     lp.woken = False
+                    if self._heap:
+                        self._cond.notify()  # another thread watches what else is scheduled
                     return lp
                 self._cond.wait(None if not self._heap else self._heap[0][0] - now)
             return None
@@ -148,9 +152,12 @@ class LoopGroup:
             with self._cond:
                 lp.running_since = None
                 now = time.monotonic()
-                if not lp.closed:
-                    if lp.woken:
-                        self._schedule(lp, max(now, lp.not_before))
-                    elif delay is not None:
-                        self._schedule(lp, max(now + delay, lp.not_before))
-                self._cond.notify_all()  # close() may be waiting for this turn
+                # This thread takes the next turn itself (it waits for the heap next): waking
+                # another for it, or every idle one after each turn, cost each of them a
+                # wake-up and a GIL hand-off per turn, hundreds of turns a second while busy.
+                if lp.closed:
+                    self._cond.notify_all()  # close() is waiting for this turn
+                elif lp.woken:
+                    self._schedule(lp, max(now, lp.not_before), notify=False)
+                elif delay is not None:
+                    self._schedule(lp, max(now + delay, lp.not_before), notify=False)

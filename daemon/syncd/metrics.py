@@ -15,6 +15,7 @@ imports this module, and the daemon without ``metrics:`` should not pay for them
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import os
@@ -75,27 +76,35 @@ class FolderStats:
         self.visible_count = 0
         self.visible_sum = 0.0
 
-    def observe(self, result: Result) -> None:
-        """One transfer's result (Scheduler._collect): confirmed changes and failures."""
+    def observe(self, results: list[Result]) -> None:
+        """A loop turn's finished transfers (Scheduler._collect): confirmed changes and failures."""
         now = time.time()
-        first_seen = {p.path: p.first_seen for p in result.task.items}
         with self._lock:
-            if result.folder_error is not None:
-                self.errors[ErrorScope.FOLDER] += 1
-            for o in result.outcomes:
-                if o.kind == "retry":
-                    self.retries += 1
-                    self.errors[ErrorScope.TRANSIENT] += 1
-                elif o.kind == "park":
-                    self.errors[ErrorScope.KEY] += 1
-                elif o.kind == "done" and (o.entry is not None or o.forget) and o.path in first_seen:
-                    seconds = max(0.0, now - first_seen[o.path])
-                    self.visible_count += 1
-                    self.visible_sum += seconds
-                    for i, bound in enumerate(VISIBLE_BUCKETS):
-                        if seconds <= bound:
+            for result in results:
+                items = result.task.items
+                by_path: dict[str, float] | None = None  # a batch's first_seen by path, when needed
+                if result.folder_error is not None:
+                    self.errors[ErrorScope.FOLDER] += 1
+                for o in result.outcomes:
+                    if o.kind == "retry":
+                        self.retries += 1
+                        self.errors[ErrorScope.TRANSIENT] += 1
+                    elif o.kind == "park":
+                        self.errors[ErrorScope.KEY] += 1
+                    elif o.kind == "done" and (o.entry is not None or o.forget):
+                        if len(items) == 1:
+                            first_seen = items[0].first_seen if items[0].path == o.path else None
+                        else:
+                            by_path = by_path or {p.path: p.first_seen for p in items}
+                            first_seen = by_path.get(o.path)
+                        if first_seen is None:
+                            continue
+                        seconds = max(0.0, now - first_seen)
+                        self.visible_count += 1
+                        self.visible_sum += seconds
+                        i = bisect.bisect_left(VISIBLE_BUCKETS, seconds)  # the first bound >= seconds
+                        if i < len(VISIBLE_BUCKETS):
                             self.buckets[i] += 1
-                            break
 
     def histogram(self) -> tuple[list[tuple[str, float]], float]:
         """Cumulative buckets (``le`` as text, +Inf last) and the sum, as Prometheus wants them."""

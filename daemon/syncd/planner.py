@@ -90,7 +90,7 @@ class Planner:
         if source is not None:
             return Task(TaskKind.COPY, [p], copy_from=source)
         if st.st_size <= self.folder.multipart_threshold:
-            return Task(TaskKind.UPLOAD, [p], cost=st.st_size)
+            return Task(TaskKind.UPLOAD, [p], cost=st.st_size, single=True)
         # A multipart upload holds one part being read plus the parts in flight.
         try:
             part = part_size_for(st.st_size, self.folder.part_size)

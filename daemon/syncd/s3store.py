@@ -110,6 +110,7 @@ class S3Store:
         path_style = addressing == AddressingStyle.PATH or (addressing == AddressingStyle.AUTO and "." in self.bucket)
         crt = self._shared.crt
         self._crt = None if crt is None else CrtPutter(crt, folder.bucket, path_style)
+        self.background_puts = self._crt is not None  # (a paced body goes through boto3: see put)
         self._extra: dict[str, str] = {}
         if folder.storage_class:
             self._extra["StorageClass"] = folder.storage_class

@@ -43,6 +43,7 @@ DELETE_LULL = 0.25           # a partial delete batch waits this long for more k
 DELETE_MAX_WAIT = 2.0        # ...but never longer than this
 WAVE_QUIET, WAVE_QUIET_MAX = 0.5, 10.0   # a wave's first batch waits for a pause in events
 TURN_GATHER = 0.005          # while transfers run, a loop turn waits this long for more to end
+SINGLE_BATCH = 8             # small uploads a turn starts go to a pool thread this many at a time
 LOG_EVERY = 30.0             # a repeating failure is logged at most this often
 ROOT_CHECK_EVERY = 1.0       # a busy turn looks at the root this often (idle: check_root, from outside)
 PROBE_WAIT_MAX = 30.0        # a halted folder's loop looks at its probe backoff at least this often
@@ -216,26 +217,33 @@ class Scheduler:
             n = self._progress.popleft()
             self.done.bytes += n
             self._rate.append((time.monotonic(), 0, n))
+        results: list[Result] = []
         while self._results:
-            r = self._results.popleft()
+            results.append(self._results.popleft())
+        cost = files = sent = 0
+        for r in results:
             self._inflight.pop(id(r.task), None)
-            self.budget.release(r.task.cost)
+            cost += r.task.cost
             if r.task.copy_from is not None:
                 self._copy_sources.discard(r.task.copy_from.path)
                 if any(o.kind == OutcomeKind.DONE for o in r.outcomes):
                     self.guard.moved()
             self._outcomes.extend(r.outcomes)
-            self.stats.observe(r)
-            if r.files or r.bytes_sent:
-                self.done.files += r.files
-                self.done.bytes += r.bytes_sent
-                self._rate.append((time.monotonic(), r.files, r.bytes_sent))
+            files += r.files
+            sent += r.bytes_sent
             if r.folder_error is not None:
                 self.health.fail(str(r.folder_error), stalled=r.folder_error.transient)
             for o in r.outcomes:
                 if o.kind in (OutcomeKind.RETRY, OutcomeKind.PARK) and o.error:
                     self.health.last_error = o.error
                     self._log_limited("transfer.failed", path=o.path, error=o.error, outcome=o.kind)
+        if results:
+            self.budget.release(cost)
+            self.stats.observe(results)
+        if files or sent:
+            self.done.files += files
+            self.done.bytes += sent
+            self._rate.append((time.monotonic(), files, sent))
         if self._outcomes:
             self.journal.apply(self._outcomes)
             self._outcomes = []
@@ -288,8 +296,20 @@ class Scheduler:
                 self.budget.release(t.cost)
             self._ready.extendleft(reversed(tasks))
             raise
+        # A small upload's thread only reads the file and starts its PUT (the answer comes on
+        # the store's thread), so several share one pool task: each hand-off to a thread costs
+        # a wake-up and a GIL transfer, paid per file during a sync of many small files. One
+        # that first copies the old object into the trash waits for that copy: it goes alone.
+        assert self._transfers is not None
+        batch = self._transfers.background_puts
+        singles: list[Task] = []
         for t in tasks:
-            self._submit(t)
+            if batch and t.kind == TaskKind.UPLOAD and t.single and not t.trash:
+                singles.append(t)
+            else:
+                self._submit(t)
+        for i in range(0, len(singles), SINGLE_BATCH):
+            self._submit_all(singles[i:i + SINGLE_BATCH])
 
     def _wave_observed(self) -> bool:
         """The first batch of a deletion wave waits until events pause (an `rm -rf` still
@@ -303,6 +323,17 @@ class Scheduler:
         assert self._transfers is not None
         self._inflight[id(task)] = task
         self._lane.submit(self._transfers.run, task, self._deliver)
+
+    def _submit_all(self, tasks: list[Task]) -> None:
+        """Tasks that each end quickly (a small upload only starts its PUT), run one after
+        another on one pool thread."""
+        assert self._transfers is not None
+        for task in tasks:
+            self._inflight[id(task)] = task
+        if len(tasks) == 1:
+            self._lane.submit(self._transfers.run, tasks[0], self._deliver)
+        else:
+            self._lane.submit(self._transfers.run_all, tasks, self._deliver)
 
     def _deliver(self, result: Result) -> None:
         """A transfer ended (pool thread, or the store's thread for a small PUT)."""

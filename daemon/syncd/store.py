@@ -234,6 +234,9 @@ class ObjectStore(Protocol):
     """What syncd needs from a bucket. Every method is idempotent."""
 
     bucket: str
+    # True: put() returns once its request is sent (the answer comes on the store's own
+    # thread), so one pool thread can start several small uploads in turn.
+    background_puts: bool
 
     def check(self) -> None:
         """Raise StoreError(scope=FOLDER) unless the bucket is reachable with these credentials."""

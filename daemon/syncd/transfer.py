@@ -77,6 +77,7 @@ class Task:
     # delete: trash: path -> (trash key, ETag of the object to keep there, if known), journaled
     trash: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     trashed: bool = False               # the copies into the trash are made (an upload falling back)
+    single: bool = False                # upload: one PutObject (the thread only reads and sends it)
     touched: float = field(default_factory=time.monotonic)  # last sign of progress (watchdog)
 
     def touch(self) -> None:
@@ -144,6 +145,16 @@ class Transfers:
         if result is not None:
             deliver(result)
 
+    @property
+    def background_puts(self) -> bool:
+        """A small upload only reads its file and starts the PUT (no thread waits for the answer)."""
+        return self.store.background_puts and self.throttle is None
+
+    def run_all(self, tasks: list[Task], deliver: Callable[[Result], None]) -> None:
+        """:meth:`run` for each task in turn, on one pool thread (see Scheduler._start)."""
+        for task in tasks:
+            self.run(task, deliver)
+
     def _crashed(self, task: Task, exc: Exception) -> Result:
         self._log.exception("transfer.crashed", path=task.path, op=task.kind, error=str(exc))
         p = task.items[0]
@@ -176,6 +187,11 @@ class Transfers:
             try:
                 if before.st_size <= self.folder.multipart_threshold:
                     data, digest = self._read_whole(f, fd, before)
+                elif task.single:
+                    # Planned as one PUT, grown past the threshold since (still being written):
+                    # planned again once settled, as a multipart upload on a thread of its own,
+                    # not here, ahead of the small uploads that may share this thread.
+                    return Result(task, [Outcome(OutcomeKind.DEFER, p.path, p.gen, delay=self.folder.settle)])
                 else:
                     entry = self.multipart.upload(Source(p.path, key, f, fd, before), task.touch)
                     self._count("multipart")

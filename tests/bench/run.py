@@ -86,7 +86,7 @@ def _sigterm(_signum: int, _frame: FrameType | None) -> None:
 
 def tool_settings(peers: dict[str, Peer], concurrency: int) -> dict[str, str]:
     """The report's "how each tool was run", one entry per row label."""
-    syncd = ("`syncd run` at its defaults (`workers: 16`, `settle: 0.5s`, `settle_closed: 20ms`), log level "
+    syncd = ("`syncd run` at its defaults (`workers: 32`, `settle: 0.5s`, `settle_closed: 20ms`), log level "
              "warning; timed from launching `syncd run` until `syncd wait` exits 0. That includes both "
              "processes' start-up; `syncd wait` is launched as soon as the control socket exists, so "
              "the 0.6 s it gives in-flight events overlaps the sync. Every ratio is taken against this row.")

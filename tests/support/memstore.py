@@ -120,6 +120,7 @@ class MemoryStore:
                  clock: Callable[[], float] = time.time, versioned: bool = False, sorted_listing: bool = False) -> None:
         self.bucket = bucket
         self.sorted_listing = sorted_listing        # list in key order, as S3 does (default: shuffled)
+        self.background_puts = False  # put answers before it returns (and a fault hook may hold it)
         self.objects: dict[str, StoredObject] = {}  # tests may look at headers here
         self.versioned = versioned                  # keep every version and delete marker, as S3 does
         self._history: dict[str, list[tuple[str, float, StoredObject | None]]] = {}
