@@ -10,7 +10,6 @@ large. Part of the S3 store implementation: only it imports client libraries.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import re
 import threading
@@ -42,26 +41,6 @@ log = structlog.get_logger("syncd.s3crt")
 CLIENT_RETRIES = 2   # like botocore's standard mode (3 attempts); the journal retries after that
 EVENT_LOOP_THREADS = 1
 REAP_EVERY = 0.5         # how often overdue requests are looked for (seconds)
-
-
-# The CRT threads that keep a Python thread state (see _keep_thread_state).
-_kept: set[int] = set()
-
-
-def _keep_thread_state() -> None:
-    """Called first in every callback from the CRT's threads: give this thread a lasting
-    Python thread state.
-
-    awscrt enters Python from its own threads with PyGILState_Ensure, and a thread without
-    a state of its own gets a new one for that call only: PyGILState_Release deletes it, its
-    frame stack with it (an mmap, page faults, a munmap), for each of the several callbacks
-    of every request. One Ensure left unreleased keeps the state for the thread's life, so
-    each callback only takes the GIL. (The daemon leaves with os._exit; a state left by an
-    event-loop thread that ended is a few KiB.)"""
-    ident = threading.get_ident()
-    if ident not in _kept:
-        ctypes.pythonapi.PyGILState_Ensure()  # the GIL is held: this only counts one more user
-        _kept.add(ident)
 
 
 @dataclass
@@ -146,7 +125,6 @@ class CrtClient:
         etag = [""]
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
-            _keep_thread_state()
             for name, value in headers:
                 if name.lower() == "etag":
                     etag[0] = value.strip('"')
@@ -163,7 +141,6 @@ class CrtClient:
         request = HttpRequest("GET", path, HttpHeaders([("Host", host)]))
 
         def headers_seen(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
-            _keep_thread_state()
             if status_code < 300:
                 on_headers(headers)
 
@@ -223,7 +200,6 @@ class CrtClient:
             self._inflight[token] = _InFlight(time.monotonic() + self._timeout)
 
         def on_done(error: BaseException | None = None, **_: object) -> None:
-            _keep_thread_state()  # (a request that failed before its headers calls only this)
             with self._lock:
                 entry = self._inflight.pop(token, None)
             timed_out = entry is not None and entry.timed_out
