@@ -18,7 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -311,6 +311,13 @@ class SyncdRunner(Runner):
 
 # ---------------------------------------------------------------------- the run context
 
+def syncd_default_workers() -> int:
+    """syncd's default ``workers``: the equal-concurrency row is the defaults row when they match."""
+    from syncd.config import FolderConfig
+
+    return next(int(f.default) for f in fields(FolderConfig) if f.name == "workers")  # type: ignore[arg-type]
+
+
 def _slug(label: str) -> str:
     """A row label ("rclone best (--transfers 64)") as a bucket-name and file-name part."""
     return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
@@ -368,7 +375,8 @@ class Bench:
     def contenders(self) -> list[str]:
         """The rows of the speed comparisons: :attr:`tools`, syncd at the shared concurrency,
         and every peer at its best settings."""
-        return [*self.tools, self.syncd_equal, *self.best]
+        equal = [] if self.options.concurrency == syncd_default_workers() else [self.syncd_equal]
+        return [*self.tools, *equal, *self.best]
 
     @property
     def reps(self) -> int:
