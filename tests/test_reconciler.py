@@ -239,3 +239,26 @@ def test_watch_limit_gives_the_sysctl_fix_and_falls_back_to_rescans(tmp_path, tr
     finally:
         runtime.stop_intake(_NoWatches())  # type: ignore[arg-type]
         runtime.stop(time.monotonic() + 5)
+
+
+def test_an_overflow_keeps_wait_busy_until_its_rescan_has_run(tmp_path, tree, s3_server, bucket, s3, monkeypatch):
+    """The rescan an overflow owes starts at the folders' next timer tick: `wait` must not say
+    idle in between (a file whose event the kernel dropped would be missing from the bucket)."""
+    daemon = Syncd(tmp_path / "conf", s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+    daemon.add_folder("main", tree, bucket)
+    for key, value in daemon.env().items():
+        monkeypatch.setenv(key, value)
+    folder = load_config(daemon.config).folders[0]
+    runtime = FolderRuntime(folder, daemon.state_dir, ByteBudget(64 << 20))
+    runtime.start(_NoWatches())  # type: ignore[arg-type]
+    try:
+        await_condition(lambda: runtime.is_idle()[0], 30, "the startup pass")
+        (tree / "event-lost.txt").write_text("the kernel dropped this file's events")
+        runtime.on_overflow()
+        assert runtime.is_idle()[0] is False
+        runtime.tick(time.monotonic())  # the timer starts the owed rescan
+        await_condition(lambda: runtime.is_idle()[0], 30, "the rescan and its upload")
+        assert_mirror(s3, bucket, tree)
+    finally:
+        runtime.stop_intake(_NoWatches())  # type: ignore[arg-type]
+        runtime.stop(time.monotonic() + 5)

@@ -355,6 +355,10 @@ class FolderRuntime:
         pass it waits for is busy, the answer needs no count over the pending table."""
         if self.scheduler.in_flight() or (self._blocking and self.pass_running()):
             return False, 0
+        if self._overflow_pending:
+            # Events were lost and the rescan is owed (the timer starts it): until it has run,
+            # nothing says the bucket is the folder.
+            return False, 0
         # The inbox before the journal: a change journaled between the two reads is then seen
         # in the journal; read the other way round it could be missed by both.
         inbox_empty = len(self.scheduler.inbox) == 0
