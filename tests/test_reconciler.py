@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -218,8 +220,9 @@ class _NoWatches:
         pass
 
 
-def test_watch_limit_gives_the_sysctl_fix_and_falls_back_to_rescans(tmp_path, tree, s3_server, bucket, s3,
-                                                                   monkeypatch):
+@contextlib.contextmanager
+def _unwatched_runtime(tmp_path, tree, s3_server, bucket, monkeypatch) -> Iterator[FolderRuntime]:
+    """An in-process folder runtime whose watcher gets no inotify watches: it relies on rescans."""
     daemon = Syncd(tmp_path / "conf", s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
     daemon.add_folder("main", tree, bucket)
     for key, value in daemon.env().items():
@@ -228,6 +231,15 @@ def test_watch_limit_gives_the_sysctl_fix_and_falls_back_to_rescans(tmp_path, tr
     runtime = FolderRuntime(folder, daemon.state_dir, ByteBudget(64 << 20))
     runtime.start(_NoWatches())  # type: ignore[arg-type]
     try:
+        yield runtime
+    finally:
+        runtime.stop_intake(_NoWatches())  # type: ignore[arg-type]
+        runtime.stop(time.monotonic() + 5)
+
+
+def test_watch_limit_gives_the_sysctl_fix_and_falls_back_to_rescans(tmp_path, tree, s3_server, bucket, s3,
+                                                                   monkeypatch):
+    with _unwatched_runtime(tmp_path, tree, s3_server, bucket, monkeypatch) as runtime:
         assert runtime.watch_error is not None and "fs.inotify.max_user_watches" in runtime.watch_error
         await_condition(lambda: runtime.is_idle()[0], 30, "the startup pass")
         (tree / "seen-by-rescan.txt").write_text("no inotify event for this one")
@@ -236,22 +248,12 @@ def test_watch_limit_gives_the_sysctl_fix_and_falls_back_to_rescans(tmp_path, tr
                         "the fallback rescan to sync the file")
         assert_mirror(s3, bucket, tree)
         assert runtime.snapshot()["last_error"] == runtime.watch_error
-    finally:
-        runtime.stop_intake(_NoWatches())  # type: ignore[arg-type]
-        runtime.stop(time.monotonic() + 5)
 
 
 def test_an_overflow_keeps_wait_busy_until_its_rescan_has_run(tmp_path, tree, s3_server, bucket, s3, monkeypatch):
     """The rescan an overflow owes starts at the folders' next timer tick: `wait` must not say
     idle in between (a file whose event the kernel dropped would be missing from the bucket)."""
-    daemon = Syncd(tmp_path / "conf", s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
-    daemon.add_folder("main", tree, bucket)
-    for key, value in daemon.env().items():
-        monkeypatch.setenv(key, value)
-    folder = load_config(daemon.config).folders[0]
-    runtime = FolderRuntime(folder, daemon.state_dir, ByteBudget(64 << 20))
-    runtime.start(_NoWatches())  # type: ignore[arg-type]
-    try:
+    with _unwatched_runtime(tmp_path, tree, s3_server, bucket, monkeypatch) as runtime:
         await_condition(lambda: runtime.is_idle()[0], 30, "the startup pass")
         (tree / "event-lost.txt").write_text("the kernel dropped this file's events")
         runtime.on_overflow()
@@ -259,6 +261,3 @@ def test_an_overflow_keeps_wait_busy_until_its_rescan_has_run(tmp_path, tree, s3
         runtime.tick(time.monotonic())  # the timer starts the owed rescan
         await_condition(lambda: runtime.is_idle()[0], 30, "the rescan and its upload")
         assert_mirror(s3, bucket, tree)
-    finally:
-        runtime.stop_intake(_NoWatches())  # type: ignore[arg-type]
-        runtime.stop(time.monotonic() + 5)
