@@ -1,8 +1,10 @@
-"""The shared boto3 clients (syncd.s3clients): S3's "200 with an error inside" answers are
-still caught and retried, with the listing's check done without a second XML parse."""
+"""The shared botocore clients (syncd.s3clients): S3's "200 with an error inside" answers are
+still caught and retried, with the listing's check done without a second XML parse; what
+boto3 alone brings (its managed copy) still serves the copies over CopyObject's limit."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -10,7 +12,10 @@ import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from syncd import s3store
+from syncd.config import FolderConfig
 from syncd.s3clients import _cheap_listing_check
+from syncd.s3store import S3Store
 
 LISTING = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
            b"<Name>b</Name><Prefix></Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false"
@@ -81,3 +86,20 @@ def test_a_listing_body_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = _client([LISTING])
     client.list_objects_v2(Bucket="b")
     assert second_parses == []
+
+
+def test_an_object_over_copyobjects_limit_gets_new_metadata_by_a_copy_part_by_part(
+        s3_server: Any, s3: Any, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setattr(s3store, "S3_MAX_COPY", 1024)  # stands in for 5 GiB: the object is "larger"
+    s3.put_object(Bucket=bucket, Key="big", Body=b"x" * 4096, Metadata={"mtime": "1"})
+    store = S3Store(FolderConfig(name="copy", source=tmp_path / "copy.yaml", path=tmp_path, bucket=bucket,
+                                 endpoint_url=s3_server.endpoint, region=s3_server.region))
+    try:
+        etag = store.set_meta("big", {"mtime": "2"}, 4096)
+    finally:
+        store.close()
+    head = s3.head_object(Bucket=bucket, Key="big")
+    assert head["Metadata"] == {"mtime": "2"} and head["ContentLength"] == 4096
+    assert head["ETag"].strip('"') == etag and etag.endswith("-1")  # one UploadPartCopy, not a CopyObject

@@ -1,9 +1,9 @@
 """The S3 clients, shared: folders with the same endpoint, credentials and client settings use
-one boto3 client and one CRT client (part of the S3 store implementation).
+one botocore client and one CRT client (part of the S3 store implementation).
 
-A boto3 session loads the S3 service model anew and every client holds its own connection
+A botocore session loads the S3 service model anew and every client holds its own connection
 pool, and a CRT client its own event-loop thread: a hundred folders on one endpoint paid
-that a hundred times (issue 21). boto3 clients and awscrt's S3 client are thread-safe, so a
+that a hundred times (issue 21). botocore clients and awscrt's S3 client are thread-safe, so a
 client is built once per distinct setting (:func:`acquire`) and released by its last user.
 Requests are still counted per folder: each call carries its store's counter to the event
 hook (:class:`Counted`).
@@ -23,8 +23,8 @@ from typing import Any
 # botocore is first imported.
 os.environ.setdefault("BOTO_DISABLE_CRT", "true")
 
-import boto3  # noqa: E402 - after the opt-out above
-import botocore.handlers  # noqa: E402
+import botocore.handlers  # noqa: E402 - after the opt-out above
+import botocore.session  # noqa: E402
 import botocore.utils  # noqa: E402
 from botocore.config import Config as BotoConfig  # noqa: E402
 
@@ -54,11 +54,9 @@ def _timestamp(value: Any) -> datetime:
     return parsed
 
 
-def _fast_timestamps(session: Any) -> None:
+def _fast_timestamps(session: botocore.session.Session) -> None:
     """Make the clients of ``session`` parse timestamps with :func:`_timestamp`."""
-    core = getattr(session, "_session", None)  # the botocore session under boto3's
-    if core is not None:
-        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
 
 
 # The answer a complete ListObjectsV2 body ends with.
@@ -171,10 +169,15 @@ def _build(folder: FolderConfig, key: Hashable, clock: Callable[[], datetime] | 
         if folder.role_arn:
             session = assume_role_session(folder, clock)
         else:
-            session = boto3.session.Session(profile_name=folder.profile, region_name=folder.region)
+            # botocore's own session, not boto3's: boto3 adds only its transfer manager
+            # (s3transfer, imported with it), which is needed for nothing but the copy of an
+            # object over 5 GiB (S3Store.set_meta imports it then), and importing it delayed
+            # every start's first request.
+            session = botocore.session.Session(profile=folder.profile)
         _fast_timestamps(session)
         credentials = session.get_credentials()
-        client: Any = session.client("s3", endpoint_url=folder.endpoint_url, config=boto_config)
+        client: Any = session.create_client("s3", region_name=folder.region, endpoint_url=folder.endpoint_url,
+                                            config=boto_config)
     except Exception as exc:  # profile missing and the like
         raise classify(exc, bucket=folder.bucket) from exc
     _cheap_listing_check(client)

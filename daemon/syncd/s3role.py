@@ -25,7 +25,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import boto3
 import botocore.exceptions as bexc
 import botocore.session
 import structlog
@@ -84,8 +83,8 @@ def refresh_windows(duration: int) -> tuple[int, int]:
     return min(ADVISORY_REFRESH, duration // 3), min(MANDATORY_REFRESH, duration // 6)
 
 
-def assume_role_session(folder: FolderConfig, clock: Callable[[], datetime] | None = None) -> boto3.session.Session:
-    """A boto3 session whose credentials are the folder's role, assumed with the standard
+def assume_role_session(folder: FolderConfig, clock: Callable[[], datetime] | None = None) -> botocore.session.Session:
+    """A botocore session whose credentials are the folder's role, assumed with the standard
     chain's credentials (environment, shared files, ``profile``) and refreshed before expiry.
     Raises StoreError when the role cannot be assumed."""
     assert folder.role_arn is not None
@@ -140,7 +139,7 @@ def assume_role_session(folder: FolderConfig, clock: Callable[[], datetime] | No
     # A session of its own: `base` has cached the source credentials it resolved.
     assumed = botocore.session.Session(profile=folder.profile)
     assumed.register_component("credential_provider", CredentialResolver([_Provider(credentials)]))
-    return boto3.session.Session(botocore_session=assumed, region_name=folder.region)
+    return assumed
 
 
 def _role_error(exc: Exception, folder: FolderConfig) -> StoreError:

@@ -19,7 +19,6 @@ os.environ.setdefault("BOTO_DISABLE_CRT", "true")
 
 import botocore.exceptions as bexc  # noqa: E402 - after the opt-out above
 from awscrt.checksums import crc32c  # noqa: E402
-from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 from . import s3clients
 from .bandwidth import Payload
@@ -271,11 +270,15 @@ class S3Store:
                 resp = self._client.copy_object(Bucket=self.bucket, Key=key, **extra,
                                                 CopySource={"Bucket": self.bucket, "Key": key})
                 return _etag(resp.get("CopyObjectResult", {}))
-            # CopyObject stops at 5 GiB; larger objects are copied part by part (UploadPartCopy).
-            self._client.copy({"Bucket": self.bucket, "Key": key}, self.bucket, key, ExtraArgs=extra,
-                              Config=TransferConfig(multipart_threshold=S3_MAX_COPY,
-                                                    multipart_chunksize=max(size // 9000, 512 * 1024 * 1024),
-                                                    max_concurrency=4))
+            # CopyObject stops at 5 GiB; larger objects are copied part by part (UploadPartCopy),
+            # by boto3's managed copy (imported here: see s3clients).
+            from boto3.s3.inject import copy as managed_copy
+            from boto3.s3.transfer import TransferConfig
+
+            managed_copy(self._client, {"Bucket": self.bucket, "Key": key}, self.bucket, key, ExtraArgs=extra,
+                         Config=TransferConfig(multipart_threshold=S3_MAX_COPY,
+                                               multipart_chunksize=max(size // 9000, 512 * 1024 * 1024),
+                                               max_concurrency=4))
             return _etag(self._client.head_object(Bucket=self.bucket, Key=key))
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc

@@ -6,6 +6,7 @@ order: watches -> scans -> schedulers (drain the pools until a deadline) -> jour
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -23,6 +24,7 @@ from .config import Config, ConfigError, load_config
 from .control import ControlError, ControlServer
 from .exitcodes import ExitCode
 from .folder import FolderRuntime
+from .health import FolderState
 from .heartbeat import Heartbeat
 from .metrics import ListenError, MetricsServer, folder_health, lag
 from .pool import Pools
@@ -40,11 +42,15 @@ WAIT_POLL = 0.02  # `syncd wait` looks this often (a count query on the journal:
 # counts from every folder's journal.
 STATUS_EVERY, STATUS_EVERY_PER_FOLDER = 2.0, 0.05
 TICK_EVERY = 1.0  # the folders' timer: passes due, deferred remote parts, the root check
+STARTUP_MAX = 10.0  # start-up (see _end_startup) is over when every folder's store answered, or after this
 
 
 class Daemon:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, gc_thresholds: tuple[int, ...] | None = None):
+        """``gc_thresholds``: the collector's thresholds to restore once the daemon is up
+        (`syncd run` collects rarely while it starts); None: leave the collector alone."""
         self.config = config
+        self._gc_thresholds = gc_thresholds
         self.folders: dict[str, FolderRuntime] = {}
         self.budget = ByteBudget(config.max_inflight_bytes)
         # One set of threads for every folder (syncd.pool): transfers, probes, passes, loops.
@@ -90,6 +96,8 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             now = time.monotonic()
+            if self._gc_thresholds is not None:
+                self._end_startup(now)
             if now >= next_tick:
                 for runtime in list(self.folders.values()):
                     runtime.tick(now)
@@ -102,6 +110,21 @@ class Daemon:
                 next_ping = now + self._watchdog_every
         self.shutdown()
         return 0
+
+    def _end_startup(self, now: float) -> None:
+        """Once every folder's first contact with its store is answered (its SDK loaded, its
+        client built), what start-up built stays for the daemon's life: it is frozen out of
+        every later collection (with the few cycles start-up left as garbage, a one-time
+        amount: a full collection here to find them would cost more than they hold), and the
+        collector runs at its usual thresholds again."""
+        assert self._gc_thresholds is not None
+        first_contact = all(r.health.halt is None or r.health.halt.state is not FolderState.STARTING
+                            for r in list(self.folders.values()))
+        if not first_contact and now - self.started < STARTUP_MAX:
+            return
+        gc.freeze()
+        gc.set_threshold(*self._gc_thresholds)
+        self._gc_thresholds = None
 
     def _add_folder(self, folder: Any) -> None:
         runtime = FolderRuntime(folder, self.config.state_dir, self.budget, self.pools)
