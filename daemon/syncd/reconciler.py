@@ -227,11 +227,17 @@ class RemotePass:
         prefix = self.folder.prefix
         cut = len(prefix)
         cutoff = self.clock() - self.folder.trash_retain
-        # syncd's bookkeeping keys (owner marker, trash) are not mirror content.
-        rows = [(o.key[cut:], o.size, o.etag) for o in page if not reserved(o.key[cut:])]
+        rows: list[tuple[str, int, str]] = []
+        purge: list[tuple[str]] = []
+        for o in page:
+            rel = o.key[cut:]
+            if not reserved(rel):
+                rows.append((rel, o.size, o.etag))
+            elif expired(prefix, o.key, cutoff):  # syncd's bookkeeping (owner marker, trash): not content
+                purge.append((o.key,))
         spool.add(rows)
-        db.executemany("INSERT OR IGNORE INTO purge VALUES (?)",
-                       [(o.key,) for o in page if expired(prefix, o.key, cutoff)])
+        if purge:
+            db.executemany("INSERT OR IGNORE INTO purge VALUES (?)", purge)
         return len(rows)
 
     def _decide(self, pool: ThreadPoolExecutor, readers: ThreadPoolExecutor, local: _Walked | None,

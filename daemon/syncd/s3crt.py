@@ -322,10 +322,9 @@ def _q(value: str) -> str:
 
 
 def listing_page(body: bytes) -> tuple[list[RemoteObject], str | None]:
-    """A ListObjectsV2 answer (``encoding-type=url``: keys are URL-encoded, so that keys with
-    characters XML 1.0 cannot carry come through, as botocore asks for them too): its objects
-    and the next continuation token, None if it is the last page. CrtFailure if it is no
-    such answer."""
+    """A ListObjectsV2 answer: its objects and the next continuation token, None if it is the
+    last page; CrtFailure if it is no such answer. Asked with ``encoding-type=url``, as botocore
+    asks: keys with characters XML 1.0 cannot carry come through URL-encoded."""
     try:
         return _parse_listing(body)
     except (ET.ParseError, ValueError) as exc:
@@ -336,10 +335,16 @@ def _parse_listing(body: bytes) -> tuple[list[RemoteObject], str | None]:
     root = ET.fromstring(body)
     ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     key_tag, size_tag, etag_tag, modified_tag = ns + "Key", ns + "Size", ns + "ETag", ns + "LastModified"
+    # Decoded only if the answer says it is encoded (as botocore does): a store that ignores
+    # encoding-type sends the keys as they are.
+    encoded = (root.findtext(ns + "EncodingType") or "").strip().lower() == "url"
     found: list[RemoteObject] = []
     for item in root.iter(ns + "Contents"):
         stamp = item.findtext(modified_tag)
-        found.append(RemoteObject(key=unquote_plus(item.findtext(key_tag) or ""),
+        key = item.findtext(key_tag) or ""
+        if encoded and ("%" in key or "+" in key):  # most keys need no decoding (unquote_plus is Python)
+            key = unquote_plus(key)
+        found.append(RemoteObject(key=key,
                                   size=int(item.findtext(size_tag) or 0),
                                   etag=(item.findtext(etag_tag) or "").strip('"'),
                                   modified=datetime.fromisoformat(stamp).timestamp() if stamp else None))
