@@ -3,8 +3,13 @@ against SeaweedFS)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from syncd.s3crt import CrtFailure, listing_page
+from syncd.config import FolderConfig
+from syncd.s3crt import BAD_LISTING, CLIENT_RETRIES, CrtFailure, listing_page
+from syncd.s3store import S3Store
+from syncd.store import TRANSIENT, RemoteObject, StoreError
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
@@ -57,3 +62,63 @@ def test_a_truncated_page_without_a_token_is_a_failure() -> None:
 def test_an_unreadable_answer_is_a_failure() -> None:
     with pytest.raises(CrtFailure, match="unreadable listing page"):
         listing_page(b"<ListBucketResult><Contents><Key>p/a")
+
+
+def test_an_error_sent_with_status_200_is_a_server_failure() -> None:
+    body = b"<Error><Code>InternalError</Code><Message>We encountered an internal error</Message></Error>"
+    with pytest.raises(CrtFailure) as failure:
+        listing_page(body)
+    assert (failure.value.status, failure.value.code) == (500, "InternalError")
+
+
+def test_an_answer_that_is_no_listing_is_a_failure() -> None:
+    with pytest.raises(CrtFailure, match="not a listing page"):
+        listing_page(b"<ListAllMyBucketsResult></ListAllMyBucketsResult>")
+
+
+class _Pages:
+    """Stands in for the CRT: answers each page request with the next of ``answers``."""
+
+    def __init__(self, *answers: CrtFailure | tuple[list[RemoteObject], str | None]):
+        self.answers = list(answers)
+        self.asked: list[str | None] = []
+
+    def list_page(self, prefix: str, token: str | None) -> tuple[list[RemoteObject], str | None]:
+        self.asked.append(token)
+        answer = self.answers.pop(0)
+        if isinstance(answer, CrtFailure):
+            raise answer
+        return answer
+
+
+def _store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pages: _Pages) -> S3Store:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    folder = FolderConfig(name="t", source=tmp_path / "t.yaml", path=tmp_path, bucket="b",
+                          endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    store = S3Store(folder)
+    store._crt = pages  # type: ignore[assignment]
+    return store
+
+
+def test_a_page_answered_with_no_usable_listing_is_asked_again(tmp_path, monkeypatch) -> None:
+    cut = CrtFailure(None, "", "an unreadable listing page", transport=BAD_LISTING)
+    pages = _Pages(([RemoteObject("a", 1, "e")], "t1"), cut, ([RemoteObject("b", 1, "e")], None))
+    store = _store(tmp_path, monkeypatch, pages)
+    try:
+        assert [o.key for page in store.list("") for o in page] == ["a", "b"]
+    finally:
+        store.close()
+    assert pages.asked == [None, "t1", "t1"]
+
+
+def test_a_page_that_stays_unusable_is_a_transient_error(tmp_path, monkeypatch) -> None:
+    cut = CrtFailure(None, "", "an unreadable listing page", transport=BAD_LISTING)
+    pages = _Pages(*[cut] * (CLIENT_RETRIES + 1))
+    store = _store(tmp_path, monkeypatch, pages)
+    try:
+        with pytest.raises(StoreError) as failure:
+            list(store.list(""))
+    finally:
+        store.close()
+    assert failure.value.scope == TRANSIENT and len(pages.asked) == CLIENT_RETRIES + 1

@@ -46,6 +46,9 @@ log = structlog.get_logger("syncd.s3crt")
 CLIENT_RETRIES = 2   # like botocore's standard mode (3 attempts); the journal retries after that
 EVENT_LOOP_THREADS = 1
 REAP_EVERY = 0.5         # how often overdue requests are looked for (seconds)
+# CrtFailure.transport of a listing page answered with 200 but no usable page (a body cut
+# short, an error document): the CRT saw a success and did not retry it.
+BAD_LISTING = "BadListing"
 
 
 @dataclass
@@ -328,12 +331,18 @@ def listing_page(body: bytes) -> tuple[list[RemoteObject], str | None]:
     try:
         return _parse_listing(body)
     except (ET.ParseError, ValueError) as exc:
-        raise CrtFailure(None, "", f"an unreadable listing page: {exc}", transport="BadListing") from exc
+        raise CrtFailure(None, "", f"an unreadable listing page: {exc}", transport=BAD_LISTING) from exc
 
 
 def _parse_listing(body: bytes) -> tuple[list[RemoteObject], str | None]:
     root = ET.fromstring(body)
     ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    name = root.tag[len(ns):]
+    if name == "Error":  # S3 may send an error with status 200: a failure like a 500 (botocore's view too)
+        code = root.findtext(ns + "Code") or "InternalError"
+        raise CrtFailure(500, code, root.findtext(ns + "Message") or code, transport=BAD_LISTING)
+    if name != "ListBucketResult":
+        raise CrtFailure(None, "", f"not a listing page but <{name}>", transport=BAD_LISTING)
     key_tag, size_tag, etag_tag, modified_tag = ns + "Key", ns + "Size", ns + "ETag", ns + "LastModified"
     # Decoded only if the answer says it is encoded (as botocore does): a store that ignores
     # encoding-type sends the keys as they are.
@@ -351,5 +360,5 @@ def _parse_listing(body: bytes) -> tuple[list[RemoteObject], str | None]:
     truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
     token = root.findtext(ns + "NextContinuationToken")
     if truncated and not token:
-        raise CrtFailure(None, "", "a truncated listing page without a continuation token", transport="BadListing")
+        raise CrtFailure(None, "", "a truncated listing page without a continuation token", transport=BAD_LISTING)
     return found, token if truncated else None

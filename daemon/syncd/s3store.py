@@ -25,7 +25,7 @@ from . import s3clients
 from .bandwidth import Payload
 from .choices import AddressingStyle, Checksum
 from .config import FolderConfig
-from .s3crt import CrtFailure, CrtPutter
+from .s3crt import BAD_LISTING, CLIENT_RETRIES, CrtFailure, CrtPutter
 from .s3errors import NOT_FOUND_CODES, UPLOAD_GONE_CODES, classify, crt_error, crt_status, error_code
 from .store import (
     FOLDER,
@@ -402,6 +402,7 @@ class S3Store:
         several times the CPU of ElementTree's C parse (syncd.s3crt)."""
         assert self._crt is not None
         token: str | None = None
+        bad = 0
         while True:
             try:
                 if self._credentials is not None:
@@ -409,6 +410,9 @@ class S3Store:
                 page, token = self._crt.list_page(prefix, token)
             except CrtFailure as exc:
                 self.requests.add("ListObjectsV2", crt_status(exc))
+                if exc.transport == BAD_LISTING and bad < CLIENT_RETRIES:
+                    bad += 1  # asked again, as botocore retries such an answer like a 500
+                    continue
                 raise crt_error(exc, prefix, self.bucket) from exc
             except Exception as exc:  # the credentials' refresh
                 raise classify(exc, prefix, self.bucket) from exc
