@@ -14,9 +14,10 @@ import pytest
 from syncd.changes import Entry
 from syncd.config import FolderConfig
 from syncd.journal import Journal
+from syncd.owner import OWNED_ELSEWHERE
 from syncd.paths import IgnoreRules
 from syncd.reconciler import RemotePass, RemoteReport
-from syncd.store import META_OWNER
+from syncd.store import FOLDER, META_OWNER, StoreError
 
 from tests.support.memstore import MemoryStore, StoredObject
 
@@ -94,3 +95,43 @@ def test_unchanged_files_are_adopted_by_etag_and_the_rest_left_to_the_scan(tmp_p
     assert (report.adopted, report.orphans, report.files_read) == (len(SAME), 1, len(SAME) + 1)  # + changed.txt
     assert report.foreign == 2  # the ignored object and the one behind the symlink
     assert report.heads == 3 and store.calls["head"] == 3  # only the objects without a local file
+
+
+def test_the_owner_claim_runs_with_the_listing_under_way_and_its_ids_decide_orphans(tmp_path, bucket_and_tree):
+    folder, store = bucket_and_tree
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    sink = Sink()
+    listing = threading.Event()
+    store.hook = lambda op, key: listing.set() if op == "list" else None
+    claimed_while_listing: list[bool] = []
+
+    def confirm() -> frozenset[str]:
+        claimed_while_listing.append(listing.wait(10))
+        assert sink.adopted == set()
+        return frozenset({OWNER})  # the probe knew no owner yet: the claim recovered it
+
+    try:
+        report = RemotePass(folder, journal, store, sink, tmp_path / "scratch.sqlite3", IgnoreRules(folder.ignore),
+                            frozenset()).run(threading.Event(), True, confirm)
+    finally:
+        journal.close()
+    assert claimed_while_listing == [True]
+    assert sink.adopted == set(SAME) | {"gone.txt"} and report.orphans == 1
+
+
+def test_a_prefix_owned_elsewhere_ends_the_pass_before_anything_is_adopted(tmp_path, bucket_and_tree):
+    folder, store = bucket_and_tree
+    journal = Journal(tmp_path / "j.sqlite3", "test")
+    sink = Sink()
+
+    def confirm() -> frozenset[str]:
+        raise StoreError("owned elsewhere", scope=FOLDER, code=OWNED_ELSEWHERE)
+
+    try:
+        with pytest.raises(StoreError, match="owned elsewhere"):
+            RemotePass(folder, journal, store, sink, tmp_path / "scratch.sqlite3", IgnoreRules(folder.ignore),
+                       frozenset({OWNER})).run(threading.Event(), True, confirm)
+    finally:
+        journal.close()
+    assert sink.adopted == set() and sink.submitted == set()
+    assert not (tmp_path / "scratch.sqlite3").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -357,6 +358,30 @@ def test_list_gives_every_key_under_the_prefix(store: ObjectStore) -> None:
     assert all_keys(store, "p/") == ["p/- x", "p/-/x", "p/a", "p/b/c"]
     sizes = {o.key: (o.size, o.etag) for page in store.list("p/") for o in page}
     assert sizes["p/a"] == (1, hashlib.md5(b"x").hexdigest())
+
+
+AWKWARD_KEYS = ["k/a+b", "k/a b", "k/a%2Fb", "k/100%", "k/\u00fc \u00f1/\u20ac", "k/x&y<z>'\"", "k/q?=#;",
+                "k/~t", "k/tab\tx", "k/*()!$,@:"]
+
+
+def test_list_gives_keys_with_awkward_characters_exactly(store: ObjectStore) -> None:
+    for key in AWKWARD_KEYS:
+        put_ok(store, key, key.encode())
+    listed = {o.key: o.size for page in store.list("k/") for o in page}
+    assert listed == {key: len(key.encode()) for key in AWKWARD_KEYS}
+
+
+def test_list_under_a_prefix_with_awkward_characters(store: ObjectStore) -> None:
+    for key in ["a b+c%/\u00fc/1", "a b+c%/2", "a b+c%x", "a b+c"]:
+        put_ok(store, key, b"x")
+    assert all_keys(store, "a b+c%/") == ["a b+c%/2", "a b+c%/\u00fc/1"]
+
+
+def test_list_gives_each_object_its_modification_time(store: ObjectStore) -> None:
+    before = time.time()
+    put_ok(store, "m/a", b"x")
+    (obj,) = [o for page in store.list("m/") for o in page]
+    assert obj.modified is not None and before - 5 <= obj.modified <= time.time() + 5
 
 
 def test_list_of_an_empty_prefix_gives_no_objects(store: ObjectStore) -> None:

@@ -258,18 +258,27 @@ class FolderRuntime:
                 if retry:
                     self._defer_remote(kind, 0.0)
                 return False
+            store = transfers.store
+
+            def confirm() -> frozenset[str]:
+                """The prefix may have been taken over since the probe claimed it: claimed
+                again while the listing's first page is on its way; the folder's own ids."""
+                try:
+                    self.scheduler.ownership.claim(store)
+                except StoreError as exc:
+                    if exc.code == OWNED_ELSEWHERE:
+                        raise
+                    # Not answered: the probe's claim stands (the next pass asks again).
+                return self.scheduler.ownership.own_ids()
+
             try:
-                # The prefix may have been taken over since the probe claimed it.
-                self.scheduler.ownership.claim(transfers.store)
+                remote = RemotePass(self.folder, self.journal, store, self.scheduler.inbox, self._scratch,
+                                    self.ignore, self.scheduler.ownership.own_ids())
+                report = remote.run(self._stop, rebuild, confirm)
             except StoreError as exc:
                 if exc.code == OWNED_ELSEWHERE:
                     self.health.report(exc)
                     return True  # over: the folder is in error until `resume --take-over`
-            try:
-                remote = RemotePass(self.folder, self.journal, transfers.store, self.scheduler.inbox, self._scratch,
-                                    self.ignore, self.scheduler.ownership.own_ids())
-                report = remote.run(self._stop, rebuild)
-            except StoreError as exc:
                 self.last_reconcile_error = str(exc)
                 self._next_reconcile = time.monotonic() + REMOTE_RETRY
                 self._log.warning("reconcile.remote_failed", error=str(exc))

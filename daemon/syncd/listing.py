@@ -39,10 +39,11 @@ class Spool:
         self.pages += 1
         self.db.executemany("INSERT OR REPLACE INTO remote VALUES (?,?,?,?)", [(*r, page) for r in rows])
         if self.disordered is None and rows:
-            if self._high is not None and min(r[0] for r in rows) <= self._high:
+            paths = [r[0] for r in rows]
+            if self._high is not None and min(paths) <= self._high:
                 self.disordered = page
             else:
-                self._high = max(r[0] for r in rows)
+                self._high = max(paths)
 
     def decidable(self) -> Query | None:
         """The unknown objects the listing so far is complete for, not handed out yet."""

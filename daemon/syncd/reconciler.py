@@ -154,7 +154,11 @@ class RemotePass:
         self.etag_is_md5 = folder.sse != "aws:kms"
         self._log = log.bind(folder=folder.name)
 
-    def run(self, stop: threading.Event, rebuild: bool) -> RemoteReport:
+    def run(self, stop: threading.Event, rebuild: bool,
+            confirm: Callable[[], frozenset[str]] | None = None) -> RemoteReport:
+        """``confirm``: the owner claim, called once the listing is under way and before any
+        object is decided (reading needs no ownership; adopting does); it returns the
+        folder's own ids, and raises to end the pass."""
         started = time.monotonic()
         report = RemoteReport()
         self.scratch.unlink(missing_ok=True)
@@ -167,7 +171,7 @@ class RemotePass:
                        "WITHOUT ROWID")
             db.execute("CREATE TABLE purge(key TEXT PRIMARY KEY) WITHOUT ROWID")
             db.execute("ATTACH DATABASE ? AS j", (f"file:{self.journal.path}?mode=ro",))
-            self._listing(db, report, stop, walk=rebuild)
+            self._listing(db, report, stop, walk=rebuild, confirm=confirm)
             if stop.is_set():
                 return report
             self._drift(db, report)
@@ -187,7 +191,8 @@ class RemotePass:
                                    "to remove them")
         return report
 
-    def _listing(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, walk: bool) -> None:
+    def _listing(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event, walk: bool,
+                 confirm: Callable[[], frozenset[str]] | None = None) -> None:
         """Spool the listing and decide the objects the manifest does not know, page by page
         while the next pages are fetched (syncd.listing). With ``walk`` (a rebuild: every
         object is unknown) the local files are found by one walk of the tree merged with the
@@ -206,6 +211,8 @@ class RemotePass:
             with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-head") as pool, \
                     ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="reconcile-read") as readers, \
                     Prefetch(self.store, self.folder.prefix, stop) as pages:
+                if confirm is not None:
+                    self.owners = confirm()
                 decide = partial(self._decide, pool, readers, local, report, foreign, stop)
                 for page in pages:
                     report.lists += 1
@@ -227,11 +234,17 @@ class RemotePass:
         prefix = self.folder.prefix
         cut = len(prefix)
         cutoff = self.clock() - self.folder.trash_retain
-        # syncd's bookkeeping keys (owner marker, trash) are not mirror content.
-        rows = [(o.key[cut:], o.size, o.etag) for o in page if not reserved(o.key[cut:])]
+        rows: list[tuple[str, int, str]] = []
+        purge: list[tuple[str]] = []
+        for o in page:
+            rel = o.key[cut:]
+            if not reserved(rel):
+                rows.append((rel, o.size, o.etag))
+            elif expired(prefix, o.key, cutoff):  # syncd's bookkeeping (owner marker, trash): not content
+                purge.append((o.key,))
         spool.add(rows)
-        db.executemany("INSERT OR IGNORE INTO purge VALUES (?)",
-                       [(o.key,) for o in page if expired(prefix, o.key, cutoff)])
+        if purge:
+            db.executemany("INSERT OR IGNORE INTO purge VALUES (?)", purge)
         return len(rows)
 
     def _decide(self, pool: ThreadPoolExecutor, readers: ThreadPoolExecutor, local: _Walked | None,

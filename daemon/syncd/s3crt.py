@@ -1,11 +1,14 @@
-"""PutObject and GetObject through awscrt's native S3 client: the data path for the many
-small files (uploads, and restores).
+"""PutObject, GetObject and ListObjectsV2 through awscrt's native S3 client: the data path
+for the many small files (uploads, and restores), and the bucket listing.
 
 botocore spends most of a small PutObject's time in Python (parameter validation, endpoint
 rules, event hooks, signing, parsing), under the GIL, so its CPU per request caps how many small
 files one process can send. awscrt signs and sends in C (the effect: docs/benchmarks/README.md).
-Everything else (multipart, copy, delete, list, head) stays on boto3: those requests are few or
-large. Part of the S3 store implementation: only it imports client libraries.
+A listing page is the same story in bulk: botocore builds its answer by walking the output
+shape in Python, element by element, several times the cost of ElementTree's C parser that
+:func:`listing_page` uses. Everything else (multipart, copy, delete, head) stays on boto3:
+those requests are few or large. Part of the S3 store implementation: only it imports client
+libraries.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import io
 import re
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote_plus, urlsplit
 
 import structlog
 from awscrt.auth import (
@@ -41,6 +46,9 @@ log = structlog.get_logger("syncd.s3crt")
 CLIENT_RETRIES = 2   # like botocore's standard mode (3 attempts); the journal retries after that
 EVENT_LOOP_THREADS = 1
 REAP_EVERY = 0.5         # how often overdue requests are looked for (seconds)
+# CrtFailure.transport of a listing page answered with 200 but no usable page (a body cut
+# short, an error document): the CRT saw a success and did not retry it.
+BAD_LISTING = "BadListing"
 
 
 @dataclass
@@ -77,6 +85,14 @@ class CrtPutter:
         """See :meth:`CrtClient.fetch`."""
         path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
         return self._client.fetch(self._host, path, key, start)
+
+    def list_page(self, prefix: str, token: str | None) -> tuple[list[RemoteObject], str | None]:
+        """One ListObjectsV2 page under ``prefix`` (after ``token``, the previous page's
+        continuation token): its objects and the next token, None on the last page."""
+        query = f"?list-type=2&encoding-type=url&prefix={_q(prefix)}"
+        if token is not None:
+            query += f"&continuation-token={_q(token)}"
+        return listing_page(self._client.call("ListObjectsV2", self._host, self._base + query, prefix))
 
 
 class CrtClient:
@@ -191,6 +207,24 @@ class CrtClient:
             raise CrtFailure(None, "", "the answer had no headers", transport="NoHeaders")
         return info[0]
 
+    def call(self, operation: str, host: str, path: str, key: str) -> bytes:
+        """GET ``path`` and wait for the whole (small) answer: its body, or CrtFailure."""
+        body: list[bytes] = []
+        failed: list[CrtFailure] = []
+        finished = threading.Event()
+
+        def done(failure: CrtFailure | None) -> None:
+            if failure is not None:
+                failed.append(failure)
+            finished.set()
+
+        request = HttpRequest("GET", path, HttpHeaders([("Host", host)]))
+        self._send(operation, key, request, lambda **_: None, lambda chunk, **_: body.append(chunk), done)
+        finished.wait()  # bounded: the reaper cancels a request past its timeout
+        if failed:
+            raise failed[0]
+        return b"".join(body)
+
     def _send(self, operation: str, key: str, request: HttpRequest,
               on_headers: Callable[..., None], on_body: Callable[..., None] | None,
               done: Callable[[CrtFailure | None], None]) -> None:
@@ -283,3 +317,48 @@ def _info(key: str, headers: list[tuple[str, str]]) -> RemoteObject:
 def _xml(text: str, tag: str) -> str:
     match = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S)
     return match.group(1).strip() if match else ""
+
+
+def _q(value: str) -> str:
+    """A query parameter value, encoded as SigV4's canonical request has it."""
+    return quote(value, safe="-_.~")
+
+
+def listing_page(body: bytes) -> tuple[list[RemoteObject], str | None]:
+    """A ListObjectsV2 answer: its objects and the next continuation token, None if it is the
+    last page; CrtFailure if it is no such answer. Asked with ``encoding-type=url``, as botocore
+    asks: keys with characters XML 1.0 cannot carry come through URL-encoded."""
+    try:
+        return _parse_listing(body)
+    except (ET.ParseError, ValueError) as exc:
+        raise CrtFailure(None, "", f"an unreadable listing page: {exc}", transport=BAD_LISTING) from exc
+
+
+def _parse_listing(body: bytes) -> tuple[list[RemoteObject], str | None]:
+    root = ET.fromstring(body)
+    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    name = root.tag[len(ns):]
+    if name == "Error":  # S3 may send an error with status 200: a failure like a 500 (botocore's view too)
+        code = root.findtext(ns + "Code") or "InternalError"
+        raise CrtFailure(500, code, root.findtext(ns + "Message") or code, transport=BAD_LISTING)
+    if name != "ListBucketResult":
+        raise CrtFailure(None, "", f"not a listing page but <{name}>", transport=BAD_LISTING)
+    key_tag, size_tag, etag_tag, modified_tag = ns + "Key", ns + "Size", ns + "ETag", ns + "LastModified"
+    # Decoded only if the answer says it is encoded (as botocore does): a store that ignores
+    # encoding-type sends the keys as they are.
+    encoded = (root.findtext(ns + "EncodingType") or "").strip().lower() == "url"
+    found: list[RemoteObject] = []
+    for item in root.iter(ns + "Contents"):
+        stamp = item.findtext(modified_tag)
+        key = item.findtext(key_tag) or ""
+        if encoded and ("%" in key or "+" in key):  # most keys need no decoding (unquote_plus is Python)
+            key = unquote_plus(key)
+        found.append(RemoteObject(key=key,
+                                  size=int(item.findtext(size_tag) or 0),
+                                  etag=(item.findtext(etag_tag) or "").strip('"'),
+                                  modified=datetime.fromisoformat(stamp).timestamp() if stamp else None))
+    truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
+    token = root.findtext(ns + "NextContinuationToken")
+    if truncated and not token:
+        raise CrtFailure(None, "", "a truncated listing page without a continuation token", transport=BAD_LISTING)
+    return found, token if truncated else None

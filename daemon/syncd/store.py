@@ -316,7 +316,9 @@ class ObjectStore(Protocol):
         """Every object under ``prefix``, one page (one LIST request) at a time.
 
         No order is assumed: S3 lists in UTF-8 byte order, but SeaweedFS walks its directory
-        tree (``a/-/x`` before ``a/- x``)."""
+        tree (``a/-/x`` before ``a/- x``). Nor is a listing split into key ranges listed in
+        parallel: SeaweedFS's StartAfter skips the whole subtree of a name it gives
+        (``StartAfter=p/d1`` leaves out ``p/d1/x``), so range boundaries would lose keys."""
 
     def close(self) -> None:
         """Release connections."""
