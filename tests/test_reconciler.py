@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from syncd.bandwidth import ByteBudget
 from syncd.config import load_config
-from syncd.folder import FolderRuntime
+from syncd.folder import FAILED_PASS_BACKOFF, FolderRuntime
+from syncd.reconciler import RemotePass
 
 from .support.daemon import Syncd, assert_mirror, await_condition, bucket_tree
 
@@ -220,20 +221,29 @@ class _NoWatches:
         pass
 
 
+class _SilentWatches(_NoWatches):
+    """A watcher that takes the watch and reports nothing (no change happens meanwhile)."""
+
+    def add(self, *args: object) -> None:
+        pass
+
+
 @contextlib.contextmanager
-def _unwatched_runtime(tmp_path, tree, s3_server, bucket, monkeypatch) -> Iterator[FolderRuntime]:
+def _unwatched_runtime(tmp_path, tree, s3_server, bucket, monkeypatch,
+                       watcher: _NoWatches | None = None) -> Iterator[FolderRuntime]:
     """An in-process folder runtime whose watcher gets no inotify watches: it relies on rescans."""
+    watcher = watcher or _NoWatches()
     daemon = Syncd(tmp_path / "conf", s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
     daemon.add_folder("main", tree, bucket)
     for key, value in daemon.env().items():
         monkeypatch.setenv(key, value)
     folder = load_config(daemon.config).folders[0]
     runtime = FolderRuntime(folder, daemon.state_dir, ByteBudget(64 << 20))
-    runtime.start(_NoWatches())  # type: ignore[arg-type]
+    runtime.start(watcher)  # type: ignore[arg-type]
     try:
         yield runtime
     finally:
-        runtime.stop_intake(_NoWatches())  # type: ignore[arg-type]
+        runtime.stop_intake(watcher)  # type: ignore[arg-type]
         runtime.stop(time.monotonic() + 5)
 
 
@@ -260,4 +270,28 @@ def test_an_overflow_keeps_wait_busy_until_its_rescan_has_run(tmp_path, tree, s3
         assert runtime.is_idle()[0] is False
         runtime.tick(time.monotonic())  # the timer starts the owed rescan
         await_condition(lambda: runtime.is_idle()[0], 30, "the rescan and its upload")
+        assert_mirror(s3, bucket, tree)
+
+
+def test_a_startup_pass_that_raises_keeps_wait_busy_and_is_retried(tmp_path, tree, s3_server, bucket, s3,
+                                                                   monkeypatch):
+    """A bug (not a store error) ending the startup pass before its walk must not let `wait`
+    say idle with the tree never scanned: the pass is owed, retried with backoff, and then
+    the mirror is exact."""
+    failures: list[str] = []
+    run = RemotePass.run
+
+    def fails_once(self: RemotePass, *args: object, **kwargs: object) -> object:
+        if not failures:
+            failures.append("raised")
+            raise RuntimeError("injected: the pass hit a bug")
+        return run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RemotePass, "run", fails_once)
+    with _unwatched_runtime(tmp_path, tree, s3_server, bucket, monkeypatch, _SilentWatches()) as runtime:
+        await_condition(lambda: failures and not runtime.pass_running(), 30, "the startup pass to fail")
+        assert runtime.is_idle()[0] is False
+        assert "injected: the pass hit a bug" in runtime.snapshot()["last_error"]
+        runtime.tick(time.monotonic() + FAILED_PASS_BACKOFF[0])  # the retry is due
+        await_condition(lambda: runtime.is_idle()[0], 60, "the retried pass and its uploads")
         assert_mirror(s3, bucket, tree)

@@ -36,6 +36,7 @@ from .watcher import Watcher
 FALLBACK_SCAN_EVERY = 30.0             # without inotify watches, look this often
 OVERFLOW_BACKOFF = (5.0, 300.0)        # rescans after inotify overflows: min, max spacing
 REMOTE_RETRY = 60.0                    # a failed remote pass is tried again this soon
+FAILED_PASS_BACKOFF = (5.0, 300.0)     # a pass that raised `syncd wait` waits for: min, max retry spacing
 REBUILD_FIRST_PATIENCE = 10.0          # a rebuild adopts before the walk if the store answers this soon
 
 
@@ -114,6 +115,11 @@ class FolderRuntime:
         self._overflow_backoff = OVERFLOW_BACKOFF[0]
         self._next_overflow_scan = 0.0
         self._last_overflow = 0.0
+        # A pass `syncd wait` waits for that raised (not a store error: those are retried by
+        # the pass itself) is owed: retried from tick with backoff, and wait stays busy.
+        self._owed_pass: Pass | None = None
+        self._owed_at = 0.0
+        self._owed_backoff = FAILED_PASS_BACKOFF[0]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -177,10 +183,14 @@ class FolderRuntime:
         """A pass is queued, running, or its remote part waits for the store."""
         return self._pass_active or self._remote_wanted is not None
 
-    def _start_pass(self, kind: Pass, local: bool = True) -> bool:
+    def _start_pass(self, kind: Pass, local: bool = True, owed: bool = False) -> bool:
+        """``owed``: this is the retry of a failed pass (cleared here, under the lock, so that
+        wait sees either the owed pass or the running one)."""
         with self._pass_lock:
             if self._pass_active or (local and self._remote_wanted is not None):
                 return False
+            if owed:
+                self._owed_pass = None
             self._remote_wanted = None
             self._blocking = True
             self._pass_active = True
@@ -189,6 +199,7 @@ class FolderRuntime:
         return True
 
     def _run_pass(self, kind: Pass, local: bool) -> None:
+        walked = not local
         try:
             adopted = False
             if kind is Pass.REBUILD and local and not self._stop.is_set() and self._store_usable_soon():
@@ -202,11 +213,13 @@ class FolderRuntime:
                     self._local()
                 finally:
                     self.health.release()
+                walked = True
             self._blocking = kind.blocking_remote
             if kind.remote and not adopted and not self._stop.is_set():
                 self._remote(kind)
+            self._owed_backoff = FAILED_PASS_BACKOFF[0]
         except Exception as exc:  # never let a pass kill the daemon; it runs again later
-            self._log.exception("reconcile.failed", error=str(exc))
+            self._pass_failed(kind, exc, owed=not walked or kind.blocking_remote)
         finally:
             with self._pass_lock:
                 self._pass_active = False
@@ -215,6 +228,19 @@ class FolderRuntime:
             self._pass_done.set()
         if not self._stop.is_set():
             self._resume_remote()  # the store may have become usable while this pass ended
+
+    def _pass_failed(self, kind: Pass, exc: Exception, owed: bool) -> None:
+        """A pass raised. If `syncd wait` was owed it (its walk did not finish, or wait waits for
+        its remote part), it is retried with backoff and wait stays busy until it succeeds:
+        otherwise a failed startup pass left files unscanned while wait said idle."""
+        retry_in = None
+        if owed and not self._stop.is_set():
+            retry_in = self._owed_backoff
+            with self._pass_lock:
+                self._owed_pass, self._owed_at = kind, time.monotonic() + retry_in
+            self._owed_backoff = min(FAILED_PASS_BACKOFF[1], self._owed_backoff * 2)
+        self.last_reconcile_error = f"{kind} pass failed: {exc}"
+        self._log.exception("reconcile.failed", pass_kind=str(kind), error=str(exc), retry_in_s=retry_in)
 
     def _local(self) -> None:
         if self.first_scan_at is None:
@@ -343,6 +369,9 @@ class FolderRuntime:
                 self._watcher.remove(self.folder.name)
                 self._watch()
             self._start_pass(Pass.LOCAL)
+        owed = self._owed_pass
+        if owed is not None and now >= self._owed_at and self._start_pass(owed, owed=True):
+            self._log.info("reconcile.retrying", pass_kind=str(owed))
         if self._overflow_pending and now >= self._next_overflow_scan:
             if self._start_pass(Pass.LOCAL):
                 self._overflow_pending = False
@@ -364,9 +393,10 @@ class FolderRuntime:
         pass it waits for is busy, the answer needs no count over the pending table."""
         if self.scheduler.in_flight() or (self._blocking and self.pass_running()):
             return False, 0
-        if self._overflow_pending:
-            # Events were lost and the rescan is owed (the timer starts it): until it has run,
-            # nothing says the bucket is the folder.
+        if self._overflow_pending or self._owed_pass is not None:
+            # Events were lost and the rescan is owed, or a pass wait waits for failed and is
+            # retried (the timer starts either): until it has run, nothing says the bucket is
+            # the folder.
             return False, 0
         # The inbox before the journal: a change journaled between the two reads is then seen
         # in the journal; read the other way round it could be missed by both.
