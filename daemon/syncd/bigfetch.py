@@ -24,6 +24,10 @@ from .verify import expected_digest
 PART_SIZE = 4 << 20  # bytes per ranged GET: with the store's few parts in flight, the memory it holds
 WRITE_SLICE = 1 << 20  # bytes per pwrite: the kernel copies a slice this small into the page cache for less CPU
 QUEUE = 2            # parts waiting for the hashing thread (each is PART_SIZE bytes)
+# Large downloads at once: the store's connections are shared by all of them, so more would
+# only add hashing queues (memory) without adding throughput.
+AT_ONCE = 2
+_running = threading.BoundedSemaphore(AT_ONCE)
 
 
 @dataclass
@@ -90,7 +94,8 @@ def download(store: ObjectStore, fd: int, key: str, version: str | None, size: i
 
     try:
         try:
-            info = store.fetch(key, version, start, part_size=PART_SIZE)
+            with _running:
+                info = store.fetch(key, version, start, part_size=PART_SIZE)
         except Changed as exc:  # a part's If-Match failed: the object was replaced mid-download
             raise StoreError(f"s3://{store.bucket}/{key}: replaced during the download; run restore again",
                              scope=TRANSIENT, key=key) from exc

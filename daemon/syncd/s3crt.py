@@ -42,8 +42,8 @@ log = structlog.get_logger("syncd.s3crt")
 CLIENT_RETRIES = 2   # like botocore's standard mode (3 attempts); the journal retries after that
 EVENT_LOOP_THREADS = 1
 REAP_EVERY = 0.5         # how often overdue requests are looked for (seconds)
-# A large GET's parts in flight at once: with the part size, what bounds the CRT's buffers
-# (it holds each part whole until it is handed over in order).
+# Connections of the client for large GETs, shared by all of them: with the part size, what
+# bounds the CRT's buffers (it holds each part whole until it is handed over in order).
 LARGE_CONNECTIONS = 4
 LARGE_MEMORY_LIMIT = 256 << 20  # the CRT's floor for memory_limit; its buffers stay far below with the above
 
@@ -149,10 +149,10 @@ class CrtClient:
         With ``part_size``, a large object: the CRT's GetObject meta-request fetches it as
         ranged GETs of that size, LARGE_CONNECTIONS at a time, each part with If-Match on the
         first part's ETag (an object replaced meanwhile fails the request rather than mixing
-        two objects' bytes), and hands over the parts in order, each whole. A part is received
-        and written in C; the CRT holds at most about LARGE_CONNECTIONS parts (plus the one being
-        handed over: its one event-loop thread does not read while ``on_body`` runs). The
-        deadline then counts from the last piece, not from the start."""
+        two objects' bytes), and hands over the parts in order, each whole. Parts are received
+        in C; the CRT holds a bounded number of them (its requests in flight are a small
+        multiple of its connections, and its one event-loop thread does not read while
+        ``on_body`` runs). The deadline then counts from the last piece, not from the start."""
         request = HttpRequest("GET", path, HttpHeaders([("Host", host)]))
         expected = [0]
         token: list[int] = []
