@@ -369,7 +369,7 @@ class Restorer:
         if self.store.parallel_fetch:
             _allocate(fd, item.size)
             with self._lock:
-                self.result.gets += 1
+                self.result.gets += -(-item.size // bigfetch.PART_SIZE)  # one ranged GET per part
             return bigfetch.download(self.store, fd, item.key, item.version, item.size, self._piece)
         if item.size < self.threshold or item.size <= self.part_size:
             return self._fetch(fd, item, 0, None, hash_it=True)
