@@ -98,6 +98,7 @@ class AzureBlobStore:
         ``connections``: the HTTP pool size, by default the folder's workers and a few more."""
         self.bucket = folder.bucket
         self.background_puts = False  # the SDK's upload_blob waits for the answer
+        self.parallel_fetch = False     # fetch is one streaming GET (a restore ranges large blobs)
         self._folder = folder
         self.requests = RequestCounts()  # syncd.metrics: one count per HTTP attempt
         # Few quick client-side retries for blips; the journal's own backoff handles outages.
@@ -392,7 +393,7 @@ class AzureBlobStore:
         return StreamBody(info, stream, self.bucket, classify, closing=False)
 
     def fetch(self, key: str, version: str | None,
-              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+              start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         return fetch_by_get(self, key, version, start)
 
     def versioning(self) -> str:

@@ -32,7 +32,7 @@ from decimal import Decimal, InvalidOperation
 
 import pathspec
 
-from . import trash
+from . import bigfetch, trash
 from .beneath import NotBeneath, RootDir
 from .config import FolderConfig
 from .paths import IgnoreRules, reserved
@@ -366,6 +366,11 @@ class Restorer:
         parts are hashed behind them as they arrive)."""
         if item.size <= FETCH_WHOLE_LIMIT:
             return self._fetch_whole(fd, item)
+        if self.store.parallel_fetch:
+            _allocate(fd, item.size)
+            with self._lock:
+                self.result.gets += -(-item.size // bigfetch.PART_SIZE)  # one ranged GET per part
+            return bigfetch.download(self.store, fd, item.key, item.version, item.size, self._piece)
         if item.size < self.threshold or item.size <= self.part_size:
             return self._fetch(fd, item, 0, None, hash_it=True)
         _allocate(fd, item.size)
@@ -389,6 +394,13 @@ class Restorer:
             raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
                              scope=TRANSIENT, key=item.key)
         return infos[0], actual
+
+    def _piece(self, length: int) -> None:
+        """A large download's next piece has come (see :func:`syncd.bigfetch.download`)."""
+        if self._stop.is_set():
+            raise Interrupted()
+        with self._lock:
+            self.result.bytes += length
 
     def _hash_behind(self, fd: int, ranges: list[tuple[int, int]], follow: _Progress) -> str | None:
         """The digest of the parts' bytes, taken while they download: this thread reads back

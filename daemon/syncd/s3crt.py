@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit
 
 import structlog
@@ -49,6 +50,10 @@ REAP_EVERY = 0.5         # how often overdue requests are looked for (seconds)
 # CrtFailure.transport of a listing page answered with 200 but no usable page (a body cut
 # short, an error document): the CRT saw a success and did not retry it.
 BAD_LISTING = "BadListing"
+# Connections of the client for large GETs, shared by all of them: with the part size, what
+# bounds the CRT's buffers (it holds each part whole until it is handed over in order).
+LARGE_CONNECTIONS = 4
+LARGE_MEMORY_LIMIT = 256 << 20  # the CRT's floor for memory_limit; its buffers stay far below with the above
 
 
 @dataclass
@@ -81,10 +86,10 @@ class CrtPutter:
         self._client.put(self._host, self._base + quote(key, safe="/~"), key, data, headers, done)
 
     def fetch(self, key: str, version: str | None,
-              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+              start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         """See :meth:`CrtClient.fetch`."""
         path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
-        return self._client.fetch(self._host, path, key, start)
+        return self._client.fetch(self._host, path, key, start, part_size)
 
     def list_page(self, prefix: str, token: str | None) -> tuple[list[RemoteObject], str | None]:
         """One ListObjectsV2 page under ``prefix`` (after ``token``, the previous page's
@@ -120,10 +125,12 @@ class CrtClient:
             # The body is protected by the signed checksum header, as on the boto3 path.
             signed_body_value=None if sign_body else AwsSignedBodyValue.UNSIGNED_PAYLOAD,
             signed_body_header_type=AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256)
-        self._client = S3Client(
+        self._settings: dict[str, Any] = dict(
             bootstrap=bootstrap, region=region, signing_config=signing,
             tls_mode=S3RequestTlsMode.ENABLED if url.scheme == "https" else S3RequestTlsMode.DISABLED,
             connect_timeout_ms=10_000, retry_config=S3RetryConfig(max_retries=CLIENT_RETRIES))
+        self._client = S3Client(**self._settings)
+        self._large: dict[int, S3Client] = {}  # by part size: see _large_client
 
     def _crt_credentials(self) -> AwsCredentials:
         access_key, secret_key, token = self._credentials()
@@ -149,28 +156,46 @@ class CrtClient:
                    lambda failure: done(etag[0] if failure is None else failure))
 
     def get(self, host: str, path: str, key: str, on_headers: Callable[[list[tuple[str, str]]], None],
-            on_body: Callable[[bytes], None], done: Callable[[CrtFailure | None], None]) -> None:
+            on_body: Callable[[bytes], None], done: Callable[[CrtFailure | None], None], part_size: int = 0) -> None:
         """Start one GetObject of the whole object: ``on_headers`` gets the answer's headers
         (a 200), then ``on_body`` each piece of the body in order, then ``done`` None or the
         failure, all on the CRT's event-loop thread. Botocore's CPU per GET (parsing, event
-        hooks, signing) caps how many small files a restore fetches per second, as for PUTs."""
+        hooks, signing) caps how many small files a restore fetches per second, as for PUTs.
+
+        With ``part_size``, a large object: the CRT's GetObject meta-request fetches it as
+        ranged GETs of that size, LARGE_CONNECTIONS at a time, each part with If-Match on the
+        first part's ETag (an object replaced meanwhile fails the request rather than mixing
+        two objects' bytes), and hands over the parts in order, each whole. Parts are received
+        in C; the CRT holds a bounded number of them (its requests in flight are a small
+        multiple of its connections, and its one event-loop thread does not read while
+        ``on_body`` runs). The deadline then counts from the last piece, not from the start."""
         request = HttpRequest("GET", path, HttpHeaders([("Host", host)]))
+        expected = [0]
+        token: list[int] = []
 
         def headers_seen(status_code: int, headers: list[tuple[str, str]], **_: object) -> None:
             if status_code < 300:
                 on_headers(headers)
 
-        def body_seen(chunk: bytes, **_: object) -> None:
+        def body_seen(chunk: bytes, offset: int = 0, **_: object) -> None:
+            if part_size:
+                # The meta-request delivers parts in order; hashing behind them relies on it.
+                if offset != expected[0]:
+                    raise CrtFailure(None, "", f"a part came at byte {offset}, expected {expected[0]}",
+                                     transport="OutOfOrder")
+                expected[0] += len(chunk)
+                if token:
+                    self._extend(token[0])
             on_body(chunk)
 
-        self._send("GetObject", key, request, headers_seen, body_seen, done)
+        token.append(self._send("GetObject", key, request, headers_seen, body_seen, done, part_size))
 
     def fetch(self, host: str, path: str, key: str,
-              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+              start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         """GET the whole object, waiting for it: ``start`` gets what the headers say of it and
-        returns what consumes the body's pieces. Raises CrtFailure, or what those raised
-        (the request is abandoned then). Returns only once the CRT is done with the request,
-        so nothing is called after it returns."""
+        returns what consumes the body's pieces (``part_size``: see :meth:`get`). Raises
+        CrtFailure, or what those raised (the request is abandoned then). Returns only once
+        the CRT is done with the request, so nothing is called after it returns."""
         info: list[RemoteObject] = []
         consume: list[Callable[[bytes], None]] = []
         raised: list[BaseException] = []
@@ -197,7 +222,7 @@ class CrtClient:
                 failed.append(failure)
             finished.set()
 
-        self.get(host, path, key, on_headers, on_body, done)
+        self.get(host, path, key, on_headers, on_body, done, part_size)
         finished.wait()  # bounded: the reaper cancels a request past its timeout
         if raised:
             raise raised[0]
@@ -227,7 +252,9 @@ class CrtClient:
 
     def _send(self, operation: str, key: str, request: HttpRequest,
               on_headers: Callable[..., None], on_body: Callable[..., None] | None,
-              done: Callable[[CrtFailure | None], None]) -> None:
+              done: Callable[[CrtFailure | None], None], part_size: int = 0) -> int:
+        """Start the request; returns its token (see :meth:`_extend`). ``part_size``: a GET
+        of a large object (see :meth:`get`)."""
         with self._lock:
             token = self._next_token
             self._next_token += 1
@@ -243,14 +270,19 @@ class CrtClient:
                 log.exception("crt.callback_failed", key=key)
 
         try:
-            s3_request = self._client.make_request(type=S3RequestType.DEFAULT, operation_name=operation,
-                                                   request=request, on_headers=on_headers, on_body=on_body,
-                                                   on_done=on_done)
+            if part_size:
+                s3_request = self._large_client(part_size).make_request(
+                    type=S3RequestType.GET_OBJECT, request=request, on_headers=on_headers, on_body=on_body,
+                    on_done=on_done)
+            else:
+                s3_request = self._client.make_request(type=S3RequestType.DEFAULT, operation_name=operation,
+                                                       request=request, on_headers=on_headers, on_body=on_body,
+                                                       on_done=on_done)
         except Exception as exc:
             with self._lock:
                 self._inflight.pop(token, None)
             done(CrtFailure(None, "", str(exc), transport=type(exc).__name__))
-            return
+            return token
         with self._lock:
             entry = self._inflight.get(token)
             if entry is not None:
@@ -258,8 +290,32 @@ class CrtClient:
                 if self._reaper is None:
                     self._reaper = threading.Thread(target=self._reap, name="crt-timeouts", daemon=True)
                     self._reaper.start()
+        return token
+
+    def _large_client(self, part_size: int) -> S3Client:
+        """The S3 client of large GETs (made on first use; same event loop, signing and
+        retries). Its own because the CRT's buffer pool is sized by the client's part size
+        (a request's smaller parts would each take a chunk of the client's), and the
+        connection cap and the memory limit are the client's too."""
+        with self._lock:
+            client = self._large.get(part_size)
+            if client is None:
+                client = S3Client(**self._settings, part_size=part_size, memory_limit=LARGE_MEMORY_LIMIT,
+                                  max_active_connections_override=LARGE_CONNECTIONS)
+                self._large[part_size] = client
+            return client
+
+    def _extend(self, token: int) -> None:
+        """A large GET made progress: its deadline counts from now (a whole-object deadline
+        would cut a large download on a slow link)."""
+        with self._lock:
+            entry = self._inflight.get(token)
+            if entry is not None and not entry.timed_out:
+                entry.deadline = time.monotonic() + self._timeout
 
     def _failure(self, error: BaseException, timed_out: bool) -> CrtFailure:
+        if isinstance(error, CrtFailure):
+            return error
         if timed_out:
             return CrtFailure(None, "RequestTimeout", f"no answer within {self._timeout:g}s", timed_out=True)
         if isinstance(error, S3ResponseError):

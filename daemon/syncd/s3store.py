@@ -110,6 +110,7 @@ class S3Store:
         crt = self._shared.crt
         self._crt = None if crt is None else CrtPutter(crt, folder.bucket, path_style)
         self.background_puts = self._crt is not None  # (a paced body goes through boto3: see put)
+        self.parallel_fetch = self._crt is not None
         self._extra: dict[str, str] = {}
         if folder.storage_class:
             self._extra["StorageClass"] = folder.storage_class
@@ -363,13 +364,13 @@ class S3Store:
         return StreamBody(_answered(key, resp), resp["Body"], self.bucket, classify)
 
     def fetch(self, key: str, version: str | None,
-              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+              start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         if self._crt is None:
             return fetch_by_get(self, key, version, start)
         try:
             if self._credentials is not None:
                 self._credentials.get_frozen_credentials()  # a refresh here, not on the CRT's loop
-            info = self._crt.fetch(key, version, start)
+            info = self._crt.fetch(key, version, start, part_size)
         except CrtFailure as exc:
             self.requests.add("GetObject", crt_status(exc))
             raise crt_error(exc, key, self.bucket) from exc

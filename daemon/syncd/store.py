@@ -210,7 +210,7 @@ class StreamBody:
 
 
 def fetch_by_get(store: ObjectStore, key: str, version: str | None,
-                 start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+                 start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
     """:meth:`ObjectStore.fetch` through :meth:`ObjectStore.get`, for a store without a faster way."""
     body = store.get(key, version)
     try:
@@ -237,6 +237,9 @@ class ObjectStore(Protocol):
     # True: put() returns once its request is sent (the answer comes on the store's own
     # thread), so one pool thread can start several small uploads in turn.
     background_puts: bool
+    # True: fetch() with a part_size GETs a large object's parts in parallel itself (bounded
+    # memory, pieces in order); False: it is one streaming GET, and a restore ranges it.
+    parallel_fetch: bool
 
     def check(self) -> None:
         """Raise StoreError(scope=FOLDER) unless the bucket is reachable with these credentials."""
@@ -300,11 +303,13 @@ class ObjectStore(Protocol):
         range). NotFound if it is gone."""
 
     def fetch(self, key: str, version: str | None,
-              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+              start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         """Read a whole (small) object, waiting for it: ``start`` gets what the answer says of
         the object and returns the consumer of the body's pieces, called in order. What either
         raises is raised here. The fast path of a restore's many small files (one request, no
-        thread per piece); StoreError as for :meth:`get`."""
+        thread per piece); StoreError as for :meth:`get`. With ``part_size``, a large object:
+        a store with ``parallel_fetch`` GETs it in ranged parts of that size, a few at a time
+        (pieces still in order, at most a part each); others ignore it."""
 
     def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""

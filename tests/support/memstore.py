@@ -121,6 +121,7 @@ class MemoryStore:
         self.bucket = bucket
         self.sorted_listing = sorted_listing        # list in key order, as S3 does (default: shuffled)
         self.background_puts = False  # put answers before it returns (and a fault hook may hold it)
+        self.parallel_fetch = False   # fetch hands over one object's pieces from one "GET"
         self.objects: dict[str, StoredObject] = {}  # tests may look at headers here
         self.versioned = versioned                  # keep every version and delete marker, as S3 does
         self._history: dict[str, list[tuple[str, float, StoredObject | None]]] = {}
@@ -374,7 +375,7 @@ class MemoryStore:
             return True
 
     def fetch(self, key: str, version: str | None,
-              start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
+              start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         with self._lock:
             self._before("fetch", key)
             obj = self._version(key, version)
