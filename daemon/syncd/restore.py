@@ -54,6 +54,7 @@ FETCH_WHOLE_LIMIT = CHUNK
 ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
 BACKOFF = 0.5            # seconds before the second attempt, doubling
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_IOV_MAX = 1024  # Linux's limit of buffers per writev (os.sysconf("SC_IOV_MAX"))
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
@@ -429,37 +430,40 @@ class Restorer:
         return digest.hexdigest()
 
     def _fetch_whole(self, fd: int, item: Item) -> tuple[RemoteObject, str | None]:
-        """One GET of the whole object (the store's fast path for small ones: awscrt),
-        hashed as it arrives in the algorithm its metadata calls for."""
-        digest: list[hashlib._Hash] = []
-        offset = [0]
+        """One GET of the whole object (the store's fast path for small ones: awscrt), then
+        its bytes hashed, in the algorithm its metadata calls for, and written in one call.
 
-        def start(info: RemoteObject) -> Callable[[bytes], None]:
-            expected = expected_digest(info)
-            if expected is not None:
-                digest.append(hashlib.new(expected[0]))
+        The body's pieces are only collected where they arrive: the CRT hands them over on
+        its single event-loop thread, which serves every request in flight, so whatever runs
+        there (hashing, a write, a lock) delays all of them, and each blocking call releases
+        and retakes the GIL that every worker contends for. Here, in the worker, the hashing
+        and writing of many files run side by side. Memory: a body of at most
+        FETCH_WHOLE_LIMIT per worker, which the CRT may hold whole anyway."""
+        pieces: list[bytes] = []
+
+        def start(_info: RemoteObject) -> Callable[[bytes], None]:
             return consume
 
         def consume(piece: bytes) -> None:
             if self._stop.is_set():
                 raise Interrupted()
-            if digest:
-                digest[0].update(piece)
-            view = memoryview(piece)
-            while view:
-                written = os.pwrite(fd, view, offset[0])
-                offset[0] += written
-                view = view[written:]
-            with self._lock:
-                self.result.bytes += len(piece)
+            pieces.append(piece)
 
+        info = self.store.fetch(item.key, item.version, start)
+        got = sum(len(p) for p in pieces)
         with self._lock:
             self.result.gets += 1
-        info = self.store.fetch(item.key, item.version, start)
-        if offset[0] != item.size:
-            raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {offset[0]} of "
+            self.result.bytes += got
+        if got != item.size:
+            raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {got} of "
                              f"{item.size}", scope=TRANSIENT, key=item.key)
-        return info, digest[0].hexdigest() if digest else None
+        expected = expected_digest(info)
+        digest = hashlib.new(expected[0]) if expected is not None else None
+        for piece in pieces:
+            if digest is not None:
+                digest.update(piece)
+        _write_all(fd, pieces)
+        return info, None if digest is None else digest.hexdigest()
 
     def _fetch(self, fd: int, item: Item, first: int, last: int | None, hash_it: bool = False,
                progress: Callable[[int, RemoteObject | None], None] | None = None) -> tuple[RemoteObject, str | None]:
@@ -586,6 +590,17 @@ def _allocate(fd: int, size: int) -> None:
     except OSError as exc:
         if exc.errno != errno.EOPNOTSUPP and exc.errno != errno.EINVAL:
             raise
+
+
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """The pieces at the start of ``fd``, in as few calls as the kernel takes them."""
+    views = [memoryview(p) for p in pieces if p]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
 
 def _hash_fd(fd: int, algorithm: str, stop: threading.Event) -> str:
