@@ -25,41 +25,32 @@ import stat as statmod
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 import pathspec
 
-from . import bigfetch, trash
+from . import trash
 from .beneath import NotBeneath, RootDir
 from .config import FolderConfig
+from .download import CHUNK, FETCH_WHOLE_LIMIT, Downloader, Interrupted, Wanted
 from .paths import IgnoreRules, reserved
 from .scan import walk
 from .snapshot import Source, current_items, items_at, name_problem
-from .store import META_MTIME, META_RCLONE_MTIME, TRANSIENT, ObjectStore, RemoteObject, StoreError
+from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError
 from .units import format_size
 from .verify import expected_digest
 
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
-CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
 PLAN_STEP = 1000         # listed items handed to the workers at once (S3 lists 1000 keys a page)
 BATCH = 16               # files of one directory handed to a worker at once (fewer if that idles workers)
-HASH_STEP = 8 * CHUNK    # the hashing thread behind ranged parts wakes once this much more is written
-# Objects up to this size come through the store's fetch (awscrt): the CRT may hold a body
-# whole before it hands it over, so larger ones stream through boto3 in CHUNK pieces.
-FETCH_WHOLE_LIMIT = CHUNK
 ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
 BACKOFF = 0.5            # seconds before the second attempt, doubling
 _WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_IOV_MAX = 1024  # Linux's limit of buffers per writev (os.sysconf("SC_IOV_MAX"))
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-
-
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: stop downloading, remove our temp file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +120,12 @@ class Restorer:
         self.force = force
         self.select = pathspec.GitIgnoreSpec.from_lines(patterns) if patterns else None
         self.workers = max(1, workers or folder.workers)
-        # Objects at least multipart_threshold large come as ranged GETs of part_size in parallel.
-        self.threshold = folder.multipart_threshold
-        self.part_size = folder.part_size
         self.show_progress = progress
         self.result = Result()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # Objects at least multipart_threshold large come as ranged GETs of part_size in parallel.
+        self._downloads = Downloader(store, folder.multipart_threshold, folder.part_size, self._stop, self._count)
         self._total_files = 0
         self._total_bytes = 0
         self._started = time.monotonic()
@@ -314,7 +304,7 @@ class Restorer:
         fd = os.open(tmp, _WRITE_FLAGS, 0o666, dir_fd=dir_fd)
         placed = False
         try:
-            info, actual = self._download(fd, item, parts)
+            info, actual = self._downloads.download(fd, Wanted(item.key, item.size, item.version), parts)
             expected = expected_digest(info)
             if expected is None:
                 return "failed", ("cannot verify: the object has no syncd-sha256 and a multipart ETag "
@@ -361,146 +351,12 @@ class Restorer:
             os.close(fd)
         return "already", ""
 
-    def _download(self, fd: int, item: Item, parts: ThreadPoolExecutor) -> tuple[RemoteObject, str | None]:
-        """The object's bytes into ``fd``: what the (first) GET said about it, and the digest
-        of the bytes in the algorithm the object's metadata calls for (taken on the way; ranged
-        parts are hashed behind them as they arrive)."""
-        if item.size <= FETCH_WHOLE_LIMIT:
-            return self._fetch_whole(fd, item)
-        if self.store.parallel_fetch:
-            _allocate(fd, item.size)
-            with self._lock:
-                self.result.gets += -(-item.size // bigfetch.PART_SIZE)  # one ranged GET per part
-            return bigfetch.download(self.store, fd, item.key, item.version, item.size, self._piece)
-        if item.size < self.threshold or item.size <= self.part_size:
-            return self._fetch(fd, item, 0, None, hash_it=True)
-        _allocate(fd, item.size)
-        ranges = [(start, min(start + self.part_size, item.size) - 1) for start in range(0, item.size, self.part_size)]
-        follow = _Progress([a for a, _ in ranges])
-        futures = [parts.submit(self._fetch, fd, item, a, b, progress=follow.part(k))
-                   for k, (a, b) in enumerate(ranges)]
-        for f in futures:
-            f.add_done_callback(follow.finished)
-        try:
-            actual = self._hash_behind(fd, ranges, follow)
-        finally:
-            follow.stop()
-            wait(futures)  # every part has finished before fd may be closed (a number reused under a pwrite)
-        for f in futures:
-            failure = f.exception()
-            if failure is not None:
-                raise failure
-        infos = [f.result()[0] for f in futures]
-        if any(i.etag != infos[0].etag for i in infos):
-            raise StoreError(f"s3://{self.store.bucket}/{item.key}: replaced during the download; run restore again",
-                             scope=TRANSIENT, key=item.key)
-        return infos[0], actual
-
-    def _piece(self, length: int) -> None:
-        """A large download's next piece has come (see :func:`syncd.bigfetch.download`)."""
-        if self._stop.is_set():
-            raise Interrupted()
-        with self._lock:
-            self.result.bytes += length
-
-    def _hash_behind(self, fd: int, ranges: list[tuple[int, int]], follow: _Progress) -> str | None:
-        """The digest of the parts' bytes, taken while they download: this thread reads back
-        (from the page cache, into one reused buffer) whatever the parts have written next to
-        the bytes hashed so far, so the hash ends just after the last part rather than
-        re-reading the whole file after it. None if a part failed or the object names no
-        digest to check (the caller reports either)."""
-        info = follow.first_info()
-        expected = None if info is None else expected_digest(info)
-        if expected is None:
-            return None
-        digest = hashlib.new(expected[0])
-        buf = memoryview(bytearray(CHUNK))
-        for k, (first, last) in enumerate(ranges):
-            at = first
-            while at <= last:
-                upto = follow.wait_past(k, at, min(at + HASH_STEP, last + 1))
-                if upto is None or self._stop.is_set():
-                    return None
-                while at < upto:
-                    got = os.preadv(fd, [buf[:min(CHUNK, upto - at)]], at)
-                    if got <= 0:
-                        raise OSError(errno.EIO, f"read back {got} bytes at {at}")
-                    digest.update(buf[:got])
-                    at += got
-        return digest.hexdigest()
-
-    def _fetch_whole(self, fd: int, item: Item) -> tuple[RemoteObject, str | None]:
-        """One GET of the whole object (the store's fast path for small ones: awscrt), then
-        its bytes hashed, in the algorithm its metadata calls for, and written in one call.
-
-        The body's pieces are only collected where they arrive: the CRT hands them over on
-        its single event-loop thread, which serves every request in flight, so whatever runs
-        there (hashing, a write, a lock) delays all of them, and each blocking call releases
-        and retakes the GIL that every worker contends for. Here, in the worker, the hashing
-        and writing of many files run side by side. Memory: a body of at most
-        FETCH_WHOLE_LIMIT per worker, which the CRT may hold whole anyway."""
-        pieces: list[bytes] = []
-
-        def start(_info: RemoteObject) -> Callable[[bytes], None]:
-            return consume
-
-        def consume(piece: bytes) -> None:
-            if self._stop.is_set():
-                raise Interrupted()
-            pieces.append(piece)
-
-        info = self.store.fetch(item.key, item.version, start)
-        got = sum(len(p) for p in pieces)
-        with self._lock:
-            self.result.gets += 1
-            self.result.bytes += got
-        if got != item.size:
-            raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {got} of "
-                             f"{item.size}", scope=TRANSIENT, key=item.key)
-        expected = expected_digest(info)
-        digest = hashlib.new(expected[0]) if expected is not None else None
-        for piece in pieces:
-            if digest is not None:
-                digest.update(piece)
-        _write_all(fd, pieces)
-        return info, None if digest is None else digest.hexdigest()
-
-    def _fetch(self, fd: int, item: Item, first: int, last: int | None, hash_it: bool = False,
-               progress: Callable[[int, RemoteObject | None], None] | None = None) -> tuple[RemoteObject, str | None]:
-        """Bytes ``first``..``last`` of the object into ``fd`` at their offset; ``progress``
-        hears the GET's answer and then how far the written bytes reach."""
-        body = self.store.get(item.key, item.version, first, last)
-        with self._lock:
-            self.result.gets += 1
-        if progress is not None:
-            progress(first, body.info)
-        try:
-            expected = expected_digest(body.info) if hash_it else None
-            digest = hashlib.new(expected[0]) if expected is not None else None
-            offset = first
-            for piece in body.chunks(CHUNK):
-                if self._stop.is_set():
-                    raise Interrupted()
-                if digest is not None:
-                    digest.update(piece)
-                view = memoryview(piece)
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    offset += written
-                    view = view[written:]
-                if progress is not None:
-                    progress(offset, None)
-                with self._lock:
-                    self.result.bytes += len(piece)
-            expected_end = item.size if last is None else last + 1
-            if offset != expected_end:
-                raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {offset} of "
-                                 f"{expected_end}", scope=TRANSIENT, key=item.key)
-            return body.info, None if digest is None else digest.hexdigest()
-        finally:
-            body.close()
-
     # ------------------------------------------------------------------ reporting
+
+    def _count(self, gets: int, received: int) -> None:
+        with self._lock:
+            self.result.gets += gets
+            self.result.bytes += received
 
     def _note(self, outcome: str, rel: str, reason: str = "") -> None:
         with self._lock:
@@ -529,78 +385,6 @@ class Restorer:
         while not self._stop.wait(0.5):
             sys.stderr.write("\r\x1b[K" + self.progress_line())
             sys.stderr.flush()
-
-
-class _Progress:
-    """How far each ranged part of one download has written, for the thread hashing behind them."""
-
-    def __init__(self, starts: list[int]):
-        self._cond = threading.Condition()
-        self._reached = list(starts)   # per part: the offset its written bytes reach
-        self._info: RemoteObject | None = None
-        self._failed = False
-        self._pending = len(starts)
-        self._want = (-1, 0)           # (part, offset) the hashing thread waits for: wake it only then
-
-    def part(self, k: int) -> Callable[[int, RemoteObject | None], None]:
-        def advance(offset: int, info: RemoteObject | None) -> None:
-            with self._cond:
-                self._reached[k] = offset
-                if info is not None and self._info is None:
-                    self._info = info
-                    self._cond.notify_all()
-                elif self._want[0] == k and offset >= self._want[1]:
-                    self._cond.notify_all()
-        return advance
-
-    def finished(self, future: Future[tuple[RemoteObject, str | None]]) -> None:
-        with self._cond:
-            self._pending -= 1
-            if future.cancelled() or future.exception() is not None:
-                self._failed = True
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._failed = True
-            self._cond.notify_all()
-
-    def first_info(self) -> RemoteObject | None:
-        """What the first part's GET said of the object (None: a part failed first)."""
-        with self._cond:
-            while self._info is None and not self._failed and self._pending:
-                self._cond.wait()
-            return None if self._failed else self._info
-
-    def wait_past(self, k: int, offset: int, enough: int) -> int | None:
-        """Once part ``k`` has written up to ``enough`` (or ended past ``offset``): how far
-        it reaches (None: a part failed)."""
-        with self._cond:
-            self._want = (k, enough)
-            while self._reached[k] < enough and not self._failed and self._pending:
-                self._cond.wait()
-            self._want = (-1, 0)
-            return None if self._failed or self._reached[k] <= offset else self._reached[k]
-
-
-def _allocate(fd: int, size: int) -> None:
-    """Reserve the file's blocks: ENOSPC now, not after most of the download."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno != errno.EOPNOTSUPP and exc.errno != errno.EINVAL:
-            raise
-
-
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    """The pieces at the start of ``fd``, in as few calls as the kernel takes them."""
-    views = [memoryview(p) for p in pieces if p]
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
-        while views and written >= len(views[0]):
-            written -= len(views.pop(0))
-        if written:
-            views[0] = views[0][written:]
 
 
 def _hash_fd(fd: int, algorithm: str, stop: threading.Event) -> str:
