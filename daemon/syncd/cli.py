@@ -16,13 +16,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import STARTED_AT, __version__
-from .config import DEFAULT_CONFIG, Config, ConfigError, load_config, socket_path
-from .control import CONNECT_POLL, ControlError, DaemonGone, connect, exchange, request
+from .control import CONNECT_POLL, DEFAULT_CONFIG, ControlError, DaemonGone, connect, exchange, request, socket_path
 from .exitcodes import ExitCode
 from .units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from .config import Config
 
 # `syncd wait` without --timeout waits this long for a daemon to answer (one starting, or
 # systemd restarting one after a crash: RestartSec=5s) before it exits 3; with --timeout it
@@ -116,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(path: str | None) -> Config | None:
-    """The validated config, or None after printing every problem (exit with ExitCode.CONFIG)."""
+    """The validated config, or None after printing every problem (exit with ExitCode.CONFIG).
+    Imported here, not at the top: the client commands (`syncd wait`, started while the daemon
+    starts) need only the socket's path and should not pay for the config's validators."""
+    from .config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:

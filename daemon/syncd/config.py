@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .choices import AddressingStyle, Checksum, ContentTypeMode, DeleteMode, StoreKind
+from .control import DEFAULT_CONFIG, DEFAULT_SOCKET
 from .units import parse_duration, parse_size
 from .validators import (
     HeaderRule,
@@ -46,8 +47,6 @@ from .validators import (
     parse_str_list,
     parse_url,
 )
-
-DEFAULT_CONFIG = Path(os.environ.get("SYNCD_CONFIG", "/etc/syncd/syncd.yaml"))
 
 MIN_DELETE_WAVE = 1000
 
@@ -298,7 +297,7 @@ def load_config(path: Path | str | None = None, roots_must_exist: bool = True) -
         return _resolve(base, value)
 
     state_dir = path_setting("state_dir", "/var/lib/syncd")
-    socket = path_setting("socket", "/run/syncd/syncd.sock")
+    socket = path_setting("socket", str(DEFAULT_SOCKET))
     folders_dir = path_setting("folders_dir", "folders.d")
 
     log_raw = raw.get("log") or {}
@@ -355,18 +354,6 @@ def load_config(path: Path | str | None = None, roots_must_exist: bool = True) -
         raise ConfigError(all_problems)
     return Config(source=source, state_dir=state_dir, socket=socket, folders_dir=folders_dir, log=log,
                   folders=tuple(folders), **extra)
-
-
-def socket_path(path: Path | str | None = None) -> Path:
-    """Only the control socket's path, for client commands: they must work even while the
-    folder files are being edited and do not validate."""
-    source = (Path(path) if path is not None else DEFAULT_CONFIG).absolute()
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        raw = {}
-    value = raw.get("socket") if isinstance(raw, dict) else None
-    return _resolve(source.parent, value if isinstance(value, str) and value else "/run/syncd/syncd.sock")
 
 
 def load_folder(file: Path, defaults: Mapping[str, Any],
