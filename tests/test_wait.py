@@ -59,13 +59,13 @@ def test_wait_without_timeout_waits_a_bounded_time_for_a_daemon(tmp_path, monkey
     assert "not running" in capsys.readouterr().err
 
 
-def test_wait_finds_the_socket_named_in_the_config_without_loading_the_config_parser(tmp_path):
+def test_wait_finds_the_socket_named_in_the_config_without_loading_the_config_parser_or_logging(tmp_path):
     # `syncd wait` is started while `syncd run` starts and shares its CPU: it reads only the
-    # socket's path, not the validating parser (its validators, every folder file).
+    # socket's path: not the validating parser (its validators, every folder file), nor logging.
     config = tmp_path / "syncd.yaml"
     config.write_text("socket: sub/ctl.sock\nnot_a_key: the client does not validate\n")
     probe = ("import sys; from syncd import cli; code = cli.main(['wait', '-c', sys.argv[1], '--timeout', '0']); "
-             "print(code, 'syncd.config' in sys.modules, 'syncd.validators' in sys.modules)")
+             "print(code, 'syncd.config' in sys.modules, 'syncd.validators' in sys.modules, 'logging' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=60)
-    assert r.stdout.split() == ["3", "False", "False"], r.stderr
+    assert r.stdout.split() == ["3", "False", "False", "False"], r.stderr
     assert str(tmp_path / "sub" / "ctl.sock") in r.stderr

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import logging
 import os
 import sys
 import time
@@ -154,6 +153,8 @@ def _check_config(path: str | None, offline: bool) -> int:
 def _run(path: str | None) -> int:
     thresholds = gc.get_threshold()
     gc.set_threshold(STARTUP_GC_YOUNG, *thresholds[1:])
+    import logging  # here, not at the top: the client commands log nothing
+
     from . import logs
 
     config = _load(path)
