@@ -39,9 +39,8 @@ from .download import CHUNK, FETCH_WHOLE_LIMIT, Downloader, Interrupted, Wanted
 from .paths import IgnoreRules, reserved
 from .scan import walk
 from .snapshot import Source, current_items, items_at, name_problem
-from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError
+from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError, expected_digest
 from .units import format_size
-from .verify import expected_digest
 
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
