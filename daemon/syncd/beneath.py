@@ -86,6 +86,36 @@ def openat2_available() -> bool:
     return _openat2 is not None
 
 
+_RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+def _load_renameat2() -> Any:
+    try:
+        fn: Any = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def rename_noreplace(src: str, dst: str, dir_fd: int) -> bool:
+    """Rename ``src`` to ``dst`` in ``dir_fd`` only if nothing is at ``dst``, atomically
+    (renameat2 RENAME_NOREPLACE): FileExistsError if something is. False if this kernel, libc
+    or filesystem cannot do it (nothing renamed): the caller checks and renames another way."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(dir_fd, os.fsencode(src), dir_fd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False  # EINVAL: a filesystem without RENAME_NOREPLACE; EPERM: a seccomp filter
+    raise OSError(err, os.strerror(err), dst)
+
+
 def _parts(rel: str) -> list[str]:
     parts = rel.split("/")
     if any(p in ("", ".", "..") for p in parts):
@@ -244,20 +274,24 @@ class RootDir:
         finally:
             self._release()
 
-    def make_dirs(self, rel: str) -> int:
+    def make_dirs(self, rel: str, made: set[str] | None = None) -> int:
         """An fd of directory ``rel`` ("" for the root), creating missing components (mode
         0777 & ~umask), for writing into it with ``dir_fd=`` (`syncd restore`). Each component
         is opened from its parent's fd with O_NOFOLLOW: NotBeneath if one is a symlink;
-        FileExistsError if a file is in the way."""
+        FileExistsError if a file is in the way. The components this call's mkdir created
+        (so they were empty then) are added to ``made``."""
         root = self._acquire()
         try:
             fd = os.open(".", LIST_FLAGS, dir_fd=root)
-            for name in _parts(rel) if rel else []:
+            parts = _parts(rel) if rel else []
+            for i, name in enumerate(parts):
                 try:
                     nxt = self._enter(fd, name, rel)
                 except FileNotFoundError:
                     try:
                         os.mkdir(name, 0o777, dir_fd=fd)
+                        if made is not None:
+                            made.add("/".join(parts[:i + 1]))
                     except FileExistsError:
                         pass  # made by another thread meanwhile
                     except BaseException:

@@ -18,8 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .store import TRANSIENT, Changed, ObjectStore, RemoteObject, StoreError
-from .verify import expected_digest
+from .store import TRANSIENT, Changed, ObjectStore, RemoteObject, StoreError, expected_digest
 
 PART_SIZE = 4 << 20  # bytes per ranged GET: with the store's few parts in flight, the memory it holds
 WRITE_SLICE = 1 << 20  # bytes per pwrite: the kernel copies a slice this small into the page cache for less CPU

@@ -19,8 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from . import bigfetch
-from .store import TRANSIENT, ObjectStore, RemoteObject, StoreError
-from .verify import expected_digest
+from .store import TRANSIENT, ObjectStore, RemoteObject, StoreError, expected_digest
 
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
 HASH_STEP = 8 * CHUNK    # the hashing thread behind ranged parts wakes once this much more is written

@@ -33,15 +33,14 @@ from decimal import Decimal, InvalidOperation
 import pathspec
 
 from . import trash
-from .beneath import NotBeneath, RootDir
+from .beneath import NotBeneath, RootDir, rename_noreplace
 from .config import FolderConfig
 from .download import CHUNK, FETCH_WHOLE_LIMIT, Downloader, Interrupted, Wanted
 from .paths import IgnoreRules, reserved
 from .scan import walk
 from .snapshot import Source, current_items, items_at, name_problem
-from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError
+from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError, expected_digest
 from .units import format_size
-from .verify import expected_digest
 
 TEMP_PREFIX = ".syncd-restore-"
 TEMP_SUFFIX = ".tmp"
@@ -132,6 +131,9 @@ class Restorer:
         # Temp names: unguessable per run, then numbered (no random draw per file); O_EXCL all the same.
         self._temp_stem = f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}-"
         self._temp_numbers = itertools.count()
+        # Directories this run's mkdir created (empty then); see _restore for what that spares.
+        self._made: set[str] = set()
+        self._noreplace = True  # False once renameat2(RENAME_NOREPLACE) is found unsupported here
 
     # ------------------------------------------------------------------ the run
 
@@ -252,7 +254,7 @@ class Restorer:
             return
         parent = items[0].rel.rpartition("/")[0]
         try:
-            dir_fd = root.make_dirs(parent)
+            dir_fd = root.make_dirs(parent, self._made)
         except (OSError, StoreError) as exc:
             for item in items:
                 self._note("failed", item.rel, _reason(exc))
@@ -261,16 +263,16 @@ class Restorer:
             for item in items:
                 if self._stop.is_set():
                     return
-                self._one(dir_fd, item, parts)
+                self._one(dir_fd, item, parts, parent in self._made)
         finally:
             os.close(dir_fd)
 
-    def _one(self, dir_fd: int, item: Item, parts: ThreadPoolExecutor) -> None:
+    def _one(self, dir_fd: int, item: Item, parts: ThreadPoolExecutor, fresh: bool) -> None:
         name = item.rel.rpartition("/")[2]
         try:
             for attempt in range(ATTEMPTS):
                 try:
-                    outcome, reason = self._restore(dir_fd, name, item, parts)
+                    outcome, reason = self._restore(dir_fd, name, item, parts, fresh and self._noreplace)
                 except StoreError as exc:
                     # botocore already retried quickly; a longer pause rides out throttling.
                     if not exc.transient or attempt == ATTEMPTS - 1 or self._stop.wait(BACKOFF * 2 ** attempt):
@@ -283,11 +285,15 @@ class Restorer:
         except (OSError, StoreError) as exc:
             self._note("failed", item.rel, _reason(exc))
 
-    def _restore(self, dir_fd: int, name: str, item: Item, parts: ThreadPoolExecutor) -> tuple[str, str]:
-        try:
-            st: os.stat_result | None = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            st = None
+    def _restore(self, dir_fd: int, name: str, item: Item, parts: ThreadPoolExecutor,
+                 fresh: bool) -> tuple[str, str]:
+        """``fresh``: this run's mkdir created the directory, so it was empty then, and only
+        this run writes into it (each name once: a listing has each key once; another restore
+        waits for the target's flock). The lstat for a local file is skipped there: nothing can
+        be at ``name`` but what another program put since. That is caught anyway: the temp
+        file is renamed with RENAME_NOREPLACE, which fails atomically if anything is there
+        (then handled as a local file found), a stronger check than an lstat before the GET."""
+        st = None if fresh else _lstat(name, dir_fd)
         if st is not None:
             if statmod.S_ISDIR(st.st_mode):
                 return "failed", "a directory is in the way"
@@ -318,8 +324,24 @@ class Restorer:
             mtime = _mtime_ns(info)
             if mtime is not None:
                 os.utime(fd, ns=(mtime, mtime))
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a symlink, never follows it
-            placed = True
+            if fresh:
+                try:
+                    placed = rename_noreplace(tmp, name, dir_fd)
+                except FileExistsError:
+                    placed = False
+                    st = _lstat(name, dir_fd)
+                else:
+                    if not placed:
+                        self._noreplace = False  # this filesystem cannot: lstat first from now on
+                        st = _lstat(name, dir_fd)
+                if not placed and st is not None:
+                    if statmod.S_ISDIR(st.st_mode):
+                        return "failed", "a directory is in the way"
+                    if not self.force:
+                        return "kept", "a local file appeared there while restoring; --force replaces it"
+            if not placed:
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a symlink, never follows it
+                placed = True
             return "restored", ""
         finally:
             os.close(fd)
@@ -385,6 +407,13 @@ class Restorer:
         while not self._stop.wait(0.5):
             sys.stderr.write("\r\x1b[K" + self.progress_line())
             sys.stderr.flush()
+
+
+def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def _hash_fd(fd: int, algorithm: str, stop: threading.Event) -> str:

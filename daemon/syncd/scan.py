@@ -16,14 +16,17 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
 from . import tree
 from .beneath import LIST_FLAGS, RootDir
-from .journal import Journal
 from .paths import IgnoreRules
-from .watcher import Sink
+
+if TYPE_CHECKING:  # annotations only: restore's and verify's walk need no journal or watchdog
+    from .journal import Journal
+    from .watcher import Sink
 
 log = structlog.get_logger("syncd.scan")
 

@@ -7,6 +7,8 @@ data path (and the service) change on evidence.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import threading
 from collections import Counter
@@ -31,6 +33,7 @@ META_OWNER = "syncd-owner"
 # rclone's modification time (x-amz-meta-mtime), so rclone, Cyberduck and the like show the
 # file's real mtime: seconds since the epoch with 9 decimals, as rclone's S3 backend writes it.
 META_RCLONE_MTIME = "mtime"
+META_RCLONE_MD5 = "md5chksum"  # rclone's base64 MD5 of the whole file, on its multipart uploads
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
@@ -133,6 +136,25 @@ class RemoteObject:
     etag: str
     meta: Mapping[str, str] | None = None  # only from head(); listings do not carry metadata
     modified: float | None = None          # LastModified (unix time), where the answer has it
+
+
+def expected_digest(obj: RemoteObject) -> tuple[str, str] | None:
+    """(algorithm, hex digest) the object's content must have: its ``syncd-sha256``, else
+    rclone's ``md5chksum``, else a single-part ETag (the MD5 of the bytes); None if unknown
+    (a multipart ETag is an MD5 of the parts' MD5s, not of the content). Here, not in
+    syncd.verify, so that restore's downloads need not import the verifier."""
+    meta = obj.meta or {}
+    if meta.get(META_SHA256):
+        return "sha256", meta[META_SHA256].lower()
+    if meta.get(META_RCLONE_MD5):
+        try:
+            return "md5", base64.b64decode(meta[META_RCLONE_MD5]).hex()
+        except (ValueError, binascii.Error):
+            pass
+    etag = obj.etag.lower()
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        return "md5", etag
+    return None
 
 
 @dataclass(frozen=True, slots=True)

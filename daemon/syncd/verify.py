@@ -11,8 +11,6 @@ verify exists to catch what our bookkeeping missed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
 import sqlite3
@@ -27,10 +25,9 @@ from .beneath import NotBeneath, RootDir, folder_root
 from .config import FolderConfig
 from .paths import IgnoreRules, reserved
 from .scan import walk
-from .store import META_MTIME, META_SHA256, ObjectStore, RemoteObject, StoreError
+from .store import META_MTIME, ObjectStore, RemoteObject, StoreError, expected_digest
 
 READ_CHUNK = 1 << 20
-RCLONE_MD5 = "md5chksum"  # rclone's base64 MD5 of the whole file, on its multipart uploads
 
 
 class Mark(StrEnum):
@@ -84,24 +81,6 @@ def remote_objects(store: ObjectStore, folder: FolderConfig, ignore: IgnoreRules
             if not rel or rel.endswith("/") or reserved(rel) or ignore.ignored_with_parents(rel):
                 continue
             yield rel, obj
-
-
-def expected_digest(obj: RemoteObject) -> tuple[str, str] | None:
-    """(algorithm, hex digest) the object's content must have: its ``syncd-sha256``, else
-    rclone's ``md5chksum``, else a single-part ETag (the MD5 of the bytes); None if unknown
-    (a multipart ETag is an MD5 of the parts' MD5s, not of the content)."""
-    meta = obj.meta or {}
-    if meta.get(META_SHA256):
-        return "sha256", meta[META_SHA256].lower()
-    if meta.get(RCLONE_MD5):
-        try:
-            return "md5", base64.b64decode(meta[RCLONE_MD5]).hex()
-        except (ValueError, binascii.Error):
-            pass
-    etag = obj.etag.lower()
-    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
-        return "md5", etag
-    return None
 
 
 def hash_fd(fd: int, algorithm: str) -> str:
