@@ -174,7 +174,7 @@ class RemotePass:
             self._listing(db, report, stop, walk=rebuild, confirm=confirm)
             if stop.is_set():
                 return report
-            self._drift(db, report)
+            self._drift(db, report, stop)
             self._purge(db, report, stop)
         finally:
             db.close()
@@ -284,14 +284,35 @@ class RemotePass:
                 self._log.warning("trash.purge_failed", keys=len(errors), example=next(iter(errors.items())),
                                   action="left for the next reconcile pass")
 
-    def _drift(self, db: sqlite3.Connection, report: RemoteReport) -> None:
-        """Objects deleted or replaced behind syncd's back: forget them, so they are re-sent."""
+    def _drift(self, db: sqlite3.Connection, report: RemoteReport, stop: threading.Event) -> None:
+        """Objects deleted or replaced behind syncd's back: forget them, so they are re-sent.
+
+        The manifest is read after the listing, so a transfer confirmed while the listing ran
+        looks missing or different from its listed version (CI saw a rename's copy done twice
+        that way). Each candidate is therefore confirmed with a HEAD before it is forgotten:
+        none in steady state, and when objects really are gone, one per object, far less than
+        the uploads that follow."""
         rows = db.execute(
-            "SELECT m.path, m.mtime_ns, m.etag FROM j.manifest m LEFT JOIN remote r ON r.path = m.path "
+            "SELECT m.path, m.size, m.mtime_ns, m.etag FROM j.manifest m LEFT JOIN remote r ON r.path = m.path "
             "WHERE r.path IS NULL OR r.size != m.size OR (m.etag IS NOT NULL AND r.etag != m.etag)")
-        for path, mtime_ns, etag in rows:
-            report.drift += 1
-            self.sink.submit_forget(path, mtime_ns, etag)
+        with ThreadPoolExecutor(self.HEAD_WORKERS, thread_name_prefix="reconcile-drift") as pool:
+            while not stop.is_set() and (batch := rows.fetchmany(UNKNOWN_BATCH)):
+                for (path, _size, mtime_ns, etag), drifted in zip(batch, pool.map(self._drifted, batch), strict=True):
+                    report.heads += 1
+                    if drifted:
+                        report.drift += 1
+                        self.sink.submit_forget(path, mtime_ns, etag)
+
+    def _drifted(self, row: tuple[str, int, int, str | None]) -> bool:
+        """Whether the bucket still lacks what the manifest row says (False if it cannot tell:
+        the next pass asks again)."""
+        path, size, _mtime_ns, etag = row
+        try:
+            head = self.store.head(self.folder.prefix + path)
+        except StoreError as exc:
+            self._log.warning("reconcile.drift_unconfirmed", path=path, error=str(exc))
+            return False
+        return head is None or head.size != size or (etag is not None and head.etag != etag)
 
     def _classify_inline(self, unknowns: list[Unknown]) -> list[Finding | None]:
         return [self._classify(u, inline=True) for u in unknowns]
