@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import STARTED_AT, __version__
-from .control import CONNECT_POLL, DEFAULT_CONFIG, ControlError, DaemonGone, connect, exchange, request, socket_path
+from .configfile import DEFAULT_CONFIG, socket_path
+from .control import CONNECT_POLL, ControlError, DaemonGone, connect, exchange, request
 from .exitcodes import ExitCode
 from .units import format_duration, format_size
 

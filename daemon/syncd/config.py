@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .choices import AddressingStyle, Checksum, ContentTypeMode, DeleteMode, StoreKind
-from .control import DEFAULT_CONFIG, DEFAULT_SOCKET
+from .configfile import DEFAULT_CONFIG, DEFAULT_SOCKET, resolve
 from .units import parse_duration, parse_size
 from .validators import (
     HeaderRule,
@@ -271,11 +271,6 @@ def _load_yaml(path: Path, problems: _Problems) -> dict[str, Any]:
     return data
 
 
-def _resolve(base: Path, value: str) -> Path:
-    p = Path(os.path.expanduser(value))
-    return p if p.is_absolute() else (base / p)
-
-
 def load_config(path: Path | str | None = None, roots_must_exist: bool = True) -> Config:
     """Read and validate the global file and every ``folders_dir/*.yaml``; raises ConfigError.
 
@@ -294,7 +289,7 @@ def load_config(path: Path | str | None = None, roots_must_exist: bool = True) -
         if not isinstance(value, str) or not value:
             problems.add(key, f"expected a path, got {value!r}")
             value = default
-        return _resolve(base, value)
+        return resolve(base, value)
 
     state_dir = path_setting("state_dir", "/var/lib/syncd")
     socket = path_setting("socket", str(DEFAULT_SOCKET))
@@ -371,7 +366,7 @@ def load_folder(file: Path, defaults: Mapping[str, Any],
             problems.add(key, "required setting is missing" + (" (the local folder to mirror)" if key == "path"
                                                               else " (the bucket or container to mirror into)"))
     if "path" in values:
-        root = _resolve(file.parent, values["path"])
+        root = resolve(file.parent, values["path"])
         if not root.is_dir() and not (roots_must_exist or root.exists()):
             pass  # restore: the folder root is what is being brought back
         elif not root.is_dir():

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
 from .exitcodes import ExitCode
 
 
@@ -31,10 +29,6 @@ def _log() -> Any:
     return structlog.get_logger("syncd.control")
 
 
-# Here rather than in config.py: client commands (`syncd wait` right after `syncd run`) find
-# the socket without importing the config parser and its validators.
-DEFAULT_CONFIG = Path(os.environ.get("SYNCD_CONFIG", "/etc/syncd/syncd.yaml"))
-DEFAULT_SOCKET = Path("/run/syncd/syncd.sock")
 MAX_REQUEST = 64 * 1024
 
 
@@ -182,21 +176,6 @@ class ControlServer:
         except FileNotFoundError:
             pass
         self._server = None
-
-
-def socket_path(path: Path | str | None = None) -> Path:
-    """Only the control socket's path, for client commands: they must work even while the
-    folder files are being edited and do not validate."""
-    source = (Path(path) if path is not None else DEFAULT_CONFIG).absolute()
-    try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        raw = {}
-    value = raw.get("socket") if isinstance(raw, dict) else None
-    if not isinstance(value, str) or not value:
-        return DEFAULT_SOCKET
-    p = Path(os.path.expanduser(value))  # as config.py resolves it: relative to the config's directory
-    return p if p.is_absolute() else source.parent / p
 
 
 CONNECT_POLL = 0.1  # how often a client waiting for the daemon tries its socket again
