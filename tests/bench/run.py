@@ -128,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"bench: scenario {name}: {REGISTRY[name].summary}", flush=True)
                 try:
                     REGISTRY[name].run(bench)
+                except KeyboardInterrupt:
+                    # A long run (scale takes hours) cut short with Ctrl-C keeps what it measured:
+                    # the report is written, with the interruption as a failed row.
+                    bench.add(Sample(name, "scenario", "-", SYNCD, 0, None, False, "interrupted (Ctrl-C or SIGTERM)"))
+                    break
                 except Exception as exc:  # one broken scenario must not cost the others' results
                     traceback.print_exc()
                     bench.add(Sample(name, "scenario", "-", SYNCD, 0, None, False, f"crashed: {exc!r}"[:300]))
