@@ -32,6 +32,8 @@ from syncd.store import (
     PutResult,
     RemoteObject,
     StoreError,
+    Whole,
+    fetch_whole_now,
     multipart_etag,
 )
 
@@ -303,6 +305,43 @@ def test_get_of_an_absent_key_raises_not_found(store: ObjectStore) -> None:
     with pytest.raises(NotFound) as caught:
         store.get("absent")
     assert caught.value.scope == KEY
+
+
+def test_fetch_whole_answers_the_bytes_and_what_the_get_said(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 300
+    etag = put_ok(store, "w", data, {"syncd-mtime-ns": "9"}).etag
+    whole = fetch_whole_now(store, "w", None)
+    assert (b"".join(whole.pieces), whole.size) == (data, len(data))
+    assert (whole.info.size, whole.info.etag, whole.info.meta and whole.info.meta.get("syncd-mtime-ns")) == (
+        len(data), etag, "9")
+
+
+def test_fetch_whole_of_an_absent_key_answers_not_found(store: ObjectStore) -> None:
+    with pytest.raises(NotFound) as caught:
+        fetch_whole_now(store, "absent", None)
+    assert caught.value.scope == KEY
+
+
+def test_many_fetch_wholes_in_flight_each_answer_once_with_their_own_bytes(store: ObjectStore) -> None:
+    bodies = {f"many/{i}": bytes([i]) * (1000 + i) for i in range(40)}
+    for key, body in bodies.items():
+        put_ok(store, key, body)
+    answers: dict[str, list[bytes | StoreError]] = {key: [] for key in bodies}
+    lock = threading.Lock()
+    all_answered = threading.Event()
+
+    def answered(key: str) -> Callable[[Whole | StoreError], None]:
+        def done(got: Whole | StoreError) -> None:
+            with lock:
+                answers[key].append(got if isinstance(got, StoreError) else b"".join(got.pieces))
+                if all(answers.values()):
+                    all_answered.set()
+        return done
+
+    for key in bodies:  # every request sent before any answer is awaited
+        store.fetch_whole(key, None, answered(key))
+    assert all_answered.wait(30)
+    assert answers == {key: [body] for key, body in bodies.items()}
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,9 @@ from .store import (
     Upload,
     UploadGone,
     Version,
+    Whole,
     fetch_by_get,
+    fetch_whole_by_fetch,
     multipart_etag,
 )
 
@@ -99,6 +101,7 @@ class AzureBlobStore:
         self.bucket = folder.bucket
         self.background_puts = False  # the SDK's upload_blob waits for the answer
         self.parallel_fetch = False     # fetch is one streaming GET (a restore ranges large blobs)
+        self.background_fetch = False   # the SDK's download waits for the answer
         self._folder = folder
         self.requests = RequestCounts()  # syncd.metrics: one count per HTTP attempt
         # Few quick client-side retries for blips; the journal's own backoff handles outages.
@@ -395,6 +398,9 @@ class AzureBlobStore:
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         return fetch_by_get(self, key, version, start)
+
+    def fetch_whole(self, key: str, version: str | None, done: Callable[[Whole | StoreError], None]) -> None:
+        fetch_whole_by_fetch(self, key, version, done)
 
     def versioning(self) -> str:
         """Blob versioning is an account setting Azure's data plane does not report: syncd

@@ -13,6 +13,7 @@ libraries.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import re
 import threading
@@ -56,6 +57,27 @@ LARGE_CONNECTIONS = 4
 LARGE_MEMORY_LIMIT = 256 << 20  # the CRT's floor for memory_limit; its buffers stay far below with the above
 
 
+# Per thread: whether keep_thread_state has pinned that thread's Python thread state.
+_pinned = threading.local()
+
+
+def keep_thread_state() -> None:
+    """Keep the calling thread's Python thread state for the thread's lifetime.
+
+    awscrt enters Python on the CRT's own threads (threads Python did not start) through
+    PyGILState_Ensure. When the thread has no thread state, Ensure creates one and the
+    matching Release destroys it, so each of the five or six callbacks of every request (signing,
+    headers, body, progress, finish, shutdown) allocated a thread state and mapped a 16 KiB
+    frame stack, then unmapped it: a munmap with a TLB shoot-down on every core, per
+    callback. One Ensure left outstanding keeps the state; the callbacks' own
+    Ensure/Release pairs then only count. This is the pattern CPython documents for repeated
+    calls from one foreign thread (python/cpython gh-146219). Called with the GIL held, from a
+    callback; once per thread."""
+    if not getattr(_pinned, "held", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _pinned.held = True
+
+
 @dataclass
 class CrtFailure(Exception):
     """A PutObject that failed: the server's answer (status, code, message) or, with no
@@ -90,6 +112,12 @@ class CrtPutter:
         """See :meth:`CrtClient.fetch`."""
         path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
         return self._client.fetch(self._host, path, key, start, part_size)
+
+    def fetch_whole(self, key: str, version: str | None,
+                    done: Callable[[tuple[RemoteObject, list[bytes]] | CrtFailure], None]) -> None:
+        """See :meth:`CrtClient.fetch_whole`."""
+        path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
+        self._client.fetch_whole(self._host, path, key, done)
 
     def list_page(self, prefix: str, token: str | None) -> tuple[list[RemoteObject], str | None]:
         """One ListObjectsV2 page under ``prefix`` (after ``token``, the previous page's
@@ -133,6 +161,7 @@ class CrtClient:
         self._large: dict[int, S3Client] = {}  # by part size: see _large_client
 
     def _crt_credentials(self) -> AwsCredentials:
+        keep_thread_state()  # the first callback of every request: see keep_thread_state
         access_key, secret_key, token = self._credentials()
         return AwsCredentials(access_key, secret_key, token)
 
@@ -232,6 +261,22 @@ class CrtClient:
             raise CrtFailure(None, "", "the answer had no headers", transport="NoHeaders")
         return info[0]
 
+    def fetch_whole(self, host: str, path: str, key: str,
+                    done: Callable[[tuple[RemoteObject, list[bytes]] | CrtFailure], None]) -> None:
+        """Start one GetObject of a whole small object and return at once: ``done`` gets
+        what the headers say of it and the body's pieces, or the CrtFailure, on the CRT's
+        event-loop thread. No thread waits for the answer (see :meth:`put`): a restore keeps
+        many of these in flight from a few threads."""
+        headers: list[tuple[str, str]] = []
+        pieces: list[bytes] = []
+
+        def finished(failure: CrtFailure | None) -> None:
+            if failure is None and not headers:
+                failure = CrtFailure(None, "", "the answer had no headers", transport="NoHeaders")
+            done(failure if failure is not None else (_info(key, headers), pieces))
+
+        self.get(host, path, key, headers.extend, pieces.append, finished)
+
     def call(self, operation: str, host: str, path: str, key: str) -> bytes:
         """GET ``path`` and wait for the whole (small) answer: its body, or CrtFailure."""
         body: list[bytes] = []
@@ -261,6 +306,7 @@ class CrtClient:
             self._inflight[token] = _InFlight(time.monotonic() + self._timeout)
 
         def on_done(error: BaseException | None = None, **_: object) -> None:
+            keep_thread_state()
             with self._lock:
                 entry = self._inflight.pop(token, None)
             timed_out = entry is not None and entry.timed_out

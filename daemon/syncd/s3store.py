@@ -37,7 +37,9 @@ from .store import (
     StreamBody,
     Upload,
     Version,
+    Whole,
     fetch_by_get,
+    fetch_whole_by_fetch,
 )
 
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
@@ -111,6 +113,7 @@ class S3Store:
         self._crt = None if crt is None else CrtPutter(crt, folder.bucket, path_style)
         self.background_puts = self._crt is not None  # (a paced body goes through boto3: see put)
         self.parallel_fetch = self._crt is not None
+        self.background_fetch = self._crt is not None
         self._extra: dict[str, str] = {}
         if folder.storage_class:
             self._extra["StorageClass"] = folder.storage_class
@@ -382,6 +385,27 @@ class S3Store:
             raise classify(exc, key, self.bucket) from exc
         self.requests.add("GetObject", 200)
         return info
+
+    def fetch_whole(self, key: str, version: str | None, done: Callable[[Whole | StoreError], None]) -> None:
+        if self._crt is None:
+            fetch_whole_by_fetch(self, key, version, done)
+            return
+        try:
+            if self._credentials is not None:
+                self._credentials.get_frozen_credentials()  # a refresh here, not on the CRT's loop
+        except Exception as exc:
+            done(classify(exc, key, self.bucket))
+            return
+
+        def finished(answer: tuple[RemoteObject, list[bytes]] | CrtFailure) -> None:
+            if isinstance(answer, CrtFailure):
+                self.requests.add("GetObject", crt_status(answer))
+                done(crt_error(answer, key, self.bucket))
+            else:
+                self.requests.add("GetObject", 200)
+                done(Whole(*answer))
+
+        self._crt.fetch_whole(key, version, finished)
 
     def versioning(self) -> str:
         try:

@@ -231,6 +231,47 @@ class StreamBody:
             self._stream.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Whole:
+    """A whole small object in memory: what the GET said of it, and its body's pieces."""
+
+    info: RemoteObject
+    pieces: list[bytes]
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.pieces)
+
+
+def fetch_whole_by_fetch(store: ObjectStore, key: str, version: str | None,
+                         done: Callable[[Whole | StoreError], None]) -> None:
+    """:meth:`ObjectStore.fetch_whole` through :meth:`ObjectStore.fetch`, answered before it
+    returns, for a store whose requests are answered on the calling thread."""
+    pieces: list[bytes] = []
+    try:
+        info = store.fetch(key, version, lambda _info: pieces.append)
+    except StoreError as exc:
+        done(exc)
+        return
+    done(Whole(info, pieces))
+
+
+def fetch_whole_now(store: ObjectStore, key: str, version: str | None) -> Whole:
+    """:meth:`ObjectStore.fetch_whole`, waiting for the answer; raises its StoreError."""
+    answer: list[Whole | StoreError] = []
+    answered = threading.Event()
+
+    def done(got: Whole | StoreError) -> None:
+        answer.append(got)
+        answered.set()
+
+    store.fetch_whole(key, version, done)
+    answered.wait()  # bounded: a store's request has a deadline (the CRT's reaper cancels it)
+    if isinstance(answer[0], StoreError):
+        raise answer[0]
+    return answer[0]
+
+
 def fetch_by_get(store: ObjectStore, key: str, version: str | None,
                  start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
     """:meth:`ObjectStore.fetch` through :meth:`ObjectStore.get`, for a store without a faster way."""
@@ -262,6 +303,9 @@ class ObjectStore(Protocol):
     # True: fetch() with a part_size GETs a large object's parts in parallel itself (bounded
     # memory, pieces in order); False: it is one streaming GET, and a restore ranges it.
     parallel_fetch: bool
+    # True: fetch_whole() returns once its request is sent (the answer comes on the store's
+    # own thread), so a restore keeps many small GETs in flight from a few threads.
+    background_fetch: bool
 
     def check(self) -> None:
         """Raise StoreError(scope=FOLDER) unless the bucket is reachable with these credentials."""
@@ -332,6 +376,12 @@ class ObjectStore(Protocol):
         thread per piece); StoreError as for :meth:`get`. With ``part_size``, a large object:
         a store with ``parallel_fetch`` GETs it in ranged parts of that size, a few at a time
         (pieces still in order, at most a part each); others ignore it."""
+
+    def fetch_whole(self, key: str, version: str | None, done: Callable[[Whole | StoreError], None]) -> None:
+        """GET a whole small object into memory (a restore's many small files). Asynchronous
+        like :meth:`put`: ``done`` gets the Whole or the StoreError (as :meth:`get` raises
+        it) exactly once, maybe before this returns, maybe later on a thread of the store's
+        own, where it must return quickly (it delays the store's other answers)."""
 
     def versioning(self) -> str:
         """The bucket's versioning status: "Enabled", "Suspended" or "" (never enabled)."""

@@ -39,6 +39,8 @@ from syncd.store import (
     Upload,
     UploadGone,
     Version,
+    Whole,
+    fetch_whole_by_fetch,
     multipart_etag,
 )
 
@@ -122,6 +124,7 @@ class MemoryStore:
         self.sorted_listing = sorted_listing        # list in key order, as S3 does (default: shuffled)
         self.background_puts = False  # put answers before it returns (and a fault hook may hold it)
         self.parallel_fetch = False   # fetch hands over one object's pieces from one "GET"
+        self.background_fetch = False  # fetch_whole answers before it returns
         self.objects: dict[str, StoredObject] = {}  # tests may look at headers here
         self.versioned = versioned                  # keep every version and delete marker, as S3 does
         self._history: dict[str, list[tuple[str, float, StoredObject | None]]] = {}
@@ -387,6 +390,9 @@ class MemoryStore:
         for at in range(0, len(body), 64 * 1024):
             consume(body[at:at + 64 * 1024])
         return info
+
+    def fetch_whole(self, key: str, version: str | None, done: Callable[[Whole | StoreError], None]) -> None:
+        fetch_whole_by_fetch(self, key, version, done)
 
     def versioning(self) -> str:
         return "Enabled" if self.versioned else ""
