@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from syncd.config import FolderConfig
 from syncd.restore import Restorer
 from syncd.snapshot import name_problem
-from syncd.store import RemoteObject
+from syncd.store import RemoteObject, fetch_whole_by_fetch
 
 from .support.daemon import Syncd, await_condition, local_tree
 
@@ -209,6 +209,8 @@ class _ListedAsIs:
     refuses or normalises ``..`` and empty components, so the server cannot list them)."""
 
     bucket = "hostile"
+    parallel_fetch = False
+    background_fetch = False
 
     def __init__(self, objects: dict[str, bytes]):
         self.objects = objects
@@ -242,6 +244,9 @@ class _ListedAsIs:
         info = self._info(key)
         start(info)(self.objects[key])
         return info
+
+    def fetch_whole(self, key: str, version: str | None, done: Any) -> None:
+        fetch_whole_by_fetch(self, key, version, done)  # type: ignore[arg-type]
 
 
 def test_keys_listed_with_dot_dot_absolute_or_empty_components_are_refused_and_never_written(tmp_path):

@@ -48,13 +48,13 @@ def _planting(store: MemoryStore, target: Path, rel: str) -> None:
 
 def _counting_lstats(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    lstat = syncd.restore._lstat
+    lstat = syncd.restore.lstat
 
     def counting(name: str, dir_fd: int) -> os.stat_result | None:
         calls.append(name)
         return lstat(name, dir_fd)
 
-    monkeypatch.setattr(syncd.restore, "_lstat", counting)
+    monkeypatch.setattr(syncd.restore, "lstat", counting)
     return calls
 
 

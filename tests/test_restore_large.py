@@ -65,7 +65,7 @@ def test_a_large_object_comes_in_ranged_parts_hashed_as_they_arrive_and_lands_ex
     def no_second_pass(*_: object) -> str:
         raise AssertionError("the downloaded file was read back to hash it")
 
-    monkeypatch.setattr(restore, "_hash_fd", no_second_pass)
+    monkeypatch.setattr(restore, "hash_fd", no_second_pass)
     _put(s3, bucket, body)
     target = tmp_path / "restored"
     s3_proxy.reset_counts()

@@ -49,7 +49,7 @@ def test_a_large_object_is_verified_as_its_parts_arrive_without_reading_the_file
     def no_second_pass(*_: object) -> str:
         raise AssertionError("the downloaded file was read back to hash it")
 
-    monkeypatch.setattr(restore, "_hash_fd", no_second_pass)
+    monkeypatch.setattr(restore, "hash_fd", no_second_pass)
     store = _store(body)
     result = Restorer(_folder(tmp_path), store, str(tmp_path), workers=4).run()  # type: ignore[arg-type]
     assert result.restored == ["big.bin"] and result.failed == []

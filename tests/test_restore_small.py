@@ -1,6 +1,6 @@
 """`syncd restore` of small objects (one whole GET each): the store's body callback only hands
-the pieces over, and the worker hashes and writes them after the GET. With awscrt that callback
-runs on the single event-loop thread every download shares. Against the in-memory store."""
+the pieces over, and the restorer hashes and writes them after the GET. With awscrt that
+callback runs on the single event-loop thread every download shares. Against the in-memory store."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_a_small_objects_body_is_written_after_the_get_not_in_the_stores_callbac
     bodies = {f"d/f{i}": bytes([i]) * (100_000 + i) for i in range(3)}  # two 64 KiB pieces each
     store = _store(bodies)
     fetch = store.fetch
-    written_in_callback: list[int] = []
+    on_disk_in_callback: list[tuple[int, bool]] = []  # (temp files, the file itself there?)
 
     def watching(key: str, version: str | None,
                  start: Callable[[RemoteObject], Callable[[bytes], None]]) -> RemoteObject:
@@ -46,14 +46,14 @@ def test_a_small_objects_body_is_written_after_the_get_not_in_the_stores_callbac
 
             def piece(data: bytes) -> None:
                 consume(data)
-                written_in_callback.extend(p.stat().st_size for p in _temps(tmp_path))
+                on_disk_in_callback.append((len(_temps(tmp_path)), (tmp_path / info.key[2:]).exists()))
             return piece
         return fetch(key, version, started)
 
     store.fetch = watching  # type: ignore[method-assign]
     result = Restorer(_folder(tmp_path), store, str(tmp_path), workers=1).run()  # type: ignore[arg-type]
     assert sorted(result.restored) == sorted(bodies) and result.ok
-    assert written_in_callback and set(written_in_callback) == {0}
+    assert on_disk_in_callback and set(on_disk_in_callback) == {(0, False)}
     for rel, body in bodies.items():
         assert (tmp_path / rel).read_bytes() == body
         assert (tmp_path / rel).stat().st_mtime_ns == MTIME

@@ -1,9 +1,10 @@
-"""A restore's download: one object's bytes into its temp file, hashed on the way, so the
-caller can verify them before the rename without reading the file back where avoidable.
+"""A restore's download of an object larger than FETCH_WHOLE_LIMIT: its bytes into the temp
+file, hashed on the way, so the caller can verify them before the rename without reading the
+file back where avoidable.
 
-Three paths by size: a small object in one GET whose pieces are hashed and written by the
-worker (:meth:`Downloader._fetch_whole`); a large one from a store that fetches its parts in
-parallel itself (:mod:`syncd.bigfetch`, S3 through the CRT); otherwise ranged GETs of
+Smaller objects come whole into memory (:meth:`syncd.store.ObjectStore.fetch_whole`, many in
+flight: :mod:`syncd.fetches`). A large one comes from a store that fetches its parts in
+parallel itself (:mod:`syncd.bigfetch`, S3 through the CRT); otherwise as ranged GETs of
 ``part_size`` on the parts pool, hashed behind them as they arrive (:class:`_Progress`).
 The caller (:mod:`syncd.restore`) owns the temp file, its verification and its rename.
 """
@@ -23,8 +24,8 @@ from .store import TRANSIENT, ObjectStore, RemoteObject, StoreError, expected_di
 
 CHUNK = 1 << 20          # bytes read from a body at once: memory is one chunk per thread
 HASH_STEP = 8 * CHUNK    # the hashing thread behind ranged parts wakes once this much more is written
-# Objects up to this size come whole through the store's fetch (awscrt): the CRT may hold a
-# body whole before it hands it over, so larger ones come through the store's parallel fetch
+# Objects up to this size come whole into memory (the store's fetch_whole; awscrt may hold a
+# body whole before it hands it over anyway); larger ones through the store's parallel fetch
 # (bigfetch) where it has one, else as ranged GETs streamed in CHUNK pieces.
 FETCH_WHOLE_LIMIT = CHUNK
 _IOV_MAX = 1024  # Linux's limit of buffers per writev (os.sysconf("SC_IOV_MAX"))
@@ -61,8 +62,6 @@ class Downloader:
         """The object's bytes into ``fd``: what the (first) GET said about it, and the digest
         of the bytes in the algorithm the object's metadata calls for (taken on the way; ranged
         parts are hashed behind them as they arrive)."""
-        if item.size <= FETCH_WHOLE_LIMIT:
-            return self._fetch_whole(fd, item)
         if self.store.parallel_fetch:
             _allocate(fd, item.size)
             self._count(-(-item.size // bigfetch.PART_SIZE), 0)  # one ranged GET per part
@@ -122,40 +121,6 @@ class Downloader:
                     digest.update(buf[:got])
                     at += got
         return digest.hexdigest()
-
-    def _fetch_whole(self, fd: int, item: Wanted) -> tuple[RemoteObject, str | None]:
-        """One GET of the whole object (the store's fast path for small ones: awscrt), then
-        its bytes hashed, in the algorithm its metadata calls for, and written in one call.
-
-        The body's pieces are only collected where they arrive: the CRT hands them over on
-        its single event-loop thread, which serves every request in flight, so whatever runs
-        there (hashing, a write, a lock) delays all of them, and each blocking call releases
-        and retakes the GIL that every worker contends for. Here, in the worker, the hashing
-        and writing of many files run side by side. Memory: a body of at most
-        FETCH_WHOLE_LIMIT per worker, which the CRT may hold whole anyway."""
-        pieces: list[bytes] = []
-
-        def start(_info: RemoteObject) -> Callable[[bytes], None]:
-            return consume
-
-        def consume(piece: bytes) -> None:
-            if self._stop.is_set():
-                raise Interrupted()
-            pieces.append(piece)
-
-        info = self.store.fetch(item.key, item.version, start)
-        got = sum(len(p) for p in pieces)
-        self._count(1, got)
-        if got != item.size:
-            raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {got} of "
-                             f"{item.size}", scope=TRANSIENT, key=item.key)
-        expected = expected_digest(info)
-        digest = hashlib.new(expected[0]) if expected is not None else None
-        for piece in pieces:
-            if digest is not None:
-                digest.update(piece)
-        _write_all(fd, pieces)
-        return info, None if digest is None else digest.hexdigest()
 
     def _fetch(self, fd: int, item: Wanted, first: int, last: int | None, hash_it: bool = False,
                progress: Callable[[int, RemoteObject | None], None] | None = None) -> tuple[RemoteObject, str | None]:
@@ -252,7 +217,7 @@ def _allocate(fd: int, size: int) -> None:
             raise
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
+def write_all(fd: int, pieces: list[bytes]) -> None:
     """The pieces at the start of ``fd``, in as few calls as the kernel takes them."""
     views = [memoryview(p) for p in pieces if p]
     while views:

@@ -28,28 +28,44 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 
 import pathspec
 
 from . import trash
-from .beneath import NotBeneath, RootDir, rename_noreplace
+from .beneath import RootDir, rename_noreplace
 from .config import FolderConfig
-from .download import CHUNK, FETCH_WHOLE_LIMIT, Downloader, Interrupted, Wanted
+from .download import FETCH_WHOLE_LIMIT, Downloader, Interrupted, Wanted, write_all
+from .fetches import Fetches
+from .landing import (
+    READ_FLAGS,
+    TEMP_PREFIX,
+    TEMP_SUFFIX,
+    TempFile,
+    failure_reason,
+    hash_fd,
+    lstat,
+    mtime_ns,
+    unverified,
+)
 from .paths import IgnoreRules, reserved
 from .scan import walk
 from .snapshot import Source, current_items, items_at, name_problem
-from .store import META_MTIME, META_RCLONE_MTIME, ObjectStore, RemoteObject, StoreError, expected_digest
+from .store import (
+    TRANSIENT,
+    ObjectStore,
+    RemoteObject,
+    StoreError,
+    Whole,
+    expected_digest,
+    fetch_whole_now,
+)
 from .units import format_size
 
-TEMP_PREFIX = ".syncd-restore-"
-TEMP_SUFFIX = ".tmp"
 PLAN_STEP = 1000         # listed items handed to the workers at once (S3 lists 1000 keys a page)
 BATCH = 16               # files of one directory handed to a worker at once (fewer if that idles workers)
 ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
 BACKOFF = 0.5            # seconds before the second attempt, doubling
-_WRITE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+FINISHERS = 2            # threads writing the small files whose GETs are in flight (syncd.fetches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +77,16 @@ class Item:
     size: int
     etag: str
     version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    """A small file whose GET is in flight: where it goes (its directory held open)."""
+
+    item: Item
+    parent: str
+    dir_fd: int
+    fresh: bool
 
 
 @dataclass
@@ -77,33 +103,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return not (self.kept or self.failed or self.refused)
-
-
-def _mtime_ns(obj: RemoteObject) -> int | None:
-    """The file's mtime: syncd's nanoseconds, else rclone's decimal seconds, else LastModified."""
-    meta = obj.meta or {}
-    try:
-        if META_MTIME in meta:
-            return int(meta[META_MTIME])
-        if META_RCLONE_MTIME in meta:
-            return int(Decimal(meta[META_RCLONE_MTIME]) * 1_000_000_000)
-    except (ValueError, InvalidOperation):
-        pass
-    return None if obj.modified is None else int(obj.modified * 1_000_000_000)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, StoreError):
-        return str(exc)
-    if isinstance(exc, NotBeneath):
-        return f"not written: {exc.strerror} (a symlink in the target is never followed)"
-    if isinstance(exc, OSError):
-        if exc.errno == errno.ENOSPC:
-            return "no space left on the target filesystem"
-        if exc.errno == errno.EDQUOT:
-            return "disk quota exceeded on the target filesystem"
-        return f"{exc.strerror or exc}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Restorer:
@@ -133,6 +132,13 @@ class Restorer:
         self._temp_numbers = itertools.count()
         # Directories this run's mkdir created (empty then); see _restore for what that spares.
         self._made: set[str] = set()
+        # Directories held open for the small files in flight in them: parent -> [fd, fresh, users].
+        self._open_dirs: dict[str, list[int]] = {}
+        self._sending_in: str | None = None  # the directory the sender holds open (one use)
+        self._futures: list[Future[None]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._root: RootDir | None = None
+        self._parts_pool: ThreadPoolExecutor | None = None
         self._noreplace = True  # False once renameat2(RENAME_NOREPLACE) is found unsupported here
 
     # ------------------------------------------------------------------ the run
@@ -180,24 +186,40 @@ class Restorer:
             except BlockingIOError:
                 raise OSError(errno.EBUSY, f"another syncd restore is writing into {self.target}") from None
             self._clean_temps(root)
+            self._root = root
             ticker = threading.Thread(target=self._ticker, daemon=True) if self.show_progress else None
             if ticker is not None:
                 ticker.start()
             parts_pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore-part")
             pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore")
+            self._pool = pool
+            self._parts_pool = parts_pool
+            # The many small files, on a store that answers on its own thread: their GETs
+            # in flight from this thread, no worker waiting for each (syncd.fetches).
+            fetches = (Fetches(self.store, self.workers, FINISHERS, self._finish)
+                       if self.store.background_fetch else None)
             try:
                 # Downloads start with the listing's first page, not after its last.
-                futures: list[Future[None]] = []
                 planned = self._planned()
                 while chunk := list(itertools.islice(planned, PLAN_STEP)):
                     with self._lock:
                         self._total_files += len(chunk)
                         self._total_bytes += sum(i.size for i in chunk)
-                    futures += [pool.submit(self._batch, root, batch, parts_pool) for batch in self._batches(chunk)]
-                for f in futures:
+                    if fetches is not None:
+                        chunk = self._send(root, chunk, fetches)
+                    futures = [pool.submit(self._batch, root, batch) for batch in self._batches(chunk)]
+                    with self._lock:
+                        self._futures += futures
+                if fetches is not None:
+                    self._release_dir()
+                    fetches.close()
+                for f in self._futures:  # retries the finishers submitted are in the list too
                     f.result()
             except BaseException:
                 self._stop.set()  # Ctrl-C: every worker removes its temp file and stops
+                if fetches is not None:
+                    fetches.close()  # waits for the GETs in flight: their directories are still open
+                    self._release_dir()
                 pool.shutdown(wait=True, cancel_futures=True)
                 parts_pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -248,7 +270,101 @@ class Restorer:
         batches.extend(open_batches.values())
         return batches
 
-    def _batch(self, root: RootDir, items: list[Item], parts: ThreadPoolExecutor) -> None:
+    def _send(self, root: RootDir, items: list[Item], fetches: Fetches[_InFlight]) -> list[Item]:
+        """Send the GETs of the small files that have nothing at their name yet; the rest
+        (large files, and files where something is there to check first) is returned for
+        the workers."""
+        rest: list[Item] = []
+        for item in items:
+            if self._stop.is_set():
+                break
+            if item.size > FETCH_WHOLE_LIMIT:
+                rest.append(item)
+                continue
+            parent, _, name = item.rel.rpartition("/")
+            try:
+                dir_fd, fresh = self._hold_dir(root, parent)
+            except (OSError, StoreError) as exc:
+                self._note("failed", item.rel, failure_reason(exc))
+                continue
+            if not fresh and lstat(name, dir_fd) is not None:
+                self._drop_dir(parent)
+                rest.append(item)
+                continue
+            try:
+                fetches.start(item.key, item.version, _InFlight(item, parent, dir_fd, fresh))
+            except BaseException:
+                self._drop_dir(parent)
+                raise
+        return rest
+
+    def _hold_dir(self, root: RootDir, parent: str) -> tuple[int, bool]:
+        """An fd of ``parent`` for one more file in flight (and whether this run created
+        it), opened once while files in it are in flight: the sender keeps the directory it
+        is sending into open, so a directory's files share one open."""
+        if self._sending_in != parent:
+            self._release_dir()
+            with self._lock:
+                held = self._open_dirs.get(parent)
+                if held is not None:
+                    held[2] += 1
+            if held is None:
+                fd = root.make_dirs(parent, self._made)
+                held = [fd, parent in self._made, 1]
+                with self._lock:
+                    self._open_dirs[parent] = held
+            self._sending_in = parent
+        with self._lock:
+            held = self._open_dirs[parent]
+            held[2] += 1
+        return held[0], bool(held[1])
+
+    def _release_dir(self) -> None:
+        """The sender is done with its directory (it moved on, or the listing ended)."""
+        if self._sending_in is not None:
+            self._drop_dir(self._sending_in)
+            self._sending_in = None
+
+    def _drop_dir(self, parent: str) -> None:
+        with self._lock:
+            held = self._open_dirs[parent]
+            held[2] -= 1
+            if held[2]:
+                return
+            del self._open_dirs[parent]
+        os.close(held[0])
+
+    def _finish(self, job: _InFlight, answer: Whole | StoreError) -> None:
+        """A small file's GET has answered (on a finisher thread): write it into place, or
+        hand a transient failure to a worker, which retries it with backoff."""
+        item = job.item
+        try:
+            if self._stop.is_set():
+                return
+            if isinstance(answer, StoreError):
+                raise answer
+            outcome, reason = self._write_whole(job.dir_fd, item.rel.rpartition("/")[2], item, answer,
+                                                job.fresh and self._noreplace)
+            self._note(outcome, item.rel, reason)
+        except StoreError as exc:
+            if exc.transient:
+                assert self._pool is not None
+                future = self._pool.submit(self._one_alone, item)
+                with self._lock:
+                    self._futures.append(future)
+            else:
+                self._note("failed", item.rel, failure_reason(exc))
+        except OSError as exc:
+            self._note("failed", item.rel, failure_reason(exc))
+        finally:
+            self._drop_dir(job.parent)
+
+    def _one_alone(self, item: Item) -> None:
+        """A small file whose first GET failed transiently, again on a worker (it opens its directory)."""
+        assert self._root is not None
+        self._batch(self._root, [item])
+
+    def _batch(self, root: RootDir, items: list[Item]) -> None:
         """Restore files of one directory, each on its own (a failure is that file's)."""
         if self._stop.is_set():
             return
@@ -257,22 +373,22 @@ class Restorer:
             dir_fd = root.make_dirs(parent, self._made)
         except (OSError, StoreError) as exc:
             for item in items:
-                self._note("failed", item.rel, _reason(exc))
+                self._note("failed", item.rel, failure_reason(exc))
             return
         try:
             for item in items:
                 if self._stop.is_set():
                     return
-                self._one(dir_fd, item, parts, parent in self._made)
+                self._one(dir_fd, item, parent in self._made)
         finally:
             os.close(dir_fd)
 
-    def _one(self, dir_fd: int, item: Item, parts: ThreadPoolExecutor, fresh: bool) -> None:
+    def _one(self, dir_fd: int, item: Item, fresh: bool) -> None:
         name = item.rel.rpartition("/")[2]
         try:
             for attempt in range(ATTEMPTS):
                 try:
-                    outcome, reason = self._restore(dir_fd, name, item, parts, fresh and self._noreplace)
+                    outcome, reason = self._restore(dir_fd, name, item, fresh and self._noreplace)
                 except StoreError as exc:
                     # botocore already retried quickly; a longer pause rides out throttling.
                     if not exc.transient or attempt == ATTEMPTS - 1 or self._stop.wait(BACKOFF * 2 ** attempt):
@@ -283,17 +399,16 @@ class Restorer:
         except Interrupted:
             pass
         except (OSError, StoreError) as exc:
-            self._note("failed", item.rel, _reason(exc))
+            self._note("failed", item.rel, failure_reason(exc))
 
-    def _restore(self, dir_fd: int, name: str, item: Item, parts: ThreadPoolExecutor,
-                 fresh: bool) -> tuple[str, str]:
+    def _restore(self, dir_fd: int, name: str, item: Item, fresh: bool) -> tuple[str, str]:
         """``fresh``: this run's mkdir created the directory, so it was empty then, and only
         this run writes into it (each name once: a listing has each key once; another restore
         waits for the target's flock). The lstat for a local file is skipped there: nothing can
         be at ``name`` but what another program put since. That is caught anyway: the temp
         file is renamed with RENAME_NOREPLACE, which fails atomically if anything is there
         (then handled as a local file found), a stronger check than an lstat before the GET."""
-        st = None if fresh else _lstat(name, dir_fd)
+        st = None if fresh else lstat(name, dir_fd)
         if st is not None:
             if statmod.S_ISDIR(st.st_mode):
                 return "failed", "a directory is in the way"
@@ -306,50 +421,72 @@ class Restorer:
                 return "kept", f"{what} is there (the object has {item.size} bytes); --force replaces it"
             if not self.force:
                 return "kept", "a local file with other content is there; --force replaces it"
-        tmp = f"{self._temp_stem}{next(self._temp_numbers)}{TEMP_SUFFIX}"
-        fd = os.open(tmp, _WRITE_FLAGS, 0o666, dir_fd=dir_fd)
-        placed = False
-        try:
-            info, actual = self._downloads.download(fd, Wanted(item.key, item.size, item.version), parts)
+        if item.size <= FETCH_WHOLE_LIMIT:
+            return self._write_whole(dir_fd, name, item, fetch_whole_now(self.store, item.key, item.version), fresh)
+        assert self._parts_pool is not None
+        with TempFile(dir_fd, self._temp_name()) as temp:
+            info, actual = self._downloads.download(temp.fd, Wanted(item.key, item.size, item.version),
+                                                    self._parts_pool)
             expected = expected_digest(info)
-            if expected is None:
-                return "failed", ("cannot verify: the object has no syncd-sha256 and a multipart ETag "
-                                  "(written by another client); not written into place")
-            if actual is None:
-                os.lseek(fd, 0, os.SEEK_SET)
-                actual = _hash_fd(fd, expected[0], self._stop)
-            if actual != expected[1]:
-                return "failed", (f"checksum mismatch: {expected[0]} of the bytes is {actual}, the object says "
-                                  f"{expected[1]} (altered in the bucket?); not written into place")
-            mtime = _mtime_ns(info)
-            if mtime is not None:
-                os.utime(fd, ns=(mtime, mtime))
-            if fresh:
-                try:
-                    placed = rename_noreplace(tmp, name, dir_fd)
-                except FileExistsError:
-                    placed = False
-                    st = _lstat(name, dir_fd)
-                else:
-                    if not placed:
-                        self._noreplace = False  # this filesystem cannot: lstat first from now on
-                        st = _lstat(name, dir_fd)
-                if not placed and st is not None:
-                    if statmod.S_ISDIR(st.st_mode):
-                        return "failed", "a directory is in the way"
-                    if not self.force:
-                        return "kept", "a local file appeared there while restoring; --force replaces it"
-            if not placed:
-                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a symlink, never follows it
-                placed = True
-            return "restored", ""
-        finally:
-            os.close(fd)
-            if not placed:
-                try:
-                    os.unlink(tmp, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    pass
+            if actual is None and expected is not None:
+                os.lseek(temp.fd, 0, os.SEEK_SET)
+                actual = hash_fd(temp.fd, expected[0], self._stop)
+            problem = unverified(expected, actual)
+            if problem is not None:
+                return "failed", problem
+            return self._place(temp, name, info, fresh)
+
+    def _write_whole(self, dir_fd: int, name: str, item: Item, whole: Whole, fresh: bool) -> tuple[str, str]:
+        """A small object fetched whole: checked in memory (a corrupt body never reaches the
+        disk), then written to a temp file and put in place (``fresh``: see :meth:`_restore`)."""
+        got = whole.size
+        self._count(1, got)
+        if got != item.size:
+            raise StoreError(f"s3://{self.store.bucket}/{item.key}: the body ended at byte {got} of {item.size}",
+                             scope=TRANSIENT, key=item.key)
+        expected = expected_digest(whole.info)
+        actual = None
+        if expected is not None:
+            digest = hashlib.new(expected[0])
+            for piece in whole.pieces:
+                digest.update(piece)
+            actual = digest.hexdigest()
+        problem = unverified(expected, actual)
+        if problem is not None:
+            return "failed", problem
+        with TempFile(dir_fd, self._temp_name()) as temp:
+            write_all(temp.fd, whole.pieces)
+            return self._place(temp, name, whole.info, fresh)
+
+    def _temp_name(self) -> str:
+        return f"{self._temp_stem}{next(self._temp_numbers)}{TEMP_SUFFIX}"
+
+    def _place(self, temp: TempFile, name: str, info: RemoteObject, fresh: bool) -> tuple[str, str]:
+        """The verified temp file gets the object's mtime and is renamed to ``name``;
+        ``fresh``: only if nothing is there (see :meth:`_restore`)."""
+        dir_fd = temp.dir_fd
+        mtime = mtime_ns(info)
+        if mtime is not None:
+            os.utime(temp.fd, ns=(mtime, mtime))
+        if fresh:
+            st = None
+            try:
+                temp.placed = rename_noreplace(temp.name, name, dir_fd)
+            except FileExistsError:
+                st = lstat(name, dir_fd)
+            else:
+                if not temp.placed:
+                    self._noreplace = False  # this filesystem cannot: lstat first from now on
+                    st = lstat(name, dir_fd)
+            if not temp.placed and st is not None:
+                if statmod.S_ISDIR(st.st_mode):
+                    return "failed", "a directory is in the way"
+                if not self.force:
+                    return "kept", "a local file appeared there while restoring; --force replaces it"
+        if not temp.placed:
+            os.rename(temp.name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a symlink, never follows it
+            temp.placed = True
+        return "restored", ""
 
     def _check_existing(self, dir_fd: int, name: str, item: Item, st: os.stat_result) -> tuple[str, str] | None:
         """("already", "") if the local file is the object's content (its mtime set if it
@@ -361,12 +498,12 @@ class Restorer:
             return "failed", "deleted from the bucket since it was listed"
         expected = expected_digest(head)
         if expected is None:  # nothing to hash against: the object cannot be restored verified either
-            return ("already", "") if st.st_mtime_ns == _mtime_ns(head) else None
-        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+            return ("already", "") if st.st_mtime_ns == mtime_ns(head) else None
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
         try:
-            if _hash_fd(fd, expected[0], self._stop) != expected[1]:
+            if hash_fd(fd, expected[0], self._stop) != expected[1]:
                 return None
-            mtime = _mtime_ns(head)
+            mtime = mtime_ns(head)
             if mtime is not None and os.fstat(fd).st_mtime_ns != mtime:
                 os.utime(name, ns=(mtime, mtime), dir_fd=dir_fd, follow_symlinks=False)
         finally:
@@ -407,19 +544,3 @@ class Restorer:
         while not self._stop.wait(0.5):
             sys.stderr.write("\r\x1b[K" + self.progress_line())
             sys.stderr.flush()
-
-
-def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _hash_fd(fd: int, algorithm: str, stop: threading.Event) -> str:
-    digest = hashlib.new(algorithm)
-    while piece := os.read(fd, CHUNK):
-        if stop.is_set():
-            raise Interrupted()
-        digest.update(piece)
-    return digest.hexdigest()
