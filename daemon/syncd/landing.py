@@ -7,9 +7,10 @@ import errno
 import hashlib
 import os
 import threading
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from .beneath import NotBeneath
+from .beneath import NotBeneath, RootDir
 from .download import CHUNK, Interrupted
 from .store import META_MTIME, META_RCLONE_MTIME, RemoteObject, StoreError
 
@@ -67,6 +68,64 @@ class TempFile:
                 os.unlink(self.name, dir_fd=self.dir_fd)
             except FileNotFoundError:
                 pass
+
+
+@dataclass
+class _Held:
+    fd: int
+    fresh: bool   # this run's mkdir created it (empty then)
+    users: int    # files in flight in it, plus one while the sender is in it
+
+
+class HeldDirs:
+    """Directory fds shared by the small files in flight in them: a directory is opened once
+    while files in it are in flight, and closed when the last is finished. The sender holds
+    the directory it is sending into (:meth:`hold`, one thread); finishers :meth:`drop`."""
+
+    def __init__(self, root: RootDir, made: set[str]):
+        """``made``: the directories this run's mkdir created (shared with the workers)."""
+        self._root = root
+        self._made = made
+        self._lock = threading.Lock()
+        self._held: dict[str, _Held] = {}
+        self._current: str | None = None  # the directory the sender is in
+
+    def hold(self, parent: str) -> tuple[int, bool]:
+        """An fd of ``parent`` for one more file in flight, and whether this run created it."""
+        if self._current != parent:
+            self.release_current()
+            self._use(parent)
+            self._current = parent
+        return self._use(parent)
+
+    def release_current(self) -> None:
+        """The sender is done with its directory (it moved on, or the listing ended)."""
+        if self._current is not None:
+            self.drop(self._current)
+            self._current = None
+
+    def drop(self, parent: str) -> None:
+        """One use of ``parent`` is over."""
+        with self._lock:
+            held = self._held[parent]
+            held.users -= 1
+            if held.users:
+                return
+            del self._held[parent]
+        os.close(held.fd)
+
+    def _use(self, parent: str) -> tuple[int, bool]:
+        with self._lock:
+            held = self._held.get(parent)
+            if held is not None:
+                held.users += 1
+                return held.fd, held.fresh
+        # Only the sender opens, so nobody adds this directory meanwhile.
+        fd = self._root.make_dirs(parent, self._made)
+        held = _Held(fd, parent in self._made, 1)
+        with self._lock:
+            self._held[parent] = held
+        return held.fd, held.fresh
 
 
 def unverified(expected: tuple[str, str] | None, actual: str | None) -> str | None:

@@ -40,6 +40,7 @@ from .landing import (
     READ_FLAGS,
     TEMP_PREFIX,
     TEMP_SUFFIX,
+    HeldDirs,
     TempFile,
     failure_reason,
     hash_fd,
@@ -132,9 +133,7 @@ class Restorer:
         self._temp_numbers = itertools.count()
         # Directories this run's mkdir created (empty then); see _restore for what that spares.
         self._made: set[str] = set()
-        # Directories held open for the small files in flight in them: parent -> [fd, fresh, users].
-        self._open_dirs: dict[str, list[int]] = {}
-        self._sending_in: str | None = None  # the directory the sender holds open (one use)
+        self._held: HeldDirs | None = None  # directories of the small files in flight (run)
         self._futures: list[Future[None]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._root: RootDir | None = None
@@ -198,6 +197,7 @@ class Restorer:
             # in flight from this thread, no worker waiting for each (syncd.fetches).
             fetches = (Fetches(self.store, self.workers, FINISHERS, self._finish)
                        if self.store.background_fetch else None)
+            held = self._held = HeldDirs(root, self._made)
             try:
                 # Downloads start with the listing's first page, not after its last.
                 planned = self._planned()
@@ -206,12 +206,12 @@ class Restorer:
                         self._total_files += len(chunk)
                         self._total_bytes += sum(i.size for i in chunk)
                     if fetches is not None:
-                        chunk = self._send(root, chunk, fetches)
+                        chunk = self._send(held, chunk, fetches)
                     futures = [pool.submit(self._batch, root, batch) for batch in self._batches(chunk)]
                     with self._lock:
                         self._futures += futures
                 if fetches is not None:
-                    self._release_dir()
+                    held.release_current()
                     fetches.close()
                 for f in self._futures:  # retries the finishers submitted are in the list too
                     f.result()
@@ -219,7 +219,7 @@ class Restorer:
                 self._stop.set()  # Ctrl-C: every worker removes its temp file and stops
                 if fetches is not None:
                     fetches.close()  # waits for the GETs in flight: their directories are still open
-                    self._release_dir()
+                    held.release_current()
                 pool.shutdown(wait=True, cancel_futures=True)
                 parts_pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -270,7 +270,7 @@ class Restorer:
         batches.extend(open_batches.values())
         return batches
 
-    def _send(self, root: RootDir, items: list[Item], fetches: Fetches[_InFlight]) -> list[Item]:
+    def _send(self, held: HeldDirs, items: list[Item], fetches: Fetches[_InFlight]) -> list[Item]:
         """Send the GETs of the small files that have nothing at their name yet; the rest
         (large files, and files where something is there to check first) is returned for
         the workers."""
@@ -283,56 +283,20 @@ class Restorer:
                 continue
             parent, _, name = item.rel.rpartition("/")
             try:
-                dir_fd, fresh = self._hold_dir(root, parent)
+                dir_fd, fresh = held.hold(parent)
             except (OSError, StoreError) as exc:
                 self._note("failed", item.rel, failure_reason(exc))
                 continue
             if not fresh and lstat(name, dir_fd) is not None:
-                self._drop_dir(parent)
+                held.drop(parent)
                 rest.append(item)
                 continue
             try:
                 fetches.start(item.key, item.version, _InFlight(item, parent, dir_fd, fresh))
             except BaseException:
-                self._drop_dir(parent)
+                held.drop(parent)
                 raise
         return rest
-
-    def _hold_dir(self, root: RootDir, parent: str) -> tuple[int, bool]:
-        """An fd of ``parent`` for one more file in flight (and whether this run created
-        it), opened once while files in it are in flight: the sender keeps the directory it
-        is sending into open, so a directory's files share one open."""
-        if self._sending_in != parent:
-            self._release_dir()
-            with self._lock:
-                held = self._open_dirs.get(parent)
-                if held is not None:
-                    held[2] += 1
-            if held is None:
-                fd = root.make_dirs(parent, self._made)
-                held = [fd, parent in self._made, 1]
-                with self._lock:
-                    self._open_dirs[parent] = held
-            self._sending_in = parent
-        with self._lock:
-            held = self._open_dirs[parent]
-            held[2] += 1
-        return held[0], bool(held[1])
-
-    def _release_dir(self) -> None:
-        """The sender is done with its directory (it moved on, or the listing ended)."""
-        if self._sending_in is not None:
-            self._drop_dir(self._sending_in)
-            self._sending_in = None
-
-    def _drop_dir(self, parent: str) -> None:
-        with self._lock:
-            held = self._open_dirs[parent]
-            held[2] -= 1
-            if held[2]:
-                return
-            del self._open_dirs[parent]
-        os.close(held[0])
 
     def _finish(self, job: _InFlight, answer: Whole | StoreError) -> None:
         """A small file's GET has answered (on a finisher thread): write it into place, or
@@ -357,7 +321,8 @@ class Restorer:
         except OSError as exc:
             self._note("failed", item.rel, failure_reason(exc))
         finally:
-            self._drop_dir(job.parent)
+            assert self._held is not None
+            self._held.drop(job.parent)
 
     def _one_alone(self, item: Item) -> None:
         """A small file whose first GET failed transiently, again on a worker (it opens its directory)."""

@@ -110,14 +110,15 @@ class CrtPutter:
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         """See :meth:`CrtClient.fetch`."""
-        path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
-        return self._client.fetch(self._host, path, key, start, part_size)
+        return self._client.fetch(self._host, self._object_path(key, version), key, start, part_size)
 
     def fetch_whole(self, key: str, version: str | None,
                     done: Callable[[tuple[RemoteObject, list[bytes]] | CrtFailure], None]) -> None:
         """See :meth:`CrtClient.fetch_whole`."""
-        path = self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
-        self._client.fetch_whole(self._host, path, key, done)
+        self._client.fetch_whole(self._host, self._object_path(key, version), key, done)
+
+    def _object_path(self, key: str, version: str | None) -> str:
+        return self._base + quote(key, safe="/~") + ("" if version is None else f"?versionId={quote(version)}")
 
     def list_page(self, prefix: str, token: str | None) -> tuple[list[RemoteObject], str | None]:
         """One ListObjectsV2 page under ``prefix`` (after ``token``, the previous page's

@@ -157,13 +157,8 @@ class S3Store:
     def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes,
             done: Callable[[PutResult | StoreError], None], headers: Mapping[str, str] = NO_HEADERS) -> None:
         if self._crt is not None and body.plain:
-            try:
-                # Here, not on the CRT's event loop: a refresh of assumed-role credentials
-                # (an STS call) runs on this worker thread, and its failure is classified.
-                if self._credentials is not None:
-                    self._credentials.get_frozen_credentials()
-            except Exception as exc:
-                done(classify(exc, key, self.bucket))
+            if (failure := self._refresh_credentials(key)) is not None:
+                done(failure)
                 return
             http = {f"x-amz-meta-{k}": v for k, v in meta.items()}
             http.update(headers)
@@ -386,15 +381,23 @@ class S3Store:
         self.requests.add("GetObject", 200)
         return info
 
+    def _refresh_credentials(self, key: str) -> StoreError | None:
+        """Before a CRT request that answers on the CRT's event loop: a refresh of assumed-role
+        credentials (an STS call) runs here, on the caller's thread, and its failure is
+        classified; None when the credentials are good."""
+        try:
+            if self._credentials is not None:
+                self._credentials.get_frozen_credentials()
+        except Exception as exc:
+            return classify(exc, key, self.bucket)
+        return None
+
     def fetch_whole(self, key: str, version: str | None, done: Callable[[Whole | StoreError], None]) -> None:
         if self._crt is None:
             fetch_whole_by_fetch(self, key, version, done)
             return
-        try:
-            if self._credentials is not None:
-                self._credentials.get_frozen_credentials()  # a refresh here, not on the CRT's loop
-        except Exception as exc:
-            done(classify(exc, key, self.bucket))
+        if (failure := self._refresh_credentials(key)) is not None:
+            done(failure)
             return
 
         def finished(answer: tuple[RemoteObject, list[bytes]] | CrtFailure) -> None:
