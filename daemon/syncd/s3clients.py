@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -99,15 +98,35 @@ def client_key(folder: FolderConfig) -> Hashable:
             folder.request_timeout, folder.workers, folder.checksum == Checksum.OFF, bool(folder.bandwidth))
 
 
-@dataclass
 class Shared:
-    """One client set and how many stores use it."""
+    """One client set and how many stores use it.
 
-    key: Hashable
-    client: Any
-    credentials: Any              # botocore credentials (refreshing for an assumed role), or None
-    crt: CrtClient | None         # the CRT data path for small PUTs, or None (see _crt_client)
-    users: int = 0
+    The botocore client is built on first use: a restore of current objects sends every
+    request through the CRT, and building the client (loading the S3 service model and its
+    endpoint rules) was a tenth of a second of its start-up spent for nothing."""
+
+    def __init__(self, key: Hashable, credentials: Any, make_client: Callable[[], Any],
+                 crt: CrtClient | None = None):
+        self.key = key
+        self.credentials = credentials  # botocore credentials (refreshing for an assumed role), or None
+        self.crt = crt                  # the CRT data path for small PUTs, or None (see _crt_client)
+        self.users = 0
+        self._make_client = make_client
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The botocore client, built by the first caller (others wait for it)."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
 
 
 _lock = threading.Lock()
@@ -137,7 +156,7 @@ def release(shared: Shared) -> None:
             return
         if _shared.get(shared.key) is shared:
             del _shared[shared.key]
-    shared.client.close()
+    shared.close()
 
 
 def _build(folder: FolderConfig, key: Hashable, clock: Callable[[], datetime] | None,
@@ -176,17 +195,31 @@ def _build(folder: FolderConfig, key: Hashable, clock: Callable[[], datetime] | 
             session = botocore.session.Session(profile=folder.profile)
         _fast_timestamps(session)
         credentials = session.get_credentials()
-        client: Any = session.create_client("s3", region_name=folder.region, endpoint_url=folder.endpoint_url,
-                                            config=boto_config)
     except Exception as exc:  # profile missing and the like
         raise classify(exc, bucket=folder.bucket) from exc
-    _cheap_listing_check(client)
-    client.meta.events.register("provide-client-params.s3", _take_counter)
-    client.meta.events.register("response-received.s3", _count)
-    return Shared(key, client, credentials, _crt_client(credentials, client, folder))
+
+    def make_client() -> Any:
+        try:
+            client: Any = session.create_client("s3", region_name=folder.region, endpoint_url=folder.endpoint_url,
+                                                config=boto_config)
+        except Exception as exc:
+            raise classify(exc, bucket=folder.bucket) from exc
+        _cheap_listing_check(client)
+        client.meta.events.register("provide-client-params.s3", _take_counter)
+        client.meta.events.register("response-received.s3", _count)
+        return client
+
+    shared = Shared(key, credentials, make_client)
+    endpoint, region = folder.endpoint_url, folder.region
+    if endpoint is None or region is None:
+        # The CRT needs both: what botocore's endpoint rules and region chain (environment,
+        # profile) resolve, as its client has them.
+        endpoint, region = shared.client.meta.endpoint_url, shared.client.meta.region_name
+    shared.crt = _crt_client(credentials, endpoint, region or "us-east-1", folder)
+    return shared
 
 
-def _crt_client(credentials: Any, client: Any, folder: FolderConfig) -> CrtClient | None:
+def _crt_client(credentials: Any, endpoint_url: str, region: str, folder: FolderConfig) -> CrtClient | None:
     """The CRT data path for small PUTs, or None where it cannot serve (no credentials yet:
     the probe reports that; a bandwidth limit: bodies are paced by the boto3 path)."""
     if credentials is None or folder.bandwidth:
@@ -196,7 +229,7 @@ def _crt_client(credentials: Any, client: Any, folder: FolderConfig) -> CrtClien
         frozen = credentials.get_frozen_credentials()  # refreshes assumed-role credentials
         return frozen.access_key, frozen.secret_key, frozen.token
 
-    return CrtClient(client.meta.endpoint_url, client.meta.region_name or "us-east-1", current,
+    return CrtClient(endpoint_url, region, current,
                      timeout=folder.request_timeout, sign_body=folder.checksum == Checksum.OFF)
 
 
@@ -222,12 +255,12 @@ class Counted:
     # Calls that take no API parameters (or, for `copy`, only s3transfer's own).
     _PLAIN = frozenset({"meta", "close", "copy", "exceptions"})
 
-    def __init__(self, client: Any, counter: RequestCounts):
-        self._client = client
+    def __init__(self, shared: Shared, counter: RequestCounts):
+        self._shared = shared
         self._counter = counter
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
+        attr = getattr(self._shared.client, name)
         if name in self._PLAIN:
             return attr
         if name == "get_paginator":

@@ -160,11 +160,27 @@ class CrtClient:
             connect_timeout_ms=10_000, retry_config=S3RetryConfig(max_retries=CLIENT_RETRIES))
         self._client = S3Client(**self._settings)
         self._large: dict[int, S3Client] = {}  # by part size: see _large_client
+        self._signing = signing
+        self._signed_as: tuple[tuple[str, str, str | None], AwsSigningConfig] | None = None
 
     def _crt_credentials(self) -> AwsCredentials:
-        keep_thread_state()  # the first callback of every request: see keep_thread_state
+        keep_thread_state()  # a callback on the CRT's thread: see keep_thread_state
         access_key, secret_key, token = self._credentials()
         return AwsCredentials(access_key, secret_key, token)
+
+    def _signing_now(self) -> AwsSigningConfig:
+        """The signing config of a request sent now: the current credentials as a static
+        provider, made again only when they change (assumed-role credentials are refreshed by
+        ``credentials``, on the sending thread). With the client's delegate provider alone,
+        the CRT called into Python for every request to sign it: a GIL hand-off on its
+        event-loop thread per small file."""
+        current = self._credentials()
+        with self._lock:
+            if self._signed_as is None or self._signed_as[0] != current:
+                access_key, secret_key, token = current
+                provider = AwsCredentialsProvider.new_static(access_key, secret_key, token)
+                self._signed_as = (current, self._signing.replace(credentials_provider=provider))
+            return self._signed_as[1]
 
     def put(self, host: str, path: str, key: str, data: bytes | bytearray, headers: Mapping[str, str],
             done: Callable[[str | CrtFailure], None]) -> None:
@@ -317,14 +333,15 @@ class CrtClient:
                 log.exception("crt.callback_failed", key=key)
 
         try:
+            signing = self._signing_now()
             if part_size:
                 s3_request = self._large_client(part_size).make_request(
-                    type=S3RequestType.GET_OBJECT, request=request, on_headers=on_headers, on_body=on_body,
-                    on_done=on_done)
+                    type=S3RequestType.GET_OBJECT, request=request, signing_config=signing, on_headers=on_headers,
+                    on_body=on_body, on_done=on_done)
             else:
                 s3_request = self._client.make_request(type=S3RequestType.DEFAULT, operation_name=operation,
-                                                       request=request, on_headers=on_headers, on_body=on_body,
-                                                       on_done=on_done)
+                                                       request=request, signing_config=signing,
+                                                       on_headers=on_headers, on_body=on_body, on_done=on_done)
         except Exception as exc:
             with self._lock:
                 self._inflight.pop(token, None)

@@ -104,7 +104,7 @@ class S3Store:
         self._shared: s3clients.Shared | None = s3clients.acquire(folder, clock, connections)
         self._credentials = self._shared.credentials
         self.requests = RequestCounts()  # syncd.metrics: every attempt, by operation and outcome
-        self._client: Any = s3clients.Counted(self._shared.client, self.requests)
+        self._client: Any = s3clients.Counted(self._shared, self.requests)
         addressing = s3clients.addressing_of(folder)
         # boto3 picks virtual-hosted style for AWS; a dotted bucket name cannot match the TLS
         # wildcard certificate, so boto3 (and we) fall back to path style for it.
