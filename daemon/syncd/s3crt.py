@@ -164,6 +164,10 @@ class CrtClient:
         self._signed_as: tuple[tuple[str, str, str | None], AwsSigningConfig] | None = None
 
     def _crt_credentials(self) -> AwsCredentials:
+        """The client's own provider, which awscrt requires. Every request carries its own
+        signing config (:meth:`_signing_now`), so this is only a fallback that requests do
+        not reach. A static provider here would ask an assumed role for keys while the
+        client is built."""
         keep_thread_state()  # a callback on the CRT's thread: see keep_thread_state
         access_key, secret_key, token = self._credentials()
         return AwsCredentials(access_key, secret_key, token)
