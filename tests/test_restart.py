@@ -47,6 +47,26 @@ def test_changes_made_while_stopped_converge_after_restart(syncd, tree, s3, buck
         assert "event=scan.done" in syncd.log() and "walk=find" in syncd.log()
 
 
+@pytest.mark.skipif(not tree_listing.available(), reason="GNU find and sort are not installed")
+def test_a_restart_reads_the_manifest_from_the_spool_the_stop_kept_and_still_finds_every_change(
+        syncd, tree, s3, bucket):
+    rng = random.Random(8)
+    files = _populate(tree, 60, rng)
+    syncd.add_folder("main", tree, bucket)
+    syncd.start()
+    syncd.wait_idle()
+    for path in files[:5]:  # uploaded after the startup scan: the stop prints the manifest anew
+        path.write_bytes(rng.randbytes(300))
+    syncd.wait_idle()
+    assert syncd.stop() == 0
+    files[30].write_bytes(rng.randbytes(700))  # changed while down
+    files[31].unlink()                          # deleted while down
+    syncd.start()
+    syncd.wait_idle()
+    assert "manifest=kept" in syncd.log(), "the second start should have read the spool the stop kept"
+    assert assert_mirror(s3, bucket, tree) == 59
+
+
 def test_deleting_files_while_stopped_with_delete_keep_leaves_objects(syncd, tree, s3, bucket):
     (tree / "a.txt").write_text("a")
     (tree / "b.txt").write_text("b")

@@ -31,6 +31,7 @@ through their own connections (WAL readers never block the writer).
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
@@ -45,7 +46,7 @@ from .changes import Entry, IntentOp, Outcome, OutcomeKind, Pending
 from .schema import (
     CLAIMED,
     FAILED,
-    MANIFEST_BLOCK,
+    MANIFEST_GEN,
     READY,
     SAME_FILE,
     SCHEMA,
@@ -54,6 +55,7 @@ from .schema import (
     UPSERT,
     UPSERT_DIR,
 )
+from .spool import Blocks, remove_leftovers
 from .sql import immediate
 from .uploads import UploadLog
 from .uploads import migrate as migrate_uploads
@@ -95,6 +97,7 @@ class Journal:
             self._db = self._open(db_path)
             self._prepare()
             self.fresh_reason = "corrupt"
+        remove_leftovers(db_path)  # spools a killed scan left behind (no scan runs yet)
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
         self.uploads = UploadLog(db_path)
@@ -118,7 +121,8 @@ class Journal:
         if "quiet" not in {r[1] for r in db.execute("PRAGMA table_info(pending)")}:
             db.execute("ALTER TABLE pending ADD COLUMN quiet REAL")  # a journal of schema 5 or older
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        if not self._closed_whole(meta):
+        closed_whole = self._closed_whole(meta)
+        if not closed_whole:
             # Reads every page: after a crash, not on every start of a large journal.
             row = db.execute("PRAGMA quick_check(1)").fetchone()
             if row is None or row[0] != "ok":
@@ -149,6 +153,11 @@ class Journal:
                 db.execute(f"INSERT OR REPLACE INTO meta VALUES ('{REBUILDING}', '1')")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (self.identity,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            if MANIFEST_GEN not in meta or not closed_whole:
+                # A new start, from a random value: a kept manifest spool (syncd.spool) matches
+                # only the journal that wrote it, and never after a crash or a power loss may
+                # have lost commits its generation counted.
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (MANIFEST_GEN, str(secrets.randbits(62))))
             # Claims do not survive a restart: whatever was in flight is simply redone.
             db.execute(f"UPDATE pending SET state={READY:d} WHERE state={CLAIMED:d}")
 
@@ -470,23 +479,10 @@ class Journal:
         finally:
             db.close()
 
-    def manifest_blocks(self, rows: int) -> Generator[tuple[bytes, bytes, int], None, None]:
+    def manifest_blocks(self, rows: int) -> Blocks:
         """The manifest in path order as (records, last path, row count) blocks of ``rows``
         rows, printed as MANIFEST_RECORD, all from one read snapshot (see syncd.tree)."""
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=30,
-                             isolation_level=None)
-        db.text_factory = bytes
-        try:
-            db.execute("BEGIN")
-            after = ""
-            while True:
-                blob, last, count = db.execute(MANIFEST_BLOCK, (after, rows)).fetchone()
-                if not count:
-                    return
-                yield blob, last, count
-                after = last.decode("utf-8")
-        finally:
-            db.close()
+        return Blocks(self.path, rows)
 
     def iter_manifest(self) -> Generator[tuple[str, int, int, int | None], None, None]:
         """All manifest rows sorted by path (byte order), streamed from a private snapshot.

@@ -23,6 +23,7 @@ import structlog
 from . import tree
 from .beneath import LIST_FLAGS, RootDir
 from .paths import IgnoreRules
+from .spool import kept_path
 
 if TYPE_CHECKING:  # annotations only: restore's and verify's walk need no journal or watchdog
     from .journal import Journal
@@ -44,6 +45,7 @@ class ScanReport:
     seconds: float = 0.0
     finished_at: float = 0.0
     rules: str = ""  # set by a complete Python walk: the ignore rules it applied (SCAN_RULES)
+    spool_reused: bool = False  # the fast path read the manifest from the kept spool (syncd.spool)
 
 
 def walk(root: str | RootDir, ignore: IgnoreRules,
@@ -154,7 +156,8 @@ class LocalScan:
         report.seconds = time.monotonic() - started
         report.finished_at = time.time()
         self._log.info("scan.done", files=report.files, changed=report.changed, missing=report.missing,
-                       ms=round(report.seconds * 1000), walk="python" if report.rules else "find")
+                       ms=round(report.seconds * 1000), walk="python" if report.rules else "find",
+                       manifest="kept" if report.spool_reused else "printed")
         return report
 
     def _compare_listing(self, stop: threading.Event, report: ScanReport) -> None:
@@ -162,13 +165,14 @@ class LocalScan:
         valid while the ignore rules are those of the last complete walk."""
         diff = tree.TreeDiff(self.rootdir, self.ignore)
         blocks = self.journal.manifest_blocks(BLOCK_ROWS)
-        diffs = diff.run(blocks, stop)
+        diffs = diff.run(blocks, stop, kept_path(self.journal.path))
         try:
             self._submit_diffs(diffs, report)
         finally:
             diffs.close()   # reaps find and sort now, even when a submit raised
             blocks.close()  # releases its read snapshot now, not at garbage collection
         report.files = diff.files
+        report.spool_reused = diff.spool_reused
         for line in diff.unreadable[:5]:
             self._log.warning("scan.unreadable_dir", error=line.decode(errors="replace"))
 

@@ -10,9 +10,10 @@ from enum import IntEnum
 
 from .uploads import SCHEMA as UPLOADS_SCHEMA
 
-SCHEMA_VERSION = 6  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
+SCHEMA_VERSION = 7  # 2: multipart uploads in progress (tables uploads, parts); 3: their checksum mode;
                     # 4: write intents and the foreign-key cache (tables intents, foreign); 5: trash stamps;
-                    # 6: pending.quiet (a finished write's shorter quiet period)
+                    # 6: pending.quiet (a finished write's shorter quiet period);
+                    # 7: the manifest's generation (meta manifest_gen, bumped by triggers)
 
 
 class RowState(IntEnum):
@@ -24,6 +25,9 @@ class RowState(IntEnum):
 
 
 READY, CLAIMED, FAILED = RowState.READY, RowState.CLAIMED, RowState.FAILED
+
+MANIFEST_GEN = "manifest_gen"  # meta: the manifest's generation (see the triggers below)
+BUMP_GEN = f"UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = '{MANIFEST_GEN}';"
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -52,6 +56,15 @@ CREATE TABLE IF NOT EXISTS manifest(
     etag     TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS manifest_inode ON manifest(inode);
+-- Every write of a manifest row's printed columns bumps the generation, in its transaction, so
+-- a kept manifest spool (syncd.spool) is read only while it is exactly what a print would be.
+-- Triggers, not the journal's code: no write path can forget it.
+CREATE TRIGGER IF NOT EXISTS manifest_gen_insert AFTER INSERT ON manifest
+    BEGIN {BUMP_GEN} END;
+CREATE TRIGGER IF NOT EXISTS manifest_gen_update AFTER UPDATE OF path, size, mtime_ns ON manifest
+    BEGIN {BUMP_GEN} END;
+CREATE TRIGGER IF NOT EXISTS manifest_gen_delete AFTER DELETE ON manifest
+    BEGIN {BUMP_GEN} END;
 CREATE TABLE IF NOT EXISTS intents(
     path  TEXT PRIMARY KEY,
     op    TEXT NOT NULL,      -- put, multipart or copy: what may have reached the key

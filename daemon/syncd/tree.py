@@ -9,8 +9,8 @@ the journal prints its manifest rows in exactly that form and order
 (:data:`syncd.schema.MANIFEST_RECORD`). A block of manifest rows that equals the next bytes
 of the listing needs no Python per file: every file in it is unchanged. Only a block that
 differs is parsed and merged row by row. Memory is bounded: the pipe is read in small
-pieces, the manifest is spooled to a temporary file, and sort spills to disk beyond its
-own buffer.
+pieces, the manifest is spooled to a file (and kept for the next scan: syncd.spool), and
+sort spills to disk beyond its own buffer.
 
 Byte equality can only pass files whose size and mtime equal the manifest's; anything that
 differs (an exotic timestamp, an ordering quirk of names holding \\x01) falls back to the
@@ -24,16 +24,17 @@ from __future__ import annotations
 import os
 import select
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from .beneath import RootDir
 from .paths import IgnoreRules
+from .spool import Blocks, Spool, SpoolError
 
 FIND_FORMAT = r"%p\001%s\001%T@\000"  # must print what schema.MANIFEST_RECORD prints (run in the root)
 READ_SIZE = 256 * 1024
@@ -311,23 +312,30 @@ class TreeDiff:
         self.parts = parts or PARTS
         self.files = 0  # regular files on disk that the mirror covers (not ignored)
         self.unreadable: list[bytes] = []
+        self.spool_reused = False  # the manifest's blocks came from the kept spool
         self._dir = ""
         self._dir_ignored = False
 
-    def run(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event) -> Generator[Diff, None, None]:
-        """Yields every difference; the caller must exhaust it unless ``stop`` is set."""
+    def run(self, blocks: Blocks, stop: threading.Event, keep: Path | None = None) -> Generator[Diff, None, None]:
+        """Yields every difference; the caller must exhaust it unless ``stop`` is set.
+        With ``keep``, the manifest's printed blocks are read from and kept in that file
+        (syncd.spool)."""
         listing = _Listing(self.root, self.ignore.pruned_dirs, stop, self.parts)
         completed = False
         spool = None
         try:
-            spool = _Spool(blocks, stop)
-            for blob, last, count in spool:
-                if stop.is_set():
-                    return
-                if listing.skip_if_next(blob):
-                    self.files += count
-                    continue
-                yield from self._merge(listing, blob, last)
+            try:
+                spool = Spool(blocks, stop, keep)
+                self.spool_reused = spool.reused
+                for blob, last, count in spool:
+                    if stop.is_set():
+                        return
+                    if listing.skip_if_next(blob):
+                        self.files += count
+                        continue
+                    yield from self._merge(listing, blob, last)
+            except SpoolError as exc:
+                raise TreeError(str(exc)) from exc
             if stop.is_set():
                 return  # the spool ended early: the rest of the listing is not known new
             while (record := listing.peek()) is not None:
@@ -385,94 +393,3 @@ class TreeDiff:
             return None
         self.files += 1
         return rel
-
-
-class _Spool:
-    """The manifest's blocks, printed by the journal into a temporary file by a thread of
-    their own while find and sort run, and read back in order.
-
-    Printing a large manifest takes about as long as a find of its tree, on one core: done
-    after the listing it is a second wait; done alongside it, it shares the cores with the
-    finds. The blocks wait on disk, not in memory, so memory stays flat however large the
-    manifest is (the file is as large as the listing sort writes)."""
-
-    def __init__(self, blocks: Iterator[tuple[bytes, bytes, int]], stop: threading.Event):
-        try:
-            self._file = tempfile.TemporaryFile()
-        except OSError as exc:
-            raise TreeError(f"cannot make a temporary file for the manifest: {exc}") from exc
-        self._stop = stop
-        self._cond = threading.Condition()
-        self._written = 0       # bytes of whole records in the file
-        self._done = False
-        self._error: BaseException | None = None
-        self._closing = False
-        self._thread = threading.Thread(target=self._write, args=(blocks,), name="manifest-spool", daemon=True)
-        self._thread.start()
-
-    def _write(self, blocks: Iterator[tuple[bytes, bytes, int]]) -> None:
-        fd = self._file.fileno()
-        offset = 0
-        try:
-            for blob, last, count in blocks:
-                if self._closing or self._stop.is_set():
-                    break
-                record = memoryview(_HEADER.pack(len(blob), len(last), count) + blob + last)
-                while record:
-                    n = os.pwrite(fd, record, offset)
-                    offset += n
-                    record = record[n:]
-                with self._cond:
-                    self._written = offset
-                    self._cond.notify_all()
-        except BaseException as exc:  # handed to the reader
-            self._error = exc
-        finally:
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()  # releases its read snapshot now, in the thread that reads it
-            with self._cond:
-                self._done = True
-                self._cond.notify_all()
-
-    def __iter__(self) -> Iterator[tuple[bytes, bytes, int]]:
-        fd = self._file.fileno()
-        offset = 0
-        while True:
-            with self._cond:
-                while self._written == offset and not self._done:
-                    self._cond.wait(STOP_CHECK)
-                    if self._stop.is_set():
-                        return
-                written = self._written
-            if written == offset:  # done: every record is read
-                if isinstance(self._error, OSError):
-                    raise TreeError(f"cannot spool the manifest to a temporary file: {self._error}")
-                if self._error is not None:
-                    raise self._error
-                return
-            blob_len, last_len, count = _HEADER.unpack(os.pread(fd, _HEADER.size, offset))
-            offset += _HEADER.size
-            body = _read(fd, blob_len + last_len, offset)
-            offset += blob_len + last_len
-            yield body[:blob_len], body[blob_len:], count
-
-    def close(self) -> None:
-        self._closing = True
-        self._thread.join()  # at most one block's query away
-        self._file.close()
-
-
-_HEADER = struct.Struct("<QQQ")  # a spooled block: len(records), len(last path), row count
-
-
-def _read(fd: int, n: int, offset: int) -> bytes:
-    parts = []
-    while n > 0:
-        data = os.pread(fd, n, offset)
-        if not data:
-            raise TreeError("the manifest spool ended early")
-        parts.append(data)
-        n -= len(data)
-        offset += len(data)
-    return b"".join(parts)
