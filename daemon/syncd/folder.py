@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from . import beneath, spool, statedir, tree
+from . import beneath, statedir
 from .bandwidth import ByteBudget
 from .config import FolderConfig
 from .health import FolderState as FolderState  # re-exported: its home was here
@@ -26,7 +26,7 @@ from .owner import OWNED_ELSEWHERE
 from .paths import IgnoreRules
 from .pool import Pools
 from .reconciler import RemotePass, RemoteReport
-from .scan import BLOCK_ROWS, SCAN_RULES, LocalScan, ScanReport
+from .scan import SCAN_RULES, LocalScan, ScanReport, keep_manifest
 from .scheduler import Scheduler
 from .store import ObjectStore, StoreError, open_store
 from .transfer import Transfers
@@ -170,13 +170,10 @@ class FolderRuntime:
 
     def stop(self, deadline: float) -> None:
         self.scheduler.stop(deadline)
-        if tree.available() and self.journal.get_meta(SCAN_RULES) == self.ignore.fingerprint:
-            # The manifest as it is now, printed for the next start's fast pass (syncd.spool):
-            # nothing writes the journal any more.
-            try:
-                spool.refresh(self.journal.path, BLOCK_ROWS, max(0.0, deadline - time.monotonic()))
-            except (OSError, sqlite3.Error) as exc:  # only an optimisation is lost
-                self._log.warning("scan.spool_not_kept", error=str(exc))
+        try:
+            keep_manifest(self.journal, self.ignore, max(0.0, deadline - time.monotonic()))
+        except (OSError, sqlite3.Error) as exc:  # only an optimisation is lost
+            self._log.warning("scan.spool_not_kept", error=str(exc))
         self.journal.close()
         beneath.release(self.folder)
 

@@ -23,7 +23,7 @@ import structlog
 from . import tree
 from .beneath import LIST_FLAGS, RootDir
 from .paths import IgnoreRules
-from .spool import kept_path
+from .spool import kept_path, refresh
 
 if TYPE_CHECKING:  # annotations only: restore's and verify's walk need no journal or watchdog
     from .journal import Journal
@@ -122,6 +122,18 @@ def walk(root: str | RootDir, ignore: IgnoreRules,
             os.close(fd)
 
 
+def listing_valid(journal: Journal, ignore: IgnoreRules) -> bool:
+    """May a pass take the fast path (find's listing against the manifest)? GNU find and sort
+    are installed, and the ignore rules are those of the last complete walk."""
+    return tree.available() and journal.get_meta(SCAN_RULES) == ignore.fingerprint
+
+
+def keep_manifest(journal: Journal, ignore: IgnoreRules, seconds: float) -> bool:
+    """As a folder stops, once nothing writes its journal: the manifest printed into the kept
+    spool for the next start's pass, if that pass takes the fast path (syncd.spool)."""
+    return listing_valid(journal, ignore) and refresh(journal.path, BLOCK_ROWS, seconds)
+
+
 class LocalScan:
     """Compares the local tree with the manifest and submits every difference."""
 
@@ -142,7 +154,7 @@ class LocalScan:
             # would describe another directory.
             self._log.warning("scan.skipped", reason=f"folder root {self.root} was moved, replaced or unmounted")
             return report
-        if tree.available() and self.journal.get_meta(SCAN_RULES) == self.ignore.fingerprint:
+        if listing_valid(self.journal, self.ignore):
             try:
                 self._compare_listing(stop, report)
             except tree.TreeError as exc:

@@ -35,6 +35,7 @@ _MAGIC = b"syncd-spool\x001"
 _PREAMBLE = struct.Struct("<14s32sQQ")  # magic, format (sha256 of the block query), block rows, generation
 _BLOCK = struct.Struct("<QQQI")          # len(records), len(last path), row count, crc32 of all before + body
 _LENGTHS = struct.Struct("<QQQ")
+_FORMAT = hashlib.sha256(MANIFEST_BLOCK.encode()).digest()  # a spool printed by another query is not read
 
 
 class SpoolError(Exception):
@@ -71,10 +72,6 @@ class Blocks:
         self._db.close()  # ends the snapshot; closing twice is harmless
 
 
-def _format() -> bytes:
-    return hashlib.sha256(MANIFEST_BLOCK.encode()).digest()
-
-
 def kept_path(journal: Path) -> Path:
     return journal.with_name(journal.name + SUFFIX)
 
@@ -88,7 +85,7 @@ def remove_leftovers(journal: Path) -> None:
             pass
 
 
-class Spool:
+class ManifestSpool:
     """The manifest's blocks, from the kept spool if it is of the snapshot's generation, or
     printed into a new one by a thread of their own while they are read back in order."""
 
@@ -104,8 +101,7 @@ class Spool:
         self.reused = False     # the blocks come from the kept spool
         self._renamed = False   # printed whole and kept
         self._keep = keep
-        preamble = _PREAMBLE.pack(_MAGIC, _format(), blocks.rows, blocks.gen or 0)
-        self._start = _PREAMBLE.size
+        preamble = _PREAMBLE.pack(_MAGIC, _FORMAT, blocks.rows, blocks.gen or 0)
         if keep is not None and blocks.gen is not None and (kept := _open_kept(keep, preamble)) is not None:
             blocks.close()      # its snapshot is not needed: the file holds what it would print
             self._fd, self._written, self._done, self.reused = kept, os.fstat(kept).st_size, True, True
@@ -157,7 +153,7 @@ class Spool:
                 self._cond.notify_all()
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes, int]]:
-        offset = self._start
+        offset = _PREAMBLE.size
         while True:
             with self._cond:
                 while self._written <= offset and not self._done:
@@ -217,7 +213,7 @@ def refresh(journal: Path, rows: int, seconds: float) -> bool:
     timer.daemon = True
     timer.start()
     try:
-        printed = Spool(blocks, stop, kept_path(journal))
+        printed = ManifestSpool(blocks, stop, kept_path(journal))
         try:
             return printed.kept()
         finally:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .beneath import RootDir
 from .paths import IgnoreRules
-from .spool import Blocks, Spool, SpoolError
+from .spool import Blocks, ManifestSpool, SpoolError
 
 FIND_FORMAT = r"%p\001%s\001%T@\000"  # must print what schema.MANIFEST_RECORD prints (run in the root)
 READ_SIZE = 256 * 1024
@@ -325,7 +325,7 @@ class TreeDiff:
         spool = None
         try:
             try:
-                spool = Spool(blocks, stop, keep)
+                spool = ManifestSpool(blocks, stop, keep)
                 self.spool_reused = spool.reused
                 for blob, last, count in spool:
                     if stop.is_set():
