@@ -105,6 +105,56 @@ def test_every_small_file_comes_back_through_the_in_flight_path(tmp_path: Path) 
     assert not list(tmp_path.rglob(".syncd-restore-*"))
 
 
+class _HeldAnswers(MemoryStore):
+    """The in-memory store answering fetch_whole only when the test lets it, one at a time,
+    and counting the GETs in flight (sent, not yet answered)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.background_fetch = True
+        self.cond = threading.Condition()
+        self.waiting: list[tuple[str, str | None, Callable[[Whole | StoreError], None]]] = []
+        self.most = 0
+
+    def fetch_whole(self, key: str, version: str | None, done: Callable[[Whole | StoreError], None]) -> None:
+        with self.cond:
+            self.waiting.append((key, version, done))
+            self.most = max(self.most, len(self.waiting))
+            self.cond.notify_all()
+
+    def answer_when(self, in_flight: int, total: int, timeout: float) -> bool:
+        """Answer every GET, one at a time, each only once ``in_flight`` are waiting (or every
+        GET of ``total`` was sent); False if that count was not reached within ``timeout``."""
+        answered = 0
+        reached = True
+        while answered < total:
+            wanted = min(in_flight, total - answered)
+            with self.cond:
+                if not self.cond.wait_for(lambda n=wanted: len(self.waiting) >= n, timeout if reached else 0.05):
+                    reached = False  # the rest is answered as it comes: the restore ends
+                if not self.waiting:
+                    continue
+                key, version, done = self.waiting.pop(0)
+            fetch_whole_by_fetch(self, key, version, done)
+            answered += 1
+        return reached
+
+
+def test_a_restore_keeps_two_small_gets_in_flight_per_worker(tmp_path: Path) -> None:
+    """A slot is held until its file is written: with only ``workers`` of them, the server
+    waited while answers were being written (restore.SMALL_IN_FLIGHT_PER_WORKER)."""
+    bodies = {f"d{i % 2}/f{i}": bytes([i]) * (100 + i) for i in range(24)}
+    store = _store(_HeldAnswers(), bodies)
+    restorer = Restorer(_folder(tmp_path), store, str(tmp_path), workers=3)  # type: ignore[arg-type]
+    reached: list[bool] = []
+    answering = threading.Thread(target=lambda: reached.append(store.answer_when(6, len(bodies), TIMEOUT)))
+    answering.start()
+    result = restorer.run()
+    answering.join()
+    assert result.ok and sorted(result.restored) == sorted(bodies)
+    assert reached == [True] and store.most == 6
+
+
 def test_a_transient_failure_in_flight_is_retried_and_the_file_restored(tmp_path: Path) -> None:
     bodies = {"a/one": b"first", "a/two": b"second", "b/three": b"third"}
     store = _store(_Answering(fail_first={"p/a/two"}), bodies)

@@ -67,6 +67,11 @@ BATCH = 16               # files of one directory handed to a worker at once (fe
 ATTEMPTS = 4             # per file, for transient errors (5xx, throttling, a cut connection)
 BACKOFF = 0.5            # seconds before the second attempt, doubling
 FINISHERS = 2            # threads writing the small files whose GETs are in flight (syncd.fetches)
+# Small-file GETs in flight per worker. A slot is held from the GET's send until its file is
+# renamed into place, so `workers` slots left the server idle part of the time while answers
+# waited to be written (docs/benchmarks/wave8/restore/); each slot holds at most one body of
+# FETCH_WHOLE_LIMIT, so memory stays bounded by this times `workers`.
+SMALL_IN_FLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +200,7 @@ class Restorer:
             self._parts_pool = parts_pool
             # The many small files, on a store that answers on its own thread: their GETs
             # in flight from this thread, no worker waiting for each (syncd.fetches).
-            fetches = (Fetches(self.store, self.workers, FINISHERS, self._finish)
+            fetches = (Fetches(self.store, SMALL_IN_FLIGHT_PER_WORKER * self.workers, FINISHERS, self._finish)
                        if self.store.background_fetch else None)
             held = self._held = HeldDirs(root, self._made)
             try:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core import SYNCD, Bench, Dataset, Sample, make_dataset, scenario
+from .core import SYNCD, Bench, Dataset, Sample, make_dataset, scenario, syncd_default_workers
 from .peers import Target, aws_env
 from .proc import kill_group
 from .scenarios import RSS_TARGET_MIB, GiB, KiB, MiB, make_large_file
@@ -21,17 +21,36 @@ RESTORE_PEERS = ("rclone", "s5cmd")
 
 
 def restore_command(tool: str, bench: Bench, target: Target, dest: Path) -> tuple[list[str], dict[str, str]]:
-    """The command restoring ``target``'s prefix into ``dest`` with ``tool``, and its environment."""
+    """The command restoring ``target``'s prefix into ``dest`` with ``tool`` (a row label:
+    syncd at its defaults or at the shared concurrency, a peer at that concurrency or at one
+    of its best settings), and its environment."""
     c = str(target.concurrency)
-    if tool == SYNCD:
+    if tool in (SYNCD, bench.syncd_equal):
+        workers = ["--workers", c] if tool == bench.syncd_equal else []
         return ([sys.executable, "-m", "syncd", "restore", f"s3://{target.bucket}/{target.prefix}", "--to", str(dest),
-                 "--endpoint-url", target.endpoint, "--region", "us-east-1", "--workers", c], aws_env(target))
-    peer = bench.peers[tool]
-    if tool == "rclone":
+                 "--endpoint-url", target.endpoint, "--region", "us-east-1", *workers], aws_env(target))
+    best = bench.best.get(tool)
+    name = best.peer if best is not None else tool
+    peer = bench.peers[name]
+    if name == "rclone":
+        if best is None:
+            tuning = ["--transfers", c, "--checkers", c, "--fast-list"]
+        else:  # rclone's docs for many small files: more transfers; --fast-list only saves requests
+            level = str(best.level)
+            tuning = ["--transfers", level, "--checkers", level]
         return ([peer.exe, "--config", os.devnull, "copy", f"bench:{target.bucket}/{target.prefix}", str(dest),
-                 "--transfers", c, "--checkers", c, "--fast-list", "--s3-no-check-bucket"], peer.env(target))
-    return ([peer.exe, "--endpoint-url", target.endpoint, "--numworkers", c, "--log", "error", "cp",
+                 *tuning, "--s3-no-check-bucket"], peer.env(target))
+    workers = ["--numworkers", c] if best is None else ([] if best.level is None else ["--numworkers", str(best.level)])
+    return ([peer.exe, "--endpoint-url", target.endpoint, *workers, "--log", "error", "cp",
              f"s3://{target.bucket}/{target.prefix}*", f"{dest}/"], peer.env(target))
+
+
+def restore_tools(bench: Bench, peers: Sequence[str]) -> list[str]:
+    """syncd at its defaults (and at the shared concurrency if that differs), each of ``peers``
+    at the shared concurrency, then each at its best settings."""
+    equal = [] if bench.options.concurrency == syncd_default_workers() else [bench.syncd_equal]
+    best = [label for label, b in bench.best.items() if b.peer in peers and b.peer in bench.peers]
+    return [SYNCD, *equal, *[t for t in peers if t in bench.peers], *best]
 
 
 def timed_with_rss(cmd: Sequence[str], env: dict[str, str], timeout: float) -> tuple[float, str | None, float]:
@@ -125,17 +144,18 @@ def _restores(bench: Bench, name: str, metric: str, ds: Dataset, bucket: str, to
             shutil.rmtree(dest, ignore_errors=True)
 
 
-@scenario("restore", "restore into an empty directory: 5,000 files of 1–64 KiB (syncd, rclone copy, s5cmd cp) "
-                     "and one 1 GiB file (syncd, s5cmd cp)")
+@scenario("restore", "restore into an empty directory: 5,000 files of 1–64 KiB (syncd at its defaults; rclone copy "
+                     "and s5cmd cp at the shared concurrency and at their best settings) and one 1 GiB file "
+                     "(syncd, s5cmd cp)")
 def restore(bench: Bench) -> None:
     files = bench.size(5_000, 1_000)
     ds = make_dataset(bench.scratch("restore-data"), files=files, dirs=max(1, files // 50), min_size=1 * KiB,
                       max_size=64 * KiB, seed=19)
-    tools = [SYNCD] + [t for t in RESTORE_PEERS if t in bench.peers]
+    tools = restore_tools(bench, RESTORE_PEERS)
     _restores(bench, "restore", f"time to restored ({files:,} files, {ds.total_bytes / MiB:.0f} MiB)", ds,
               _seed(bench, ds, "restore-small"), tools)
     size = bench.size(GiB, 256 * MiB)
     big = make_large_file(bench.scratch("restore-large-data"), size)
-    tools = [SYNCD] + [t for t in ("s5cmd",) if t in bench.peers]
+    tools = restore_tools(bench, ("s5cmd",))
     _restores(bench, "restore", f"time to restored (one {size / GiB:g} GiB file)", big,
               _seed(bench, big, "restore-large"), tools)
