@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .core import SYNCD, Bench, Dataset, Sample, make_dataset, scenario, syncd_default_workers
+from .core import SYNCD, Bench, Dataset, Sample, make_dataset, scenario
 from .peers import Target, aws_env
 from .proc import kill_group
 from .scenarios import RSS_TARGET_MIB, GiB, KiB, MiB, make_large_file
@@ -32,25 +32,24 @@ def restore_command(tool: str, bench: Bench, target: Target, dest: Path) -> tupl
     best = bench.best.get(tool)
     name = best.peer if best is not None else tool
     peer = bench.peers[name]
+    level = c if best is None else best.level  # None: the peer's own default
     if name == "rclone":
-        if best is None:
-            tuning = ["--transfers", c, "--checkers", c, "--fast-list"]
-        else:  # rclone's docs for many small files: more transfers; --fast-list only saves requests
-            level = str(best.level)
-            tuning = ["--transfers", level, "--checkers", level]
+        # rclone's docs for many small files: more transfers; --fast-list only saves requests
+        tuning = ["--transfers", str(level), "--checkers", str(level), *(["--fast-list"] if best is None else [])]
         return ([peer.exe, "--config", os.devnull, "copy", f"bench:{target.bucket}/{target.prefix}", str(dest),
                  *tuning, "--s3-no-check-bucket"], peer.env(target))
-    workers = ["--numworkers", c] if best is None else ([] if best.level is None else ["--numworkers", str(best.level)])
+    workers = [] if level is None else ["--numworkers", str(level)]
     return ([peer.exe, "--endpoint-url", target.endpoint, *workers, "--log", "error", "cp",
              f"s3://{target.bucket}/{target.prefix}*", f"{dest}/"], peer.env(target))
 
 
 def restore_tools(bench: Bench, peers: Sequence[str]) -> list[str]:
-    """syncd at its defaults (and at the shared concurrency if that differs), each of ``peers``
-    at the shared concurrency, then each at its best settings."""
-    equal = [] if bench.options.concurrency == syncd_default_workers() else [bench.syncd_equal]
-    best = [label for label, b in bench.best.items() if b.peer in peers and b.peer in bench.peers]
-    return [SYNCD, *equal, *[t for t in peers if t in bench.peers], *best]
+    """The speed rows (:attr:`Bench.contenders`) of syncd and of ``peers``."""
+    def peer_of(row: str) -> str:
+        best = bench.best.get(row)
+        return best.peer if best is not None else row
+
+    return [row for row in bench.contenders if row in (SYNCD, bench.syncd_equal) or peer_of(row) in peers]
 
 
 def timed_with_rss(cmd: Sequence[str], env: dict[str, str], timeout: float) -> tuple[float, str | None, float]:
