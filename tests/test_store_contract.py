@@ -693,3 +693,63 @@ def test_a_delete_whose_answer_is_lost_took_effect(faulty: tuple[ObjectStore, In
         store.delete(["doomed"])
     assert err.value.scope == TRANSIENT
     assert store.head("doomed") is None
+
+
+# ---------------------------------------------------------------------- S3: the probe's two paths
+# The probe's requests (HeadBucket, the owner marker's read and conditional write) go through
+# the CRT; a folder with a bandwidth limit has no CRT path, so botocore sends them there.
+
+def _paced_s3_store(request: pytest.FixtureRequest, tmp_path: Path, bucket: str) -> S3Store:
+    store = _s3_store(request, tmp_path, bucket, bandwidth=100 * MiB)
+    assert not store.background_puts  # no CRT: what follows tests botocore's path
+    return store
+
+
+def test_check_without_the_crt_passes_on_a_reachable_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store = _empty(_paced_s3_store(request, tmp_path, request.getfixturevalue("shared_bucket")))
+    try:
+        store.check()
+    finally:
+        store.close()
+
+
+def test_check_without_the_crt_names_a_missing_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store = _paced_s3_store(request, tmp_path, "no-such-bucket-here")
+    with pytest.raises(StoreError) as err:
+        store.check()
+    assert err.value.scope == FOLDER and err.value.code == "NoSuchBucket" and "no-such-bucket-here" in str(err.value)
+
+
+def test_check_through_the_crt_names_a_missing_bucket(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store = _s3_store(request, tmp_path, "no-such-bucket-here")
+    assert store.background_puts
+    with pytest.raises(StoreError) as err:
+        store.check()
+    assert err.value.scope == FOLDER and err.value.code == "NoSuchBucket" and "no-such-bucket-here" in str(err.value)
+
+
+def test_write_if_absent_and_read_without_the_crt(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    store = _empty(_paced_s3_store(request, tmp_path, request.getfixturevalue("shared_bucket")))
+    try:
+        assert store.read("marker.json") is None
+        assert store.write("marker.json", b'{"id": 1}', if_absent=True) is True
+        assert store.write("marker.json", b'{"id": 2}', if_absent=True) is False
+        assert store.read("marker.json") == b'{"id": 1}'
+    finally:
+        store.close()
+
+
+def test_check_through_the_crt_builds_the_botocore_client_beside_it(request: pytest.FixtureRequest,
+                                                                     tmp_path: Path) -> None:
+    # A request timeout no other test uses: a client set of its own, which nothing has built yet.
+    store = _s3_store(request, tmp_path, request.getfixturevalue("shared_bucket"), request_timeout=41.0)
+    try:
+        shared = store._shared
+        assert shared is not None and shared._client is None
+        store.check()
+        deadline = time.monotonic() + 30
+        while shared._client is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert shared._client is not None
+    finally:
+        store.close()

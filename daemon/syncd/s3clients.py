@@ -114,14 +114,37 @@ class Shared:
         self._make_client = make_client
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._warming = False
 
     @property
     def client(self) -> Any:
         """The botocore client, built by the first caller (others wait for it)."""
+        return self.build()
+
+    def build(self) -> Any:
+        """See :attr:`client`."""
         with self._client_lock:
             if self._client is None:
                 self._client = self._make_client()
             return self._client
+
+    def prewarm(self) -> None:
+        """Build the botocore client on a thread of its own, once, unless it is built: the
+        daemon's probe goes through the CRT and calls this, so that the build's CPU overlaps
+        the probe's network waits instead of delaying its first request. A failed build is
+        not reported here: the first caller that needs the client builds it again and gets
+        the error."""
+        with self._client_lock:
+            if self._client is not None or self._warming:
+                return
+            self._warming = True
+        threading.Thread(target=self._build_quietly, name="s3-client-build", daemon=True).start()
+
+    def _build_quietly(self) -> None:
+        try:
+            self.build()
+        except Exception:  # noqa: S110 - reported by the caller that needs it (see prewarm)
+            pass
 
     def close(self) -> None:
         with self._client_lock:

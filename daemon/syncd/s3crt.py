@@ -107,6 +107,30 @@ class CrtPutter:
         """See :meth:`CrtClient.put`."""
         self._client.put(self._host, self._base + quote(key, safe="/~"), key, data, headers, done)
 
+    def head_bucket(self) -> None:
+        """HeadBucket: returns if the bucket is there and these credentials may use it, else
+        raises CrtFailure (a HEAD's answer has no body: the status tells)."""
+        self._client.call("HeadBucket", self._host, self._base, "", method="HEAD")
+
+    def read(self, key: str) -> bytes:
+        """GetObject of a small object, waiting for it: its body, or CrtFailure."""
+        return self._client.call("GetObject", self._host, self._object_path(key, None), key)
+
+    def write(self, key: str, data: bytes, headers: Mapping[str, str]) -> str:
+        """PutObject, waiting for it: the ETag, or CrtFailure."""
+        answer: list[str | CrtFailure] = []
+        finished = threading.Event()
+
+        def done(result: str | CrtFailure) -> None:
+            answer.append(result)
+            finished.set()
+
+        self.put(key, data, headers, done)
+        finished.wait()  # bounded: the reaper cancels a request past its timeout
+        if isinstance(answer[0], CrtFailure):
+            raise answer[0]
+        return answer[0]
+
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
         """See :meth:`CrtClient.fetch`."""
@@ -298,8 +322,8 @@ class CrtClient:
 
         self.get(host, path, key, headers.extend, pieces.append, finished)
 
-    def call(self, operation: str, host: str, path: str, key: str) -> bytes:
-        """GET ``path`` and wait for the whole (small) answer: its body, or CrtFailure."""
+    def call(self, operation: str, host: str, path: str, key: str, method: str = "GET") -> bytes:
+        """Send ``method`` ``path`` and wait for the whole (small) answer: its body, or CrtFailure."""
         body: list[bytes] = []
         failed: list[CrtFailure] = []
         finished = threading.Event()
@@ -309,7 +333,7 @@ class CrtClient:
                 failed.append(failure)
             finished.set()
 
-        request = HttpRequest("GET", path, HttpHeaders([("Host", host)]))
+        request = HttpRequest(method, path, HttpHeaders([("Host", host)]))
         self._send(operation, key, request, lambda **_: None, lambda chunk, **_: body.append(chunk), done)
         finished.wait()  # bounded: the reaper cancels a request past its timeout
         if failed:

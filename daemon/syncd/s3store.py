@@ -54,6 +54,10 @@ _HEADERS = {"ChecksumSHA256": "x-amz-checksum-sha256", "ChecksumCRC32C": "x-amz-
             "ContentMD5": "Content-MD5", "StorageClass": "x-amz-storage-class",
             "ServerSideEncryption": "x-amz-server-side-encryption",
             "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+# A conditional write (If-None-Match: *) that lost: 412, an object exists; 409
+# ConditionalRequestConflict, a concurrent conditional write to the same key is in progress (S3
+# asks to retry; the other one wins).
+_LOST_RACE = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 # Object header -> boto3 parameter (the headers a `headers:` rule may set).
 _HEADER_PARAMS = {"Cache-Control": "CacheControl", "Content-Type": "ContentType",
                   "Content-Disposition": "ContentDisposition", "Content-Encoding": "ContentEncoding",
@@ -123,20 +127,45 @@ class S3Store:
             self._extra["SSEKMSKeyId"] = folder.sse_kms_key_id
 
     def check(self) -> None:
+        if self._crt is not None:
+            self._check_by_crt()
+            return
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except bexc.ClientError as exc:
-            code = error_code(exc)
-            if code in ("404", "NoSuchBucket"):
-                raise StoreError(f"bucket {self.bucket!r} does not exist at "
-                                 f"{self._folder.endpoint_url or 'AWS'}: create it or fix 'bucket' in "
-                                 f"{self._folder.source}", scope=FOLDER, code="NoSuchBucket") from exc
-            if code in ("403", "AccessDenied"):
-                raise StoreError(f"bucket {self.bucket!r}: access denied: check the credentials and the "
-                                 "bucket policy", scope=FOLDER, code="AccessDenied") from exc
-            raise classify(exc, bucket=self.bucket) from exc
+            raise self._unusable(error_code(exc)) or classify(exc, bucket=self.bucket) from exc
         except Exception as exc:
             raise classify(exc, bucket=self.bucket) from exc
+
+    def _check_by_crt(self) -> None:
+        """HeadBucket through the CRT: the daemon's first request then waits neither for the
+        botocore client (its S3 model and endpoint rules) nor for botocore's first-call work.
+        The client is built meanwhile on another thread (:meth:`Shared.prewarm`), while this
+        probe and the owner claim wait on the network, for the calls only botocore makes
+        (multipart, deletes, the upload sweep)."""
+        if (failure := self._refresh_credentials("")) is not None:
+            raise failure
+        assert self._crt is not None and self._shared is not None
+        self._shared.prewarm()
+        try:
+            self._crt.head_bucket()
+        except CrtFailure as exc:
+            self.requests.add("HeadBucket", crt_status(exc))
+            unusable = self._unusable(exc.code or str(exc.status)) if exc.status else None
+            raise unusable or crt_error(exc, "", self.bucket) from exc
+        self.requests.add("HeadBucket", 200)
+
+    def _unusable(self, code: str) -> StoreError | None:
+        """The error of a HeadBucket refused with ``code`` (or the bare HTTP status: a HEAD's
+        answer has no body) if it is one the user must fix here, else None."""
+        if code in ("404", "NoSuchBucket"):
+            return StoreError(f"bucket {self.bucket!r} does not exist at {self._folder.endpoint_url or 'AWS'}: "
+                              f"create it or fix 'bucket' in {self._folder.source}", scope=FOLDER,
+                              code="NoSuchBucket")
+        if code in ("403", "AccessDenied"):
+            return StoreError(f"bucket {self.bucket!r}: access denied: check the credentials and the "
+                              "bucket policy", scope=FOLDER, code="AccessDenied")
+        return None
 
     def _checksum_args(self, payload: Payload, sha256: bytes | None = None) -> dict[str, str]:
         """Per-request integrity check, per the folder's ``checksum`` setting: the server
@@ -312,6 +341,18 @@ class S3Store:
         return {e.get("Key", ""): f"{e.get('Code')}: {e.get('Message')}" for e in resp.get("Errors", [])}
 
     def read(self, key: str) -> bytes | None:
+        if self._crt is not None:
+            if (failure := self._refresh_credentials(key)) is not None:
+                raise failure
+            try:
+                body = self._crt.read(key)
+            except CrtFailure as exc:
+                self.requests.add("GetObject", crt_status(exc))
+                if exc.status == 404:
+                    return None
+                raise crt_error(exc, key, self.bucket) from exc
+            self.requests.add("GetObject", 200)
+            return body
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=key)
             return bytes(resp["Body"].read())
@@ -323,6 +364,8 @@ class S3Store:
             raise classify(exc, key, self.bucket) from exc
 
     def write(self, key: str, body: bytes, *, if_absent: bool) -> bool:
+        if self._crt is not None:
+            return self._write_by_crt(key, body, if_absent)
         args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json",
                                     **self._extra)
         if if_absent:
@@ -330,13 +373,29 @@ class S3Store:
         try:
             self._client.put_object(**args)
         except bexc.ClientError as exc:
-            # 412: an object exists. 409 ConditionalRequestConflict: a concurrent conditional
-            # write to the same key is in progress (S3 asks to retry; the other one wins).
-            if if_absent and error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+            if if_absent and error_code(exc) in _LOST_RACE:
                 return False
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
+        return True
+
+    def _write_by_crt(self, key: str, body: bytes, if_absent: bool) -> bool:
+        """:meth:`write` through the CRT (the owner claim, before botocore's client is built)."""
+        if (failure := self._refresh_credentials(key)) is not None:
+            raise failure
+        assert self._crt is not None
+        http = {"Content-Type": "application/json", **{_HEADERS[k]: v for k, v in self._extra.items()}}
+        if if_absent:
+            http["If-None-Match"] = "*"
+        try:
+            self._crt.write(key, body, http)
+        except CrtFailure as exc:
+            self.requests.add("PutObject", crt_status(exc))
+            if if_absent and (exc.code in _LOST_RACE or str(exc.status) in _LOST_RACE):
+                return False
+            raise crt_error(exc, key, self.bucket) from exc
+        self.requests.add("PutObject", 200)
         return True
 
     def head(self, key: str, version: str | None = None) -> RemoteObject | None:
