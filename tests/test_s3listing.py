@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from syncd.config import FolderConfig
-from syncd.s3crt import BAD_LISTING, CLIENT_RETRIES, CrtFailure, listing_page
+from syncd.s3crt import CLIENT_RETRIES
 from syncd.s3store import S3Store
+from syncd.s3wire import BAD_LISTING, CrtFailure, listing_page
 from syncd.store import TRANSIENT, RemoteObject, StoreError
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"

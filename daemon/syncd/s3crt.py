@@ -6,7 +6,7 @@ rules, event hooks, signing, parsing), under the GIL, so its CPU per request cap
 files one process can send. awscrt signs and sends in C (the effect: docs/benchmarks/README.md).
 A listing page is the same story in bulk: botocore builds its answer by walking the output
 shape in Python, element by element, several times the cost of ElementTree's C parser that
-:func:`listing_page` uses. Everything else (multipart, copy, delete, head) stays on boto3:
+:func:`syncd.s3wire.listing_page` uses. Everything else (multipart, copy, delete, head) stays on boto3:
 those requests are few or large. Part of the S3 store implementation: only it imports client
 libraries.
 """
@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import ctypes
 import io
-import re
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, unquote_plus, urlsplit
+from urllib.parse import quote, urlsplit
 
 import structlog
 from awscrt.auth import (
@@ -41,16 +37,14 @@ from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
 from awscrt.s3 import S3Client, S3Request, S3RequestTlsMode, S3RequestType, S3ResponseError, S3RetryConfig
 
-from .store import RemoteObject
+from .s3wire import CrtFailure, listing_page, object_info, query_value, xml_text
+from .store import NO_HEADERS, RemoteObject
 
 log = structlog.get_logger("syncd.s3crt")
 
 CLIENT_RETRIES = 2   # like botocore's standard mode (3 attempts); the journal retries after that
 EVENT_LOOP_THREADS = 1
 REAP_EVERY = 0.5         # how often overdue requests are looked for (seconds)
-# CrtFailure.transport of a listing page answered with 200 but no usable page (a body cut
-# short, an error document): the CRT saw a success and did not retry it.
-BAD_LISTING = "BadListing"
 # Connections of the client for large GETs, shared by all of them: with the part size, what
 # bounds the CRT's buffers (it holds each part whole until it is handed over in order).
 LARGE_CONNECTIONS = 4
@@ -78,21 +72,6 @@ def keep_thread_state() -> None:
         _pinned.held = True
 
 
-@dataclass
-class CrtFailure(Exception):
-    """A PutObject that failed: the server's answer (status, code, message) or, with no
-    answer, the CRT error's name (connection refused, timed out, ...)."""
-
-    status: int | None
-    code: str
-    message: str
-    transport: str = ""
-    timed_out: bool = False
-
-    def __str__(self) -> str:
-        return self.message or self.code or self.transport
-
-
 class CrtPutter:
     """PutObject into one bucket, and a restore's whole-object GETs from it, through a
     (shared) :class:`CrtClient`; thread-safe."""
@@ -116,20 +95,9 @@ class CrtPutter:
         """GetObject of a small object, waiting for it: its body, or CrtFailure."""
         return self._client.call("GetObject", self._host, self._object_path(key, None), key)
 
-    def write(self, key: str, data: bytes, headers: Mapping[str, str]) -> str:
-        """PutObject, waiting for it: the ETag, or CrtFailure."""
-        answer: list[str | CrtFailure] = []
-        finished = threading.Event()
-
-        def done(result: str | CrtFailure) -> None:
-            answer.append(result)
-            finished.set()
-
-        self.put(key, data, headers, done)
-        finished.wait()  # bounded: the reaper cancels a request past its timeout
-        if isinstance(answer[0], CrtFailure):
-            raise answer[0]
-        return answer[0]
+    def write(self, key: str, data: bytes, headers: Mapping[str, str]) -> None:
+        """PutObject, waiting for it: returns, or raises CrtFailure."""
+        self._client.call("PutObject", self._host, self._object_path(key, None), key, "PUT", data, headers)
 
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
@@ -147,9 +115,9 @@ class CrtPutter:
     def list_page(self, prefix: str, token: str | None) -> tuple[list[RemoteObject], str | None]:
         """One ListObjectsV2 page under ``prefix`` (after ``token``, the previous page's
         continuation token): its objects and the next token, None on the last page."""
-        query = f"?list-type=2&encoding-type=url&prefix={_q(prefix)}"
+        query = f"?list-type=2&encoding-type=url&prefix={query_value(prefix)}"
         if token is not None:
-            query += f"&continuation-token={_q(token)}"
+            query += f"&continuation-token={query_value(token)}"
         return listing_page(self._client.call("ListObjectsV2", self._host, self._base + query, prefix))
 
 
@@ -278,7 +246,7 @@ class CrtClient:
 
         def on_headers(headers: list[tuple[str, str]]) -> None:
             try:
-                info.append(_info(key, headers))
+                info.append(object_info(key, headers))
                 consume.append(start(info[0]))
             except BaseException as exc:
                 raised.append(exc)
@@ -318,12 +286,14 @@ class CrtClient:
         def finished(failure: CrtFailure | None) -> None:
             if failure is None and not headers:
                 failure = CrtFailure(None, "", "the answer had no headers", transport="NoHeaders")
-            done(failure if failure is not None else (_info(key, headers), pieces))
+            done(failure if failure is not None else (object_info(key, headers), pieces))
 
         self.get(host, path, key, headers.extend, pieces.append, finished)
 
-    def call(self, operation: str, host: str, path: str, key: str, method: str = "GET") -> bytes:
-        """Send ``method`` ``path`` and wait for the whole (small) answer: its body, or CrtFailure."""
+    def call(self, operation: str, host: str, path: str, key: str, method: str = "GET", data: bytes = b"",
+             headers: Mapping[str, str] = NO_HEADERS) -> bytes:
+        """Send ``method`` ``path`` (with ``data`` and ``headers``, if any) and wait for the whole
+        (small) answer: its body, or CrtFailure."""
         body: list[bytes] = []
         failed: list[CrtFailure] = []
         finished = threading.Event()
@@ -333,7 +303,10 @@ class CrtClient:
                 failed.append(failure)
             finished.set()
 
-        request = HttpRequest(method, path, HttpHeaders([("Host", host)]))
+        fields = [("Host", host), *headers.items()]
+        if method == "PUT":
+            fields.append(("Content-Length", str(len(data))))
+        request = HttpRequest(method, path, HttpHeaders(fields), io.BytesIO(data) if method == "PUT" else None)
         self._send(operation, key, request, lambda **_: None, lambda chunk, **_: body.append(chunk), done)
         finished.wait()  # bounded: the reaper cancels a request past its timeout
         if failed:
@@ -412,8 +385,8 @@ class CrtClient:
             return CrtFailure(None, "RequestTimeout", f"no answer within {self._timeout:g}s", timed_out=True)
         if isinstance(error, S3ResponseError):
             text = (error.body or b"").decode("utf-8", "replace")
-            code = _xml(text, "Code")
-            return CrtFailure(int(error.status_code or 0), code, _xml(text, "Message") or code)
+            code = xml_text(text, "Code")
+            return CrtFailure(int(error.status_code or 0), code, xml_text(text, "Message") or code)
         if isinstance(error, AwsCrtError):
             return CrtFailure(None, "", error.message, transport=error.name)
         return CrtFailure(None, "", str(error), transport=type(error).__name__)
@@ -443,70 +416,3 @@ class _InFlight:
     deadline: float
     request: S3Request | None = None
     timed_out: bool = False
-
-
-def _info(key: str, headers: list[tuple[str, str]]) -> RemoteObject:
-    """What a GET's headers say of the object: size, ETag, user metadata, LastModified."""
-    meta: dict[str, str] = {}
-    size, etag, modified = 0, "", None
-    for name, value in headers:
-        low = name.lower()
-        if low.startswith("x-amz-meta-"):
-            meta[low[len("x-amz-meta-"):]] = value
-        elif low == "content-length":
-            size = int(value)
-        elif low == "etag":
-            etag = value.strip('"')
-        elif low == "last-modified":
-            modified = parsedate_to_datetime(value).timestamp()
-    return RemoteObject(key=key, size=size, etag=etag, meta=meta, modified=modified)
-
-
-def _xml(text: str, tag: str) -> str:
-    match = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S)
-    return match.group(1).strip() if match else ""
-
-
-def _q(value: str) -> str:
-    """A query parameter value, encoded as SigV4's canonical request has it."""
-    return quote(value, safe="-_.~")
-
-
-def listing_page(body: bytes) -> tuple[list[RemoteObject], str | None]:
-    """A ListObjectsV2 answer: its objects and the next continuation token, None if it is the
-    last page; CrtFailure if it is no such answer. Asked with ``encoding-type=url``, as botocore
-    asks: keys with characters XML 1.0 cannot carry come through URL-encoded."""
-    try:
-        return _parse_listing(body)
-    except (ET.ParseError, ValueError) as exc:
-        raise CrtFailure(None, "", f"an unreadable listing page: {exc}", transport=BAD_LISTING) from exc
-
-
-def _parse_listing(body: bytes) -> tuple[list[RemoteObject], str | None]:
-    root = ET.fromstring(body)
-    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    name = root.tag[len(ns):]
-    if name == "Error":  # S3 may send an error with status 200: a failure like a 500 (botocore's view too)
-        code = root.findtext(ns + "Code") or "InternalError"
-        raise CrtFailure(500, code, root.findtext(ns + "Message") or code, transport=BAD_LISTING)
-    if name != "ListBucketResult":
-        raise CrtFailure(None, "", f"not a listing page but <{name}>", transport=BAD_LISTING)
-    key_tag, size_tag, etag_tag, modified_tag = ns + "Key", ns + "Size", ns + "ETag", ns + "LastModified"
-    # Decoded only if the answer says it is encoded (as botocore does): a store that ignores
-    # encoding-type sends the keys as they are.
-    encoded = (root.findtext(ns + "EncodingType") or "").strip().lower() == "url"
-    found: list[RemoteObject] = []
-    for item in root.iter(ns + "Contents"):
-        stamp = item.findtext(modified_tag)
-        key = item.findtext(key_tag) or ""
-        if encoded and ("%" in key or "+" in key):  # most keys need no decoding (unquote_plus is Python)
-            key = unquote_plus(key)
-        found.append(RemoteObject(key=key,
-                                  size=int(item.findtext(size_tag) or 0),
-                                  etag=(item.findtext(etag_tag) or "").strip('"'),
-                                  modified=datetime.fromisoformat(stamp).timestamp() if stamp else None))
-    truncated = (root.findtext(ns + "IsTruncated") or "").strip().lower() == "true"
-    token = root.findtext(ns + "NextContinuationToken")
-    if truncated and not token:
-        raise CrtFailure(None, "", "a truncated listing page without a continuation token", transport=BAD_LISTING)
-    return found, token if truncated else None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import botocore.exceptions as bexc
 
-from .s3crt import CrtFailure
+from .s3wire import CrtFailure
 from .store import FOLDER, KEY, TRANSIENT, UNREACHABLE, Changed, NotFound, StoreError, UploadGone
 
 
@@ -18,15 +18,25 @@ def error_code(exc: bexc.ClientError) -> str:
 # HEAD answers a bare 404; GET and copy say NoSuchKey; a versioned GET or HEAD says NoSuchVersion
 NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
 UPLOAD_GONE_CODES = ("NoSuchUpload", "404")
+# A conditional write (If-None-Match: *) that lost: 412, an object exists; 409
+# ConditionalRequestConflict, a concurrent conditional write to the same key is in progress (S3
+# asks to retry; the other one wins).
+LOST_RACE_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 
 # CRT errors meaning no connection could be made at all.
 _UNREACHABLE = {"AWS_IO_SOCKET_CONNECTION_REFUSED", "AWS_IO_SOCKET_TIMEOUT", "AWS_IO_SOCKET_NO_ROUTE_TO_HOST",
                 "AWS_IO_SOCKET_NETWORK_DOWN", "AWS_IO_DNS_INVALID_NAME", "AWS_IO_DNS_QUERY_FAILED",
                 "AWS_IO_DNS_NO_ADDRESS_FOR_HOST", "AWS_IO_DNS_HOST_REMOVED_FROM_CACHE"}
 
+def crt_code(exc: CrtFailure) -> str:
+    """The error code of a CRT request the server answered: the body's, else the bare status
+    (a HEAD's answer has no body), as botocore reports it."""
+    return exc.code or str(exc.status)
+
+
 def crt_error(exc: CrtFailure, key: str, bucket: str) -> StoreError:
     if exc.status:
-        response = {"Error": {"Code": exc.code or str(exc.status), "Message": exc.message},
+        response = {"Error": {"Code": crt_code(exc), "Message": exc.message},
                     "ResponseMetadata": {"HTTPStatusCode": exc.status}}
         return classify(bexc.ClientError(response, "PutObject"), key, bucket)  # type: ignore[arg-type]
     where = f"s3://{bucket}/{key}"
@@ -44,6 +54,18 @@ _CRT_STATUS = {"AWS_ERROR_S3_SLOW_DOWN": 503, "AWS_ERROR_S3_INTERNAL_ERROR": 500
 def crt_status(exc: CrtFailure) -> int | None:
     """The HTTP status a failed CRT PUT ended with (syncd_s3_requests_total), None: no answer."""
     return exc.status or _CRT_STATUS.get(exc.transport)
+
+def bucket_unusable(code: str, bucket: str, endpoint: str, source: str) -> StoreError | None:
+    """The error of a HeadBucket refused with ``code`` if it is one the user must fix in the
+    folder's config file ``source``, else None."""
+    if code in ("404", "NoSuchBucket"):
+        return StoreError(f"bucket {bucket!r} does not exist at {endpoint}: create it or fix 'bucket' in {source}",
+                          scope=FOLDER, code="NoSuchBucket")
+    if code in ("403", "AccessDenied"):
+        return StoreError(f"bucket {bucket!r}: access denied: check the credentials and the bucket policy",
+                          scope=FOLDER, code="AccessDenied")
+    return None
+
 
 # Codes meaning "nothing in this folder can work until a human fixes something".
 _FOLDER_CODES = {

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 # botocore's CRT signer (used whenever awscrt is installed, as it is for our data path)
@@ -18,16 +15,26 @@ from typing import Any
 os.environ.setdefault("BOTO_DISABLE_CRT", "true")
 
 import botocore.exceptions as bexc  # noqa: E402 - after the opt-out above
-from awscrt.checksums import crc32c  # noqa: E402
 
 from . import s3clients
 from .bandwidth import Payload
-from .choices import AddressingStyle, Checksum
+from .choices import AddressingStyle
 from .config import FolderConfig
-from .s3crt import BAD_LISTING, CLIENT_RETRIES, CrtFailure, CrtPutter
-from .s3errors import NOT_FOUND_CODES, UPLOAD_GONE_CODES, classify, crt_error, crt_status, error_code
+from .s3crt import CLIENT_RETRIES, CrtPutter
+from .s3errors import (
+    LOST_RACE_CODES,
+    NOT_FOUND_CODES,
+    UPLOAD_GONE_CODES,
+    bucket_unusable,
+    classify,
+    crt_code,
+    crt_error,
+    crt_status,
+    error_code,
+)
+from .s3params import CRT_HEADERS, FLEXIBLE, answered, body_arg, checksum_args, etag_of, header_args
+from .s3wire import BAD_LISTING, CrtFailure
 from .store import (
-    FOLDER,
     NO_HEADERS,
     Part,
     PutResult,
@@ -45,52 +52,6 @@ from .store import (
 S3_MAX_COPY = 5 * 1024**3  # CopyObject's single-request limit
 
 
-def _etag(resp: Mapping[str, Any]) -> str:
-    return str(resp.get("ETag", "")).strip('"')
-
-
-# boto3 parameter -> HTTP header, for the requests the CRT sends.
-_HEADERS = {"ChecksumSHA256": "x-amz-checksum-sha256", "ChecksumCRC32C": "x-amz-checksum-crc32c",
-            "ContentMD5": "Content-MD5", "StorageClass": "x-amz-storage-class",
-            "ServerSideEncryption": "x-amz-server-side-encryption",
-            "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
-# A conditional write (If-None-Match: *) that lost: 412, an object exists; 409
-# ConditionalRequestConflict, a concurrent conditional write to the same key is in progress (S3
-# asks to retry; the other one wins).
-_LOST_RACE = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
-# Object header -> boto3 parameter (the headers a `headers:` rule may set).
-_HEADER_PARAMS = {"Cache-Control": "CacheControl", "Content-Type": "ContentType",
-                  "Content-Disposition": "ContentDisposition", "Content-Encoding": "ContentEncoding",
-                  "Content-Language": "ContentLanguage", "Expires": "Expires"}
-
-
-def _header_args(headers: Mapping[str, str]) -> dict[str, Any]:
-    """boto3 parameters for object headers (validated in config.py); Expires goes as a date."""
-    out: dict[str, Any] = {}
-    for name, value in headers.items():
-        out[_HEADER_PARAMS[name]] = parsedate_to_datetime(value) if name == "Expires" else value
-    return out
-
-
-# checksum mode -> (the algorithm named at CreateMultipartUpload, the per-request parameter).
-_FLEXIBLE = {Checksum.SHA256: ("SHA256", "ChecksumSHA256"), Checksum.CRC32C: ("CRC32C", "ChecksumCRC32C")}
-
-
-def _body(payload: Payload) -> Any:
-    """Plain bytes go out in one sendall; a watched body is read (and paced) in chunks."""
-    return payload.data if payload.plain else payload
-
-def _answered(key: str, resp: Mapping[str, Any]) -> RemoteObject:
-    """The RemoteObject of a HEAD or GET answer (a ranged GET: the whole object's size)."""
-    size = int(resp["ContentLength"])
-    content_range = str(resp.get("ContentRange") or "")
-    if "/" in content_range and not content_range.endswith("/*"):
-        size = int(content_range.rsplit("/", 1)[1])
-    modified = resp.get("LastModified")
-    return RemoteObject(key=key, size=size, etag=_etag(resp), meta=dict(resp.get("Metadata", {})),
-                        modified=modified.timestamp() if modified is not None else None)
-
-
 class S3Store:
     """An S3 bucket via boto3 (and awscrt for small PUTs); the clients are shared by every
     folder with the same endpoint, credentials and settings (syncd.s3clients)."""
@@ -103,7 +64,7 @@ class S3Store:
         self.bucket = folder.bucket
         self._folder = folder
         # (algorithm, parameter) of a flexible checksum, or None (md5 and off have none).
-        self._flexible = _FLEXIBLE.get(folder.checksum)
+        self._flexible = FLEXIBLE.get(folder.checksum)
         # This endpoint's and setting's clients, shared with other folders.
         self._shared: s3clients.Shared | None = s3clients.acquire(folder, clock, connections)
         self._credentials = self._shared.credentials
@@ -151,37 +112,12 @@ class S3Store:
             self._crt.head_bucket()
         except CrtFailure as exc:
             self.requests.add("HeadBucket", crt_status(exc))
-            unusable = self._unusable(exc.code or str(exc.status)) if exc.status else None
+            unusable = self._unusable(crt_code(exc)) if exc.status else None
             raise unusable or crt_error(exc, "", self.bucket) from exc
         self.requests.add("HeadBucket", 200)
 
     def _unusable(self, code: str) -> StoreError | None:
-        """The error of a HeadBucket refused with ``code`` (or the bare HTTP status: a HEAD's
-        answer has no body) if it is one the user must fix here, else None."""
-        if code in ("404", "NoSuchBucket"):
-            return StoreError(f"bucket {self.bucket!r} does not exist at {self._folder.endpoint_url or 'AWS'}: "
-                              f"create it or fix 'bucket' in {self._folder.source}", scope=FOLDER,
-                              code="NoSuchBucket")
-        if code in ("403", "AccessDenied"):
-            return StoreError(f"bucket {self.bucket!r}: access denied: check the credentials and the "
-                              "bucket policy", scope=FOLDER, code="AccessDenied")
-        return None
-
-    def _checksum_args(self, payload: Payload, sha256: bytes | None = None) -> dict[str, str]:
-        """Per-request integrity check, per the folder's ``checksum`` setting: the server
-        recomputes it and rejects a body damaged on the way (BadDigest). ``sha256`` is the
-        body's digest when the caller already has it."""
-        mode = self._folder.checksum
-        if mode == Checksum.SHA256:
-            digest = sha256 if sha256 is not None else hashlib.sha256(payload.data).digest()
-            return {"ChecksumSHA256": base64.b64encode(digest).decode()}
-        if mode == Checksum.CRC32C:
-            # awscrt's CRC32C uses the CPU's crc32 instructions: far cheaper than SHA-256
-            # on both ends (docs/behaviour.md, "Large files").
-            return {"ChecksumCRC32C": base64.b64encode(crc32c(payload.data).to_bytes(4, "big")).decode()}
-        if mode == Checksum.MD5:
-            return {"ContentMD5": base64.b64encode(hashlib.md5(payload.data).digest()).decode()}
-        return {}
+        return bucket_unusable(code, self.bucket, self._folder.endpoint_url or "AWS", str(self._folder.source))
 
     def put(self, key: str, body: Payload, meta: Mapping[str, str], sha256: bytes,
             done: Callable[[PutResult | StoreError], None], headers: Mapping[str, str] = NO_HEADERS) -> None:
@@ -191,7 +127,8 @@ class S3Store:
                 return
             http = {f"x-amz-meta-{k}": v for k, v in meta.items()}
             http.update(headers)
-            http.update((_HEADERS[k], v) for k, v in {**self._extra, **self._checksum_args(body, sha256)}.items())
+            checksum = checksum_args(self._folder.checksum, body, sha256)
+            http.update((CRT_HEADERS[k], v) for k, v in {**self._extra, **checksum}.items())
             size = len(body)
 
             def finished(answer: str | CrtFailure) -> None:
@@ -202,8 +139,9 @@ class S3Store:
             self._crt.put(key, body.data, http, finished)
             return
         # boto3 path (a paced or watched body, or no CRT): answered before returning.
-        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=_body(body), Metadata=dict(meta),
-                                    **self._extra, **self._checksum_args(body, sha256), **_header_args(headers))
+        args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Body=body_arg(body), Metadata=dict(meta),
+                                    **self._extra, **checksum_args(self._folder.checksum, body, sha256),
+                                    **header_args(headers))
         if not body.plain:
             args["ContentLength"] = len(body)
         try:
@@ -211,13 +149,13 @@ class S3Store:
         except Exception as exc:
             done(classify(exc, key, self.bucket))
             return
-        done(PutResult(etag=_etag(resp), bytes_sent=len(body)))
+        done(PutResult(etag=etag_of(resp), bytes_sent=len(body)))
 
     # ------------------------------------------------------------------ multipart
 
     def create_upload(self, key: str, meta: Mapping[str, str], headers: Mapping[str, str] = NO_HEADERS) -> str:
         args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, Metadata=dict(meta), **self._extra,
-                                    **_header_args(headers))
+                                    **header_args(headers))
         if self._flexible is not None:
             args["ChecksumAlgorithm"] = self._flexible[0]  # then every part must carry one of this algorithm
         try:
@@ -226,14 +164,14 @@ class S3Store:
             raise classify(exc, key, self.bucket) from exc
 
     def upload_part(self, key: str, upload_id: str, number: int, body: Payload) -> Part:
-        checksum = self._checksum_args(body)
+        checksum = checksum_args(self._folder.checksum, body)
         args: dict[str, Any] = dict(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                    Body=_body(body), ContentLength=len(body), **checksum)
+                                    Body=body_arg(body), ContentLength=len(body), **checksum)
         try:
             resp = self._client.upload_part(**args)
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return Part(number, _etag(resp), self._part_checksum(checksum), len(body))
+        return Part(number, etag_of(resp), self._part_checksum(checksum), len(body))
 
     def _part_checksum(self, fields: Mapping[str, Any]) -> str:
         """The part's flexible checksum, as CompleteMultipartUpload must repeat it."""
@@ -253,7 +191,7 @@ class S3Store:
                                                           MultipartUpload={"Parts": listed})
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return _etag(resp)
+        return etag_of(resp)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         try:
@@ -270,7 +208,7 @@ class S3Store:
             pages = self._client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
                                                                      UploadId=upload_id)
             for page in pages:
-                parts.extend(Part(int(p["PartNumber"]), _etag(p),
+                parts.extend(Part(int(p["PartNumber"]), etag_of(p),
                                   self._part_checksum(p), int(p.get("Size", 0)))
                              for p in page.get("Parts", []))
         except bexc.ClientError as exc:
@@ -292,12 +230,12 @@ class S3Store:
 
     def set_meta(self, key: str, meta: Mapping[str, str], size: int, headers: Mapping[str, str] = NO_HEADERS) -> str:
         # REPLACE replaces the object's headers as well as its metadata: send them again.
-        extra = dict(self._extra, Metadata=dict(meta), MetadataDirective="REPLACE", **_header_args(headers))
+        extra = dict(self._extra, Metadata=dict(meta), MetadataDirective="REPLACE", **header_args(headers))
         try:
             if size <= S3_MAX_COPY:
                 resp = self._client.copy_object(Bucket=self.bucket, Key=key, **extra,
                                                 CopySource={"Bucket": self.bucket, "Key": key})
-                return _etag(resp.get("CopyObjectResult", {}))
+                return etag_of(resp.get("CopyObjectResult", {}))
             # CopyObject stops at 5 GiB; larger objects are copied part by part (UploadPartCopy),
             # by boto3's managed copy (imported here: see s3clients).
             from boto3.s3.inject import copy as managed_copy
@@ -307,7 +245,7 @@ class S3Store:
                          Config=TransferConfig(multipart_threshold=S3_MAX_COPY,
                                                multipart_chunksize=max(size // 9000, 512 * 1024 * 1024),
                                                max_concurrency=4))
-            return _etag(self._client.head_object(Bucket=self.bucket, Key=key))
+            return etag_of(self._client.head_object(Bucket=self.bucket, Key=key))
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
 
@@ -321,12 +259,12 @@ class S3Store:
                 # Other headers than the source's: REPLACE, which needs the metadata sent again.
                 source = self._client.head_object(Bucket=self.bucket, Key=src_key)
                 args.update(MetadataDirective="REPLACE", Metadata=dict(source.get("Metadata", {})),
-                            **_header_args(headers))
+                            **header_args(headers))
             resp = self._client.copy_object(Bucket=self.bucket, Key=dst_key, **args,
                                             CopySource={"Bucket": self.bucket, "Key": src_key}, **self._extra)
         except Exception as exc:
             raise classify(exc, dst_key, self.bucket) from exc
-        return _etag(resp.get("CopyObjectResult", {}))
+        return etag_of(resp.get("CopyObjectResult", {}))
 
     def delete(self, keys: list[str]) -> dict[str, str]:
         if not keys:
@@ -373,7 +311,7 @@ class S3Store:
         try:
             self._client.put_object(**args)
         except bexc.ClientError as exc:
-            if if_absent and error_code(exc) in _LOST_RACE:
+            if if_absent and error_code(exc) in LOST_RACE_CODES:
                 return False
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
@@ -385,14 +323,14 @@ class S3Store:
         if (failure := self._refresh_credentials(key)) is not None:
             raise failure
         assert self._crt is not None
-        http = {"Content-Type": "application/json", **{_HEADERS[k]: v for k, v in self._extra.items()}}
+        http = {"Content-Type": "application/json", **{CRT_HEADERS[k]: v for k, v in self._extra.items()}}
         if if_absent:
             http["If-None-Match"] = "*"
         try:
             self._crt.write(key, body, http)
         except CrtFailure as exc:
             self.requests.add("PutObject", crt_status(exc))
-            if if_absent and (exc.code in _LOST_RACE or str(exc.status) in _LOST_RACE):
+            if if_absent and (exc.code in LOST_RACE_CODES or str(exc.status) in LOST_RACE_CODES):
                 return False
             raise crt_error(exc, key, self.bucket) from exc
         self.requests.add("PutObject", 200)
@@ -408,7 +346,7 @@ class S3Store:
             raise classify(exc, key, self.bucket) from exc
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return _answered(key, resp)
+        return answered(key, resp)
 
     def get(self, key: str, version: str | None = None, first: int = 0, last: int | None = None) -> StreamBody:
         args: dict[str, Any] = {"VersionId": version} if version else {}
@@ -418,7 +356,7 @@ class S3Store:
             resp = self._client.get_object(Bucket=self.bucket, Key=key, **args)
         except Exception as exc:
             raise classify(exc, key, self.bucket) from exc
-        return StreamBody(_answered(key, resp), resp["Body"], self.bucket, classify)
+        return StreamBody(answered(key, resp), resp["Body"], self.bucket, classify)
 
     def fetch(self, key: str, version: str | None,
               start: Callable[[RemoteObject], Callable[[bytes], None]], part_size: int = 0) -> RemoteObject:
@@ -480,7 +418,7 @@ class S3Store:
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 batch = [Version(str(v["Key"]), str(v.get("VersionId") or "null"), v["LastModified"].timestamp(),
-                                 False, int(v.get("Size", 0)), _etag(v)) for v in page.get("Versions", [])]
+                                 False, int(v.get("Size", 0)), etag_of(v)) for v in page.get("Versions", [])]
                 batch += [Version(str(m["Key"]), str(m.get("VersionId") or "null"), m["LastModified"].timestamp(),
                                   True) for m in page.get("DeleteMarkers", [])]
                 yield batch
@@ -518,7 +456,7 @@ class S3Store:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=_etag(o),
+                yield [RemoteObject(key=o["Key"], size=int(o["Size"]), etag=etag_of(o),
                                     modified=o["LastModified"].timestamp() if "LastModified" in o else None)
                        for o in page.get("Contents", [])]
         except Exception as exc:
