@@ -728,6 +728,20 @@ def test_check_through_the_crt_names_a_missing_bucket(request: pytest.FixtureReq
     assert err.value.scope == FOLDER and err.value.code == "NoSuchBucket" and "no-such-bucket-here" in str(err.value)
 
 
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "botocore"])
+def test_reading_from_a_missing_bucket_names_it_rather_than_finding_nothing(
+        request: pytest.FixtureRequest, tmp_path: Path, crt: bool) -> None:
+    # The owner claim reads its marker: "no marker" on a missing bucket would let it write one.
+    store = (_s3_store if crt else _paced_s3_store)(request, tmp_path, "no-such-bucket-here")
+    assert store.background_puts is crt
+    try:
+        with pytest.raises(StoreError) as err:
+            store.read("owner.json")
+        assert err.value.scope == FOLDER and err.value.code == "NoSuchBucket"
+    finally:
+        store.close()
+
+
 def test_write_if_absent_and_read_without_the_crt(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     store = _empty(_paced_s3_store(request, tmp_path, request.getfixturevalue("shared_bucket")))
     try:

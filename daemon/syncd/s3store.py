@@ -286,7 +286,7 @@ class S3Store:
                 body = self._crt.read(key)
             except CrtFailure as exc:
                 self.requests.add("GetObject", crt_status(exc))
-                if exc.status == 404:
+                if exc.status and crt_code(exc) in NOT_FOUND_CODES:  # not NoSuchBucket: as botocore's path
                     return None
                 raise crt_error(exc, key, self.bucket) from exc
             self.requests.add("GetObject", 200)
@@ -330,7 +330,7 @@ class S3Store:
             self._crt.write(key, body, http)
         except CrtFailure as exc:
             self.requests.add("PutObject", crt_status(exc))
-            if if_absent and (exc.code in LOST_RACE_CODES or str(exc.status) in LOST_RACE_CODES):
+            if if_absent and exc.status and crt_code(exc) in LOST_RACE_CODES:
                 return False
             raise crt_error(exc, key, self.bucket) from exc
         self.requests.add("PutObject", 200)
