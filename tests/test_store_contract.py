@@ -57,14 +57,14 @@ AZURE_OPS = {"put": ["PutBlob"], "write": ["PutBlob"], "read": ["GetBlob"], "hea
 
 
 def _s3_store(request: pytest.FixtureRequest, tmp_path: Path, bucket: str, endpoint: str | None = None,
-              **settings: Any) -> S3Store:
+              warm: bool = False, **settings: Any) -> S3Store:
     server = request.getfixturevalue("s3_server")
     monkeypatch = request.getfixturevalue("monkeypatch")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
     folder = FolderConfig(name="contract", source=tmp_path / "contract.yaml", path=tmp_path, bucket=bucket,
                           endpoint_url=endpoint or server.endpoint, region=server.region, **settings)
-    return S3Store(folder)
+    return S3Store(folder, warm=warm)
 
 
 def _azure_store(request: pytest.FixtureRequest, tmp_path: Path, container: str, endpoint: str | None = None,
@@ -753,17 +753,26 @@ def test_write_if_absent_and_read_without_the_crt(request: pytest.FixtureRequest
         store.close()
 
 
-def test_check_through_the_crt_builds_the_botocore_client_beside_it(request: pytest.FixtureRequest,
-                                                                     tmp_path: Path) -> None:
+def test_a_store_opened_warm_builds_the_botocore_client_in_the_background(request: pytest.FixtureRequest,
+                                                                          tmp_path: Path) -> None:
     # A request timeout no other test uses: a client set of its own, which nothing has built yet.
-    store = _s3_store(request, tmp_path, request.getfixturevalue("shared_bucket"), request_timeout=41.0)
+    store = _s3_store(request, tmp_path, request.getfixturevalue("shared_bucket"), request_timeout=41.0, warm=True)
     try:
         shared = store._shared
-        assert shared is not None and shared._client is None
-        store.check()
+        assert shared is not None
         deadline = time.monotonic() + 30
         while shared._client is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert shared._client is not None
+    finally:
+        store.close()
+
+
+def test_a_probe_alone_builds_no_botocore_client(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # syncd check-config probes through the CRT and exits: building botocore's client is waste.
+    store = _s3_store(request, tmp_path, request.getfixturevalue("shared_bucket"), request_timeout=42.0)
+    try:
+        store.check()
+        assert store._shared is not None and store._shared._client is None and not store._shared._warming
     finally:
         store.close()

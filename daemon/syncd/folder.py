@@ -64,7 +64,7 @@ def make_store(folder: FolderConfig) -> ObjectStore:
     share one client (see syncd.s3clients)."""
     # Opened here, in the probe's pool thread: the SDK takes a while to import and the
     # startup scan should not wait for it.
-    return open_store(folder)
+    return open_store(folder, warm=True)
 
 
 def make_transfers(folder: FolderConfig, uploads: UploadLog, progress: Callable[[int], None]) -> Transfers:

@@ -130,7 +130,8 @@ class Shared:
 
     def prewarm(self) -> None:
         """Build the botocore client on a thread of its own, once, unless it is built: the
-        daemon's probe goes through the CRT and calls this, so that the build's CPU overlaps
+        daemon's stores are opened ``warm`` and call this (their probe goes through the CRT),
+        so that the build's CPU overlaps
         the probe's network waits instead of delaying its first request. A failed build is
         not reported here: the first caller that needs the client builds it again and gets
         the error."""

@@ -57,10 +57,13 @@ class S3Store:
     folder with the same endpoint, credentials and settings (syncd.s3clients)."""
 
     def __init__(self, folder: FolderConfig, clock: Callable[[], datetime] | None = None,
-                 connections: int | None = None):
+                 connections: int | None = None, warm: bool = False):
         """``clock``: the time assumed-role credentials are judged by (tests fake it).
         ``connections``: the HTTP pool size, by default the folder's workers and a few more
-        (a restore sizes it to its own threads: a full pool discards and reopens connections)."""
+        (a restore sizes it to its own threads: a full pool discards and reopens connections).
+        ``warm``: the caller will need botocore (multipart, deletes, the upload sweep) soon:
+        build its client now, on a thread of its own (:meth:`Shared.prewarm`), while the
+        caller's first requests go through the CRT and wait on the network."""
         self.bucket = folder.bucket
         self._folder = folder
         # (algorithm, parameter) of a flexible checksum, or None (md5 and off have none).
@@ -86,6 +89,8 @@ class S3Store:
             self._extra["ServerSideEncryption"] = folder.sse
         if folder.sse_kms_key_id:
             self._extra["SSEKMSKeyId"] = folder.sse_kms_key_id
+        if warm and crt is not None:
+            self._shared.prewarm()
 
     def check(self) -> None:
         if self._crt is not None:
@@ -100,14 +105,11 @@ class S3Store:
 
     def _check_by_crt(self) -> None:
         """HeadBucket through the CRT: the daemon's first request then waits neither for the
-        botocore client (its S3 model and endpoint rules) nor for botocore's first-call work.
-        The client is built meanwhile on another thread (:meth:`Shared.prewarm`), while this
-        probe and the owner claim wait on the network, for the calls only botocore makes
-        (multipart, deletes, the upload sweep)."""
+        botocore client (its S3 model and endpoint rules) nor for botocore's first-call work
+        (the daemon's store is opened ``warm``; ``syncd check-config`` needs no botocore client)."""
         if (failure := self._refresh_credentials("")) is not None:
             raise failure
-        assert self._crt is not None and self._shared is not None
-        self._shared.prewarm()
+        assert self._crt is not None
         try:
             self._crt.head_bucket()
         except CrtFailure as exc:

@@ -401,10 +401,11 @@ class ObjectStore(Protocol):
         """Release connections."""
 
 
-def open_store(folder: FolderConfig, connections: int | None = None) -> ObjectStore:
+def open_store(folder: FolderConfig, connections: int | None = None, warm: bool = False) -> ObjectStore:
     """The folder's store, per its ``store`` setting. The SDK is imported here, on first use:
     boto3 and the Azure SDK each take a while to import, and a folder needs only one.
-    ``connections``: the HTTP pool size, by default the folder's workers and a few more."""
+    ``connections``: the HTTP pool size, by default the folder's workers and a few more.
+    ``warm``: the store will sync, not just answer a probe (S3: see S3Store)."""
     from .choices import StoreKind
 
     if folder.store == StoreKind.AZURE:
@@ -413,4 +414,4 @@ def open_store(folder: FolderConfig, connections: int | None = None) -> ObjectSt
         return AzureBlobStore(folder, connections=connections)
     from .s3store import S3Store
 
-    return S3Store(folder, connections=connections)
+    return S3Store(folder, connections=connections, warm=warm)
