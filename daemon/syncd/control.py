@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import servers
 from .exitcodes import ExitCode
 
 
@@ -73,6 +74,8 @@ class _RequestHandler(socketserver.StreamRequestHandler):
             line = self.rfile.readline(MAX_REQUEST)
         except OSError:
             return
+        if not line:
+            return  # connected and closed without a request (the server's own knock: see servers)
         if uid not in self.server.allowed_uids and (group is None or group not in groups):
             _log().warning("control.refused", uid=uid, pid=pid)
             self._reply({"ok": False, "error": f"uid {uid} may not control this daemon", "code": ExitCode.PERMISSION})
@@ -161,14 +164,13 @@ class ControlServer:
             os.chmod(self.path, 0o660)
         server.server_activate()
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="control", daemon=True)
+        self._thread = threading.Thread(target=servers.serve, args=(server,), name="control", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
+        servers.shut_down(self._server, self._knock)
         self._server.server_close()
         try:
             if statmod.S_ISSOCK(os.lstat(self.path).st_mode):
@@ -176,6 +178,12 @@ class ControlServer:
         except FileNotFoundError:
             pass
         self._server = None
+
+
+    def _knock(self) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(str(self.path))
 
 
 CONNECT_POLL = 0.1  # how often a client waiting for the daemon tries its socket again

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from . import __version__
+from . import __version__, servers
 from .transfer import Result
 
 if TYPE_CHECKING:
@@ -455,13 +455,18 @@ class MetricsServer:
         self._thread.start()
         log.info("metrics.listening", address=f"{host}:{port}", paths=["/metrics", "/healthz"])
 
+    def _knock(self) -> None:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        socket.create_connection((str(host), int(port)), timeout=1.0).close()
+
     def run(self) -> None:
         assert self._server is not None
-        self._server.serve_forever(poll_interval=0.5)
+        servers.serve(self._server)
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()  # serve_forever's own stop: returns once its loop has ended
+            servers.shut_down(self._server, self._knock)  # returns once its loop has ended
             self._server.server_close()
             self._server = None
         if self._thread is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import select
 import signal
 import threading
 import time
@@ -59,8 +60,11 @@ class Daemon:
         self.control = ControlServer(config.socket, self, config.socket_group)
         self.notifier = sdnotify.SystemdNotifier()
         self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        # Set by the signal handlers, which must take no lock: one the main thread holds when the
+        # signal comes would never be released. The handlers' wake-up fd ends the main loop's wait.
+        self._stopping = False
+        self._reload_asked = False
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signals = 0
         self._ready = threading.Event()  # folders registered: `wait` must not see an empty set as idle
         self._lock = threading.Lock()  # folder set changes (reload) vs. control reads
@@ -90,10 +94,16 @@ class Daemon:
         self._notify("READY=1", self._status_line())
         log.info("daemon.ready", folders=len(self.folders), socket=str(self.config.socket), version=__version__)
         next_status = next_ping = next_tick = 0.0
-        while not self._stop.is_set():
-            self._stop.wait(0.5)
-            if self._reload.is_set():
-                self._reload.clear()
+        never = float("inf")
+        while not self._stopping:
+            now = time.monotonic()
+            # Asleep until the next thing due (a folder tick, STATUS=, the watchdog) or a signal:
+            # a fixed poll woke an idle daemon for nothing (issue 21).
+            due = min(next_tick, next_status if self._under_systemd else never,
+                      next_ping if self._watchdog_every else never)
+            self._sleep(due - now)
+            if self._reload_asked:
+                self._reload_asked = False
                 self.reload()
             now = time.monotonic()
             if self._gc_thresholds is not None:
@@ -109,7 +119,20 @@ class Daemon:
                 self._notify("WATCHDOG=1")
                 next_ping = now + self._watchdog_every
         self.shutdown()
+        signal.set_wakeup_fd(-1)
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
         return 0
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` or until a signal comes (its byte on the wake-up fd)."""
+        if seconds > 0 and not self._stopping and not self._reload_asked:
+            select.select([self._wakeup_r], [], [], seconds)
+        try:
+            while os.read(self._wakeup_r, 64):
+                pass
+        except BlockingIOError:
+            pass
 
     def _end_startup(self, now: float) -> None:
         """Once every folder's first contact with its store is answered (its SDK loaded, its
@@ -157,11 +180,12 @@ class Daemon:
             self._signals += 1
             if self._signals > 1:
                 os._exit(1)  # second signal: leave now; the journal replays what was in flight
-            self._stop.set()
+            self._stopping = True
 
         def on_hup(_signum: int, _frame: FrameType | None) -> None:
-            self._reload.set()
+            self._reload_asked = True
 
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
         signal.signal(signal.SIGHUP, on_hup)
