@@ -37,6 +37,10 @@ FALLBACK_SCAN_EVERY = 30.0             # without inotify watches, look this ofte
 OVERFLOW_BACKOFF = (5.0, 300.0)        # rescans after inotify overflows: min, max spacing
 REMOTE_RETRY = 60.0                    # a failed remote pass is tried again this soon
 FAILED_PASS_BACKOFF = (5.0, 300.0)     # a pass that raised `syncd wait` waits for: min, max retry spacing
+# How often the timer looks at an idle folder's root (an lstat; a busy turn looks every
+# second, scheduler.ROOT_CHECK_EVERY): with a hundred folders, a look every second was the
+# idle daemon's largest cost (issue 21). Deletions do not wait for it: each is guarded.
+IDLE_ROOT_CHECK_EVERY = 3.0
 REBUILD_FIRST_PATIENCE = 10.0          # a rebuild adopts before the walk if the store answers this soon
 
 
@@ -119,6 +123,7 @@ class FolderRuntime:
         # the pass itself) is owed: retried from tick with backoff, and wait stays busy.
         self._owed_pass: Pass | None = None
         self._owed_at = 0.0
+        self._next_root_check = 0.0
         self._owed_backoff = FAILED_PASS_BACKOFF[0]
 
     # ------------------------------------------------------------------ lifecycle
@@ -364,7 +369,9 @@ class FolderRuntime:
     def tick(self, now: float) -> None:
         """Called by the service's timer (one thread for every folder): start whatever pass is
         due, and look at the root (a root unmounted sends no event)."""
-        self.scheduler.check_root()
+        if now >= self._next_root_check:
+            self._next_root_check = now + IDLE_ROOT_CHECK_EVERY
+            self.scheduler.check_root()
         self._resume_remote(now)
         if self.health.root_recovered.is_set():
             self.health.root_recovered.clear()
