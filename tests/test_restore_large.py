@@ -5,12 +5,14 @@ until it is verified, even when the restore is killed mid-download."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,27 @@ def test_a_large_restore_killed_mid_download_leaves_nothing_under_its_name_and_a
     result = Restorer(folder, store, str(target), workers=2).run()
     assert result.restored == ["big.bin"]
     assert (target / "big.bin").read_bytes() == body and not _temps(target)
+
+
+def test_a_write_that_fails_mid_download_stops_it_with_that_error(store: S3Store, s3: Any, bucket: str,
+                                                                  body: bytes, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parts are written on a thread of their own: its failure (here ENOSPC at the second
+    # part) must reach the caller, not vanish with the thread.
+    _put(s3, bucket, body)
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        if offset >= bigfetch.PART_SIZE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    fd = os.open(tmp_path / "big.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with pytest.raises(OSError) as err:
+            bigfetch.download(store, fd, KEY, None, SIZE, lambda _n: None)
+    finally:
+        os.close(fd)
+    assert err.value.errno == errno.ENOSPC
+    assert not [t for t in threading.enumerate() if t.name == "restore-write"]
